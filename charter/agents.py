@@ -1,0 +1,92 @@
+"""Agents, declared in YAML: who owns them, what starts them, which tools they hold, and the
+playbook they follow. Loaded and checked at start; a bad file stops the service with its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from charter.errors import ConfigError
+from charter.templating import TemplateFailure, check
+
+_ID = r"^[a-z0-9][a-z0-9_.-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TriggerRule(_Strict):
+    event: str = Field(description="The business event name that starts a run.")
+    when: str | None = Field(None, description="Optional Jinja expression over `trigger`.")
+
+
+class Step(_Strict):
+    id: str = Field(pattern=_ID)
+    tool: str
+    resource: str | None = Field(None, description="Templated target; defaults to the tool name.")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class Agent(_Strict):
+    id: str = Field(pattern=_ID)
+    owner: str
+    description: str
+    environment: str = Field(pattern=_ID)
+    roles: list[str] = Field(default_factory=list)
+    triggers: list[TriggerRule] = Field(min_length=1)
+    tools: list[str] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Agent:
+        ids = [s.id for s in self.steps]
+        if len(set(ids)) != len(ids):
+            raise ValueError("step ids must be unique")
+        for step in self.steps:
+            if step.tool not in self.tools:
+                raise ValueError(f"step {step.id!r} uses tool {step.tool!r}, which the agent does not hold")
+            check(step.parameters)
+            check(step.resource)
+        for rule in self.triggers:
+            if rule.when is not None:
+                check("{{ " + rule.when + " }}")
+        return self
+
+
+def _error_line(exc: ValidationError | TemplateFailure | yaml.YAMLError) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "file"
+        return f"{where}: {first['msg']}"
+    return " ".join(str(exc).split())
+
+
+def load_file(path: Path) -> Agent:
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return Agent.model_validate(raw)
+    except (ValidationError, TemplateFailure, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {_error_line(exc)}") from exc
+
+
+def load(directory: Path, known_tools: Mapping[str, object] | None = None) -> dict[str, Agent]:
+    """Every `*.yaml` agent in `directory`, checked against the tool registry if given."""
+    if not directory.is_dir():
+        raise ConfigError(f"agents directory {directory} does not exist")
+    agents: dict[str, Agent] = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        agent = load_file(path)
+        if agent.id in agents:
+            raise ConfigError(f"{path}: agent id {agent.id!r} is declared twice")
+        if known_tools is not None:
+            unknown = [t for t in agent.tools if t not in known_tools]
+            if unknown:
+                raise ConfigError(f"{path}: unknown tool(s) {', '.join(unknown)}")
+        agents[agent.id] = agent
+    return agents

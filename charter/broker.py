@@ -1,0 +1,64 @@
+"""What the broker can do, and the client settings that follow from it.
+
+Capabilities are configuration (CHARTER_BROKER), never guessed: Apache Kafka gets idempotent
+producers; the embedded Tansu broker has no InitProducerId, so it gets plain `acks=all`
+producers and says so at start. Timing settings are the ones measured in BROKER.md: a 6 s
+session (Tansu holds a join for half of it) and a short fetch wait (Tansu does not wake a
+waiting fetch when data arrives, so the wait is the latency floor of every hop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from charter.config import BrokerKind, Settings
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    kind: BrokerKind
+    idempotent_producer: bool
+    transactions: bool
+
+    def describe(self) -> str:
+        def state(on: bool) -> str:
+            return "on" if on else "off (unsupported by this broker)"
+
+        return (
+            f"broker={self.kind}: acks=all, idempotent producer {state(self.idempotent_producer)}, "
+            f"transactions {state(self.transactions)}"
+        )
+
+
+CAPABILITIES: dict[BrokerKind, Capabilities] = {
+    "tansu": Capabilities("tansu", idempotent_producer=False, transactions=False),
+    "kafka": Capabilities("kafka", idempotent_producer=True, transactions=True),
+}
+
+
+def capabilities(settings: Settings) -> Capabilities:
+    return CAPABILITIES[settings.broker_kind]
+
+
+def producer_kwargs(settings: Settings) -> dict[str, Any]:
+    caps = capabilities(settings)
+    return {
+        "bootstrap_servers": settings.bootstrap(),
+        "acks": "all",
+        "enable_idempotence": caps.idempotent_producer,
+        "linger_ms": 1,
+        "max_request_size": settings.max_message_bytes,
+    }
+
+
+def consumer_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": settings.bootstrap(),
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "max_partition_fetch_bytes": max(settings.max_message_bytes, 1_048_576),
+    }

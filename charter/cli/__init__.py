@@ -1,0 +1,42 @@
+"""`charter`: the command line. Every command has --help; bad input gets one line and exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typer.exceptions import TyperException
+
+from charter.cli import approvals, audit, events, runs, stack
+from charter.errors import CharterError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Charter: governed autonomy for AI agents. Start with `charter up --demo`.",
+)
+app.command("up")(stack.up)
+app.command("publish")(events.publish)
+app.command("tail")(events.tail)
+app.command("replay")(events.replay)
+app.command("runs")(runs.list_runs)
+app.add_typer(runs.run_app, name="run")
+app.add_typer(approvals.app, name="approvals")
+app.add_typer(audit.app, name="audit")
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"charter: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    except CharterError as exc:
+        print(f"charter: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

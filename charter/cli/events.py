@@ -1,0 +1,106 @@
+"""charter publish | tail | replay"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from charter import topics
+from charter.cli.output import console, received_json, received_line
+from charter.client import Client, Received
+from charter.config import Settings
+from charter.errors import ConfigError
+
+
+def _load_data(data: str) -> dict[str, Any]:
+    if data.startswith("@"):
+        path = Path(data[1:])
+        try:
+            data = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"--data is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError("--data must be a JSON object")
+    return value
+
+
+def publish(
+    name: str = typer.Argument(..., help="The business event's type, e.g. support.refund_requested."),
+    data: str = typer.Option(..., "--data", help="The event body: a JSON object, or @file with one."),
+    correlation_id: str | None = typer.Option(None, "--correlation-id", help="Defaults to the new event's id."),
+    submitted_by: str | None = typer.Option(None, "--as", help="Who this is published on behalf of."),
+) -> None:
+    """Publish a business event to the triggers topic; matching agents start runs."""
+    body = _load_data(data)
+    settings = Settings()
+
+    async def go() -> str:
+        async with Client(settings, source="cli") as client:
+            trigger = await client.publish(name, body, correlation_id=correlation_id, submitted_by=submitted_by)
+            return trigger.event_id
+
+    event_id = asyncio.run(go())
+    print(f"published {name} as event {event_id} to {topics.name(settings, topics.Topic.TRIGGERS)}")
+
+
+def _print(received: Received, as_json: bool, prefix: str) -> None:
+    console.print(received_json(received) if as_json else received_line(received, prefix), markup=False)
+
+
+def tail(
+    names: list[str] = typer.Argument(None, help="Topics to follow (default: all), e.g. runs actions.results."),
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record, not now."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per event."),
+) -> None:
+    """Follow topics, decoded, until Ctrl-C."""
+    settings = Settings()
+    wanted = [topics.resolve(settings, n) for n in names or []]
+    since = datetime.fromtimestamp(0, UTC) if from_beginning else None
+
+    async def go() -> None:
+        async with Client(settings) as client:
+            async for received in client.subscribe(*wanted, since=since):
+                _print(received, as_json, settings.topic_prefix)
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass
+
+
+def replay(
+    topic: str = typer.Option(..., "--topic", help="The topic to read, e.g. actions.proposed."),
+    from_beginning: bool = typer.Option(False, "--from-beginning"),
+    from_offset: int | None = typer.Option(None, "--from-offset", min=0, help="Start at this offset in every partition."),
+    from_time: datetime | None = typer.Option(None, "--from-time", help="Start at this time (ISO 8601; UTC if no zone)."),
+    run_id: str | None = typer.Option(None, "--run", help="Only this run's events."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per event."),
+) -> None:
+    """Print the decoded events of a range of one topic, through a fresh consumer that commits nothing."""
+    chosen = sum([from_beginning, from_offset is not None, from_time is not None])
+    if chosen != 1:
+        raise ConfigError("give exactly one of --from-beginning, --from-offset N, --from-time ISO")
+    settings = Settings()
+    name = topics.resolve(settings, topic)
+    start = from_time.replace(tzinfo=from_time.tzinfo or UTC) if from_time else None
+
+    async def go() -> int:
+        count = 0
+        async with Client(settings) as client:
+            async for received in client.replay(name, from_offset=from_offset, from_time=start, run_id=run_id):
+                _print(received, as_json, settings.topic_prefix)
+                count += 1
+        return count
+
+    count = asyncio.run(go())
+    if not as_json:
+        print(f"-- {count} events")

@@ -1,0 +1,239 @@
+"""The Python SDK: publish business events, decide approvals, follow and replay Charter's topics.
+
+    async with Client() as charter:
+        trigger = await charter.publish("support.refund_requested", {"order_id": "A-1", "amount": 40})
+        async for received in charter.subscribe("runs", since=trigger.envelope.occurred_at):
+            print(received.event)
+
+With no arguments it talks to the stack `charter up` runs (or CHARTER_BOOTSTRAP_SERVERS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from charter import serde, telemetry, topics
+from charter.bus import Bus
+from charter.clock import SystemClock, new_id
+from charter.config import Settings
+from charter.errors import InvalidMessage
+from charter.events import ApprovalGranted, ApprovalRejected, Event, TriggerReceived
+
+# How long a read waits for more records before deciding it has reached the end. Needed because
+# Tansu under-reports end offsets (BROKER.md): "past the reported end" is not proof of "at the end".
+_QUIET_MS = 400
+
+
+@dataclass(frozen=True)
+class Received:
+    """A record read from a topic: the event, or why it could not be decoded."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...]
+    event: Event | None
+    error: str | None = None
+
+    @property
+    def trace_id(self) -> str | None:
+        return telemetry.trace_id_of(self.headers)
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None, *, source: str = "sdk") -> None:
+        self.settings = settings or Settings()
+        self._source = source
+        self._bus: Bus | None = None
+        self._clock = SystemClock()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._bus is not None:
+            await self._bus.stop()
+            self._bus = None
+
+    async def _producer(self) -> Bus:
+        if self._bus is None:
+            bus = Bus(self.settings, client_id=f"charter-{self._source}")
+            await bus.start()
+            self._bus = bus
+        return self._bus
+
+    async def send(self, event: Event) -> None:
+        """Publish any Charter event to its topic, and wait until the broker has it."""
+        bus = await self._producer()
+        with telemetry.tracer("charter.client").start_as_current_span(f"publish {event.envelope.event_type}"):
+            await bus.publish(event)
+
+    async def publish(
+        self,
+        name: str,
+        data: dict[str, Any],
+        *,
+        correlation_id: str | None = None,
+        submitted_by: str | None = None,
+        tenant: str | None = None,
+    ) -> TriggerReceived:
+        """Publish a business event that may start agent runs."""
+        event_id = new_id()
+        trigger = TriggerReceived.create(
+            event_id=event_id,
+            now=self._clock.now(),
+            tenant=tenant or self.settings.tenant,
+            correlation_id=correlation_id or event_id,
+            name=name,
+            data=data,
+            source=self._source,
+            submitted_by=submitted_by,
+        )
+        await self.send(trigger)
+        return trigger
+
+    async def approve(self, approval_id: str, *, approver: str, run_id: str, comment: str | None = None) -> None:
+        await self.send(
+            ApprovalGranted.create(
+                event_id=new_id(),
+                now=self._clock.now(),
+                tenant=self.settings.tenant,
+                run_id=run_id,
+                correlation_id=approval_id,
+                approval_id=approval_id,
+                approver=approver,
+                comment=comment,
+            )
+        )
+
+    async def reject(self, approval_id: str, *, approver: str, run_id: str, reason: str | None = None) -> None:
+        await self.send(
+            ApprovalRejected.create(
+                event_id=new_id(),
+                now=self._clock.now(),
+                tenant=self.settings.tenant,
+                run_id=run_id,
+                correlation_id=approval_id,
+                approval_id=approval_id,
+                approver=approver,
+                reason=reason,
+            )
+        )
+
+    async def subscribe(self, *names: str, since: datetime | None = None) -> AsyncIterator[Received]:
+        """Follow topics (`runs`, `actions.results`, ...; all when none given) from `since`
+        (default: now), forever. Commits nothing and joins no group."""
+        start = since or datetime.now(UTC)
+        async with self._reader(names) as (consumer, parts):
+            await _seek_to_time(consumer, parts, start)
+            floor_ms = int(start.timestamp() * 1000)
+            while True:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for r in records:
+                        if r.timestamp >= floor_ms:
+                            yield _received(r)
+
+    async def replay(
+        self,
+        name: str,
+        *,
+        from_offset: int | None = None,
+        from_time: datetime | None = None,
+        run_id: str | None = None,
+    ) -> AsyncIterator[Received]:
+        """The records of one topic from an offset, a time, or the beginning, up to its end."""
+        async with self._reader([name]) as (consumer, parts):
+            if from_time is not None:
+                await _seek_to_time(consumer, parts, from_time)
+            elif from_offset is not None:
+                for tp in parts:
+                    consumer.seek(tp, from_offset)
+            else:
+                await consumer.seek_to_beginning(*parts)
+            ends = await consumer.end_offsets(parts)
+            floor_ms = int(from_time.timestamp() * 1000) if from_time else None
+            while True:
+                batch = await consumer.getmany(timeout_ms=_QUIET_MS)
+                for records in batch.values():
+                    for r in records:
+                        item = _received(r)
+                        if floor_ms is not None and r.timestamp < floor_ms:
+                            continue
+                        if run_id is None or (item.event is not None and item.event.run_id == run_id):
+                            yield item
+                if not batch and all(await _positions(consumer, parts, ends)):
+                    return
+
+    def _reader(self, names: Sequence[str]) -> _Reader:
+        full = [topics.resolve(self.settings, n) for n in names] or topics.all_names(self.settings)
+        return _Reader(self.settings, full)
+
+
+class _Reader:
+    """A group-less consumer assigned every partition of some topics."""
+
+    def __init__(self, settings: Settings, names: list[str]) -> None:
+        self._settings = settings
+        self._names = names
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap(),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
+            max_partition_fetch_bytes=max(self._settings.max_message_bytes, 1_048_576),
+        )
+        await consumer.start()
+        self._consumer = consumer
+        parts = []
+        for name in self._names:
+            partitions = consumer.partitions_for_topic(name)
+            if partitions is None:
+                await consumer.stop()
+                raise InvalidMessage(f"topic {name} does not exist on {self._settings.bootstrap()}")
+            parts += [TopicPartition(name, p) for p in sorted(partitions)]
+        consumer.assign(parts)
+        return consumer, parts
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+def _received(record: Any) -> Received:
+    headers = tuple(record.headers or ())
+    try:
+        return Received(record.topic, record.partition, record.offset, record.key, record.timestamp, headers, serde.decode(record.value))
+    except InvalidMessage as exc:
+        return Received(record.topic, record.partition, record.offset, record.key, record.timestamp, headers, None, str(exc))
+
+
+async def _seek_to_time(consumer: AIOKafkaConsumer, parts: list[TopicPartition], at: datetime) -> None:
+    found = await consumer.offsets_for_times({tp: int(at.timestamp() * 1000) for tp in parts})
+    ends = await consumer.end_offsets(parts)
+    for tp in parts:
+        hit = found.get(tp)
+        # Past the last record: start from the (reported) end; callers filter by timestamp too,
+        # since Tansu reports ends that can be early.
+        consumer.seek(tp, hit.offset if hit is not None and hit.offset >= 0 else ends[tp])
+
+
+async def _positions(
+    consumer: AIOKafkaConsumer, parts: list[TopicPartition], ends: dict[TopicPartition, int]
+) -> list[bool]:
+    return [await consumer.position(tp) >= ends[tp] for tp in parts]

@@ -1,0 +1,91 @@
+"""Settings, from `CHARTER_*` environment variables (and nothing else, so services and the CLI agree).
+
+The embedded stack needs none of them. Production sets at least CHARTER_BOOTSTRAP_SERVERS and
+CHARTER_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from charter.errors import ConfigError
+
+BrokerKind = Literal["tansu", "kafka"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHARTER_", frozen=True, extra="ignore")
+
+    home: Path = Field(Path(".charter"), description="Stores, logs and the running stack's address.")
+    bootstrap_servers: str | None = Field(None, description="Kafka to use; unset means the embedded broker.")
+    broker: BrokerKind | None = Field(
+        None, description="Which broker's capabilities to assume: tansu (embedded) or kafka."
+    )
+    topic_prefix: str = "charter."
+    partitions: int = Field(3, ge=1, description="Partitions of each topic.")
+    dlq_partitions: int = Field(1, ge=1, description="Partitions of each dead-letter topic.")
+    replication_factor: int = Field(1, ge=1, description="Replicas of each topic created.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; unset means SQLite under home.")
+    agents_dir: Path = Path("agents")
+    policies_dir: Path = Path("policies")
+    tool_modules: str = Field("charter.demo.tools", description="Comma-separated modules that declare tools.")
+    http_allowed_hosts: str = Field("", description="Comma-separated hosts HTTP tools may call.")
+    tenant: str = "default"
+    embedded_port: int = Field(0, ge=0, le=65535, description="Port of the embedded broker; 0 picks a free one.")
+    fetch_max_wait_ms: int = Field(20, ge=1, description="Broker wait for data per fetch: the latency floor.")
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    max_message_bytes: int = Field(1_000_000, ge=1024)
+    trace_exporter: Literal["none", "console", "file"] = "file"
+    log_level: str = "INFO"
+
+    @property
+    def stack_file(self) -> Path:
+        return self.home / "stack.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def broker_kind(self) -> BrokerKind:
+        if self.broker is not None:
+            return self.broker
+        # An external broker is assumed to be Apache Kafka unless told otherwise.
+        return "kafka" if self.bootstrap_servers else "tansu"
+
+    def database_url_for(self, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+    def tool_module_list(self) -> list[str]:
+        return [m.strip() for m in self.tool_modules.split(",") if m.strip()]
+
+    def allowed_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.http_allowed_hosts.split(",") if h.strip())
+
+    def bootstrap(self) -> str:
+        """The broker to talk to: the configured one, else the one `charter up` is running."""
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        try:
+            stack = json.loads(self.stack_file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no broker: start the stack with `charter up` (home {self.home}) "
+                "or set CHARTER_BOOTSTRAP_SERVERS"
+            ) from None
+        return str(stack["bootstrap_servers"])
+
+    def with_bootstrap(self, bootstrap: str, broker: BrokerKind) -> Settings:
+        return self.model_copy(update={"bootstrap_servers": bootstrap, "broker": broker})

@@ -1,0 +1,1 @@
+"""The demo: two agents' tools against a simulated ledger, and the scenario `charter up --demo` runs."""

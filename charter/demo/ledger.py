@@ -1,0 +1,45 @@
+"""A simulated system of record for the demo tools: one JSON line per effect, in the data dir.
+
+It stands in for a payments system or a directory service. Like a real one behind an
+idempotency key, it performs an effect once per key and answers a repeated key with the
+first result, so tests can count effects per key and prove nothing happened twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from charter.tools import ToolContext
+
+FILE = "demo-ledger.jsonl"
+
+
+def path(data_dir: Path) -> Path:
+    return data_dir / FILE
+
+
+def record(ctx: ToolContext, kind: str, effect: dict[str, Any]) -> dict[str, Any]:
+    """Perform `effect` once for `ctx.idempotency_key`; return what was recorded for it."""
+    ctx.data_dir.mkdir(parents=True, exist_ok=True)
+    with path(ctx.data_dir).open("a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        for line in f:
+            entry = json.loads(line)
+            if entry["idempotency_key"] == ctx.idempotency_key and entry["kind"] == kind:
+                return dict(entry["effect"])
+        entry = {"kind": kind, "idempotency_key": ctx.idempotency_key, "run_id": ctx.run_id, "at": time.time()}
+        f.write(json.dumps({**entry, "effect": effect}) + "\n")
+        f.flush()
+    return effect
+
+
+def entries(data_dir: Path) -> list[dict[str, Any]]:
+    p = path(data_dir)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

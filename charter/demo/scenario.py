@@ -1,0 +1,87 @@
+"""What `charter up --demo` shows: five business events, and how each run they start ends.
+
+A small refund runs unattended; a large one waits for finance, and the demo approves it the
+way a person would with `charter approvals approve`; a refund over the limit and production
+admin access are denied by policy; read access is granted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from charter import events as ev
+from charter.client import Client
+from charter.describe import describe
+
+DEMO_APPROVER = "dana"
+
+EVENTS: list[tuple[str, dict[str, Any]]] = [
+    ("support.refund_requested", {"order_id": "A-1001", "amount": 40, "reason": "arrived damaged"}),
+    ("support.refund_requested", {"order_id": "A-1002", "amount": 2500, "reason": "charged twice"}),
+    ("support.refund_requested", {"order_id": "A-1003", "amount": 9000, "reason": "bulk return"}),
+    ("it.access_requested", {"user": "sam", "system": "wiki", "level": "read", "environment": "production"}),
+    ("it.access_requested", {"user": "sam", "system": "payroll-db", "level": "admin", "environment": "production"}),
+]
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    agent: str
+    trigger: str
+    triggered_at: datetime
+    ended_at: datetime | None = None
+    outcome: str = "running"
+    detail: str = ""
+    approvals: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float | None:
+        """From the business event to the run's end, by the events' own clocks."""
+        return None if self.ended_at is None else (self.ended_at - self.triggered_at).total_seconds()
+
+
+async def run(client: Client, say: Callable[[str], None], timeout_s: float = 60.0) -> list[RunOutcome]:
+    since = datetime.now(UTC)
+    triggers: dict[str, ev.TriggerReceived] = {}
+    for name, data in EVENTS:
+        trigger = await client.publish(name, data, submitted_by="demo")
+        triggers[trigger.event_id] = trigger
+    say(f"published {len(EVENTS)} business events")
+    runs: dict[str, RunOutcome] = {}
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for received in client.subscribe("runs", "approvals.requested", since=since):
+                event = received.event
+                if isinstance(event, ev.RunStarted) and event.trigger_event_id in triggers:
+                    trigger = triggers[event.trigger_event_id]
+                    run_id = event.envelope.run_id or ""
+                    runs[run_id] = RunOutcome(
+                        run_id,
+                        event.envelope.agent or "",
+                        describe(trigger),
+                        trigger.envelope.occurred_at,
+                    )
+                elif event is not None and event.run_id in runs:
+                    await _follow(client, runs[event.run_id], event, say)
+                if len(runs) == len(EVENTS) and all(r.ended_at is not None for r in runs.values()):
+                    break
+    except TimeoutError:
+        say(f"gave up waiting after {timeout_s:.0f}s; runs still open are shown as running")
+    return list(runs.values())
+
+
+async def _follow(client: Client, outcome: RunOutcome, event: ev.Event, say: Callable[[str], None]) -> None:
+    if isinstance(event, ev.ApprovalRequested):
+        outcome.approvals.append(event.approval_id)
+        say(f"run {outcome.run_id[:8]}: {describe(event)}")
+        say(f"run {outcome.run_id[:8]}: approving as {DEMO_APPROVER}, as `charter approvals approve` would")
+        await client.approve(event.approval_id, approver=DEMO_APPROVER, run_id=outcome.run_id, comment="demo")
+    elif isinstance(event, ev.RunCompleted | ev.RunFailed):
+        outcome.ended_at = event.envelope.occurred_at
+        outcome.outcome = "completed" if isinstance(event, ev.RunCompleted) else "failed"
+        outcome.detail = describe(event)

@@ -1,0 +1,91 @@
+"""The demo agents' tools: a shop's orders and refunds, a customer notifier, and IT access grants."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from charter.demo import ledger
+from charter.tools import ToolContext, tool
+
+ORDER_ID = r"^[A-Z]-\d{3,10}$"
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OrderRef(_Params):
+    order_id: str = Field(pattern=ORDER_ID)
+
+
+class Order(BaseModel):
+    order_id: str
+    customer: str
+    currency: str
+    total: int
+
+
+@tool(description="Look up an order in the shop.", cost_units=1, timeout_s=2.0, idempotent=True)
+def lookup_order(params: OrderRef, ctx: ToolContext) -> Order:
+    digest = hashlib.sha256(params.order_id.encode()).hexdigest()
+    return Order(order_id=params.order_id, customer=f"cust-{digest[:6]}", currency="EUR", total=10_000)
+
+
+class RefundRequest(_Params):
+    order_id: str = Field(pattern=ORDER_ID)
+    amount: int = Field(gt=0)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    reason: str = Field("", max_length=500)
+
+
+class Refund(BaseModel):
+    refund_id: str
+    order_id: str
+    amount: int
+    currency: str
+
+
+@tool(description="Refund part or all of an order.", cost_units=5, timeout_s=5.0, idempotent=True)
+def issue_refund(params: RefundRequest, ctx: ToolContext) -> Refund:
+    refund_id = "rf-" + hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:10]
+    effect = ledger.record(ctx, "refund", {"refund_id": refund_id, **params.model_dump(exclude={"reason"})})
+    return Refund.model_validate(effect)
+
+
+class Notification(_Params):
+    customer: str = Field(min_length=1)
+    message: str = Field(min_length=1, max_length=2000)
+
+
+class Delivered(BaseModel):
+    delivered: bool
+
+
+@tool(description="Send a customer a message.", cost_units=1, timeout_s=2.0, idempotent=True)
+def notify_customer(params: Notification, ctx: ToolContext) -> Delivered:
+    ledger.record(ctx, "notification", params.model_dump())
+    return Delivered(delivered=True)
+
+
+class AccessRequest(_Params):
+    user: str = Field(pattern=r"^[a-z][a-z0-9._-]*$")
+    system: str = Field(pattern=r"^[a-z][a-z0-9._-]*$")
+    level: Literal["read", "write", "admin"]
+    target_environment: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+
+
+class Grant(BaseModel):
+    grant_id: str
+    user: str
+    system: str
+    level: str
+
+
+@tool(description="Grant a user access to a system.", cost_units=2, timeout_s=5.0, idempotent=True)
+def grant_access(params: AccessRequest, ctx: ToolContext) -> Grant:
+    grant_id = "gr-" + hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:10]
+    effect = ledger.record(ctx, "grant", {"grant_id": grant_id, **params.model_dump(exclude={"target_environment"})})
+    return Grant.model_validate(effect)

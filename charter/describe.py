@@ -1,0 +1,56 @@
+"""One line of plain language per event, for people reading `tail`, `replay`, `run show` and the demo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from charter import events as ev
+from charter.events import canonical_json
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else canonical_json(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _why(decision: ev.Decision) -> str:
+    return "; ".join(decision.reasons) or "no reason given"
+
+
+def describe(event: ev.Event) -> str:  # noqa: C901, PLR0911, PLR0912 - one branch per event type is the point
+    match event:
+        case ev.TriggerReceived():
+            return f"{event.name} from {event.source} {_short(event.data)}"
+        case ev.RunStarted():
+            return f"run of {event.envelope.agent} started by {event.trigger_name} ({event.steps} steps)"
+        case ev.RunCompleted():
+            return f"run completed after {event.steps_completed} steps"
+        case ev.RunFailed():
+            return f"run failed ({event.cause}): {event.reason}"
+        case ev.ActionProposed():
+            a = event.action
+            return f"step {a.step_index + 1} {a.step_id}: {a.tool} on {a.resource} {_short(a.parameters)}"
+        case ev.ActionApproved():
+            who = "policy" if event.approved_by == "policy" else f"{event.approved_by} (human)"
+            return f"{event.action.tool} approved by {who}: {_why(event.decision)}"
+        case ev.ActionRejected():
+            return f"{event.action.tool} rejected by {event.rejected_by}: {_why(event.decision)}"
+        case ev.ApprovalRequested():
+            roles = " or ".join(event.decision.approval_roles)
+            return f"{event.action.tool} waits for approval by {roles} [approval {event.approval_id[:8]}]"
+        case ev.ApprovalGranted():
+            return f"approval {event.approval_id[:8]} granted by {event.approver}"
+        case ev.ApprovalRejected():
+            return f"approval {event.approval_id[:8]} rejected by {event.approver}: {event.reason or '-'}"
+        case ev.ActionExecuted():
+            return f"{event.action.tool} executed in {event.duration_ms:.1f} ms: {_short(event.result)}"
+        case ev.ActionFailed():
+            doubt = " (in doubt)" if event.in_doubt else ""
+            return f"{event.action.tool} failed{doubt}: {event.error}"
+        case ev.DeadLettered():
+            where = f"{event.source_topic}[{event.source_partition}]@{event.source_offset}"
+            return f"dead letter from {where} by {event.service}: {event.reason}"
+        case ev.PolicyReloaded():
+            state = "loaded" if event.valid else f"INVALID ({event.error})"
+            return f"policy set {event.policy_hash[:12]} {state}: {len(event.policy_ids)} policies"
+    return event.envelope.event_type

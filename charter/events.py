@@ -1,0 +1,254 @@
+"""Charter's events: immutable facts, named in the past tense, one Avro schema each.
+
+Each model here matches `schemas/<Name>.avsc` field for field (tests/unit/test_schemas.py
+proves it). The envelope carries identity, time and lineage; the payload is the event's own.
+JSON-valued fields (`parameters`, `data`, `result`, `outputs`) are strings on the wire so
+the Avro contract does not change with each tool's parameters; in Python they are dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+from charter.clock import derive_id
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling of a value: sorted keys, no spaces, so equal data hash equal."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _load_json_object(value: Any) -> Any:
+    if isinstance(value, str):
+        loaded = json.loads(value)
+        if not isinstance(loaded, dict):
+            raise ValueError("expected a JSON object")
+        return loaded
+    return value
+
+
+JsonObject = Annotated[
+    dict[str, Any],
+    BeforeValidator(_load_json_object),
+    PlainSerializer(canonical_json, return_type=str),
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Envelope(_Frozen):
+    event_id: str
+    event_type: str
+    schema_version: int
+    occurred_at: datetime
+    tenant: str
+    agent: str | None = None
+    run_id: str | None = None
+    correlation_id: str
+    causation_id: str | None = None
+
+
+class Action(_Frozen):
+    action_id: str
+    step_index: int
+    step_id: str
+    tool: str
+    resource: str
+    parameters: JsonObject
+    environment: str
+
+
+class Decision(_Frozen):
+    outcome: str
+    policy_ids: list[str]
+    policy_hash: str
+    reasons: list[str]
+    approval_roles: list[str]
+
+
+E = TypeVar("E", bound="Event")
+
+
+class Event(_Frozen):
+    """Base of every event type. Subclasses name their Avro schema by class name."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    envelope: Envelope
+
+    @property
+    def event_id(self) -> str:
+        return self.envelope.event_id
+
+    @property
+    def run_id(self) -> str | None:
+        return self.envelope.run_id
+
+    @classmethod
+    def caused_by(
+        cls: type[E], cause: Event, /, *, now: datetime, label: str = "", event_id: str = "", **payload: Any
+    ) -> E:
+        """The event `cause` led to: same tenant, agent, run and correlation. Its id is
+        `event_id` if given, else derived from the cause's id and `label`."""
+        env = cause.envelope
+        return cls.create(
+            event_id=event_id or derive_id(env.event_id, label or cls.__name__),
+            now=now,
+            tenant=env.tenant,
+            agent=payload.pop("agent", env.agent),
+            run_id=payload.pop("run_id", env.run_id),
+            correlation_id=env.correlation_id,
+            causation_id=env.event_id,
+            **payload,
+        )
+
+    @classmethod
+    def create(
+        cls: type[E],
+        *,
+        event_id: str,
+        now: datetime,
+        tenant: str,
+        correlation_id: str,
+        agent: str | None = None,
+        run_id: str | None = None,
+        causation_id: str | None = None,
+        **payload: Any,
+    ) -> E:
+        envelope = Envelope(
+            event_id=event_id,
+            event_type=cls.__name__,
+            schema_version=cls.SCHEMA_VERSION,
+            occurred_at=now.astimezone(UTC),
+            tenant=tenant,
+            agent=agent,
+            run_id=run_id,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+        return cls(envelope=envelope, **payload)
+
+
+class TriggerReceived(Event):
+    name: str
+    data: JsonObject
+    source: str
+    submitted_by: str | None = None
+
+
+class RunStarted(Event):
+    agent_owner: str
+    trigger_event_id: str
+    trigger_name: str
+    environment: str
+    steps: int
+
+
+class RunCompleted(Event):
+    steps_completed: int
+    outputs: JsonObject
+
+
+class RunFailed(Event):
+    cause: str
+    reason: str
+    failed_step: int | None = None
+
+
+class ActionProposed(Event):
+    action: Action
+
+
+class ActionApproved(Event):
+    action: Action
+    decision: Decision
+    approved_by: str
+
+
+class ActionRejected(Event):
+    action: Action
+    decision: Decision
+    rejected_by: str
+
+
+class ApprovalRequested(Event):
+    approval_id: str
+    action: Action
+    decision: Decision
+
+
+class ApprovalGranted(Event):
+    approval_id: str
+    approver: str
+    comment: str | None = None
+
+
+class ApprovalRejected(Event):
+    approval_id: str
+    approver: str
+    reason: str | None = None
+
+
+class ActionExecuted(Event):
+    action: Action
+    idempotency_key: str
+    result: JsonObject
+    duration_ms: float
+    attempts: int
+
+
+class ActionFailed(Event):
+    action: Action
+    idempotency_key: str
+    error: str
+    error_type: str
+    in_doubt: bool
+    attempts: int
+
+
+class DeadLettered(Event):
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: bytes | None = None
+    value: bytes
+    reason: str
+    error_type: str
+    service: str
+
+
+class PolicyReloaded(Event):
+    policy_hash: str
+    policy_ids: list[str]
+    files: list[str]
+    valid: bool
+    error: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        TriggerReceived,
+        RunStarted,
+        RunCompleted,
+        RunFailed,
+        ActionProposed,
+        ActionApproved,
+        ActionRejected,
+        ApprovalRequested,
+        ApprovalGranted,
+        ApprovalRejected,
+        ActionExecuted,
+        ActionFailed,
+        DeadLettered,
+        PolicyReloaded,
+    )
+}
+
+RUN_TERMINAL = (RunCompleted, RunFailed)

@@ -1,0 +1,108 @@
+"""One record through a service: decode, trace, handle, publish; or dead-letter with the reason.
+
+Cross-cutting concerns live here, wrapped around every service's handler, so handlers only
+decide. Bad input never stops a partition: it goes to `<topic>.dlq` and the next record runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from opentelemetry import trace
+
+from charter import serde, telemetry
+from charter.bus import Bus
+from charter.clock import Clock, derive_id
+from charter.consumer import Delivery
+from charter.errors import InvalidMessage, RetryPolicy
+from charter.events import DeadLettered, Event
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Event, Delivery], Awaitable[Sequence[Event]]]
+
+
+class Pipeline:
+    def __init__(
+        self, service: str, bus: Bus, handler: Handler, clock: Clock, retry: RetryPolicy | None = None
+    ) -> None:
+        self.service = service
+        self._bus = bus
+        self._handler = handler
+        self._clock = clock
+        self._retry = retry or RetryPolicy()
+        self._tracer = telemetry.tracer(f"charter.{service}")
+
+    async def process_batch(self, deliveries: Sequence[Delivery]) -> None:
+        pending: list[asyncio.Future[Any]] = []
+        for delivery in deliveries:
+            pending.extend(await self.process(delivery))
+        # Every output must be acknowledged before the caller commits the inputs' offsets.
+        await asyncio.gather(*pending)
+
+    async def process(self, delivery: Delivery) -> list[asyncio.Future[Any]]:
+        try:
+            event = serde.decode(delivery.value)
+        except InvalidMessage as exc:
+            log.warning("dead-lettering %s[%d]@%d: %s", delivery.topic, delivery.partition, delivery.offset, exc)
+            return [await self._bus.send(self.dead_letter(delivery, exc, None))]
+        env = event.envelope
+        with (
+            self._tracer.start_as_current_span(
+                f"{self.service} {env.event_type}",
+                context=telemetry.extract(delivery.headers),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.destination.name": delivery.topic,
+                    "charter.event_id": env.event_id,
+                    "charter.run_id": env.run_id or "",
+                    "charter.agent": env.agent or "",
+                },
+            ),
+            telemetry.run_context(env.run_id),
+        ):
+            outputs = await self._handle(event, delivery)
+            return [await self._bus.send(out) for out in outputs]
+
+    async def _handle(self, event: Event, delivery: Delivery) -> Sequence[Event]:
+        attempt = 1
+        while True:
+            try:
+                return await self._handler(event, delivery)
+            except InvalidMessage as exc:
+                log.warning("dead-lettering %s: %s", event.event_id, exc)
+                return [self.dead_letter(delivery, exc, event)]
+            except Exception as exc:
+                if attempt >= self._retry.attempts:
+                    log.exception("giving up on %s after %d attempts", event.event_id, attempt)
+                    return [self.dead_letter(delivery, exc, event, attempts=attempt)]
+                log.warning("attempt %d on %s failed, retrying: %r", attempt, event.event_id, exc)
+                await asyncio.sleep(self._retry.delay(attempt))
+                attempt += 1
+
+    def dead_letter(
+        self, delivery: Delivery, exc: Exception, event: Event | None, attempts: int = 1
+    ) -> DeadLettered:
+        position = f"{delivery.topic}:{delivery.partition}:{delivery.offset}"
+        reason = str(exc) if attempts == 1 else f"gave up after {attempts} attempts: {exc!r}"
+        env = event.envelope if event else None
+        return DeadLettered.create(
+            event_id=derive_id(position, f"dlq:{self.service}"),
+            now=self._clock.now(),
+            tenant=env.tenant if env else self._bus.settings.tenant,
+            agent=env.agent if env else None,
+            run_id=env.run_id if env else None,
+            correlation_id=env.correlation_id if env else position,
+            causation_id=env.event_id if env else None,
+            source_topic=delivery.topic,
+            source_partition=delivery.partition,
+            source_offset=delivery.offset,
+            key=delivery.key,
+            value=delivery.value,
+            reason=reason,
+            error_type=type(exc).__name__,
+            service=self.service,
+        )

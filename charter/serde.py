@@ -1,0 +1,106 @@
+"""Events to bytes and back: Avro, framed with the Avro single-object encoding.
+
+Every value is `C3 01` + the writer schema's 8-byte CRC-64-AVRO fingerprint (little-endian) +
+the Avro binary body, so any Avro reader with the `.avsc` files can find the writer's schema.
+This is the only module that touches fastavro; services see `encode` and `decode`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from charter.errors import UndecodableRecord, UnknownSchema
+from charter.events import EVENT_TYPES, Event
+
+MARKER = b"\xc3\x01"
+_HEADER_LEN = len(MARKER) + 8
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+@dataclass(frozen=True)
+class WriterSchema:
+    name: str
+    parsed: Any
+    fingerprint: bytes
+    canonical: str
+
+
+class SchemaSet:
+    """The `.avsc` files of one directory: named types in `types/`, one event type per file."""
+
+    def __init__(self, directory: Path) -> None:
+        named: dict[str, Any] = {}
+        for path in sorted((directory / "types").glob("*.avsc")):
+            parse_schema(json.loads(path.read_text()), named_schemas=named)
+        self.by_name: dict[str, WriterSchema] = {}
+        self.by_fingerprint: dict[bytes, WriterSchema] = {}
+        for path in sorted(directory.glob("*.avsc")):
+            # Each event schema is parsed against a copy so its canonical form inlines the types.
+            parsed = parse_schema(json.loads(path.read_text()), named_schemas=dict(named))
+            canonical = to_parsing_canonical_form(parsed)
+            schema = WriterSchema(
+                name=path.stem,
+                parsed=parsed,
+                fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
+                canonical=canonical,
+            )
+            self.by_name[schema.name] = schema
+            self.by_fingerprint[schema.fingerprint] = schema
+
+
+@cache
+def schemas(directory: Path = SCHEMAS_DIR) -> SchemaSet:
+    return SchemaSet(directory)
+
+
+def encode(event: Event) -> bytes:
+    schema = schemas().by_name[type(event).__name__]
+    buffer = io.BytesIO()
+    buffer.write(MARKER)
+    buffer.write(schema.fingerprint)
+    fastavro.schemaless_writer(buffer, schema.parsed, event.model_dump())
+    return buffer.getvalue()
+
+
+def writer_schema(data: bytes) -> WriterSchema:
+    """The schema that wrote `data`, from its single-object header."""
+    if len(data) < _HEADER_LEN or data[: len(MARKER)] != MARKER:
+        raise UndecodableRecord("not an Avro single-object record (missing C3 01 marker)")
+    fp = bytes(data[len(MARKER) : _HEADER_LEN])
+    schema = schemas().by_fingerprint.get(fp)
+    if schema is None:
+        raise UnknownSchema(f"unknown schema fingerprint {fp.hex()}")
+    return schema
+
+
+def decode(data: bytes) -> Event:
+    schema = writer_schema(data)
+    body = io.BytesIO(data[_HEADER_LEN:])
+    try:
+        record = fastavro.schemaless_reader(body, schema.parsed, None)
+    except Exception as exc:  # fastavro raises many types on corrupt input
+        raise UndecodableRecord(f"{schema.name} body does not decode: {exc}") from exc
+    if body.tell() != len(data) - _HEADER_LEN:
+        raise UndecodableRecord(f"{schema.name} body has {len(data) - _HEADER_LEN - body.tell()} trailing bytes")
+    cls = EVENT_TYPES[schema.name]
+    try:
+        event = cls.model_validate(record)
+    except ValueError as exc:
+        raise UndecodableRecord(f"{schema.name} fails validation: {_first_line(exc)}") from exc
+    if event.envelope.event_type != schema.name:
+        raise UndecodableRecord(
+            f"envelope says {event.envelope.event_type!r} but the schema is {schema.name}"
+        )
+    return event
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]

@@ -1,0 +1,88 @@
+"""The process around a service: settings, logs, traces, the producer, the consumer loop, and a
+clean stop on SIGTERM. `services/<name>/__main__.py` hands a factory to `run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from charter import broker
+from charter.bus import Bus
+from charter.config import Settings
+from charter.consumer import BatchHandler, ConsumerLoop
+from charter.errors import ConfigError
+from charter.stack import readiness
+from charter.telemetry import setup_logging, setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Parts:
+    """What a service is made of, once built."""
+
+    topics: Sequence[str]
+    handle_batch: BatchHandler
+    background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = ()
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+Factory = Callable[[Settings, Bus], Awaitable[Parts]]
+
+
+def group_id(settings: Settings, service: str) -> str:
+    return f"{settings.topic_prefix}{service}"
+
+
+async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.Event) -> None:
+    bus = Bus(settings, client_id=group_id(settings, name))
+    await bus.start()
+    parts = await factory(settings, bus)
+    loop = ConsumerLoop(
+        settings,
+        group_id(settings, name),
+        parts.topics,
+        parts.handle_batch,
+        on_assigned=lambda: readiness.mark(settings, name),
+    )
+    tasks = [asyncio.create_task(loop.run(stop), name=f"{name}-consumer")]
+    tasks += [asyncio.create_task(task(stop), name=f"{name}-{task.__name__}") for task in parts.background]
+    try:
+        # The first task to fail takes the process down; the supervisor restarts it.
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        parts.close()
+        await bus.stop()
+
+
+def run(name: str, factory: Factory) -> None:
+    settings = Settings()
+    setup_logging(name, settings.log_level)
+    provider = setup_tracing(name, settings)
+    log.info("starting: %s", broker.capabilities(settings).describe())
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(name, settings, factory, stop)
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    finally:
+        readiness.clear(settings, name)
+        provider.shutdown()
+    log.info("stopped")

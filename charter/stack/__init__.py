@@ -1,0 +1,1 @@
+"""Running the whole stack: the embedded broker, topic creation, and the service supervisor."""

@@ -1,0 +1,105 @@
+"""Keeps the five services running: starts each as its own process, restarts a crashed one
+with exponential backoff, and stops them all, by force if need be, within a deadline."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from charter.stack.processes import spawn, terminate
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("audit", "approvals", "executor", "policy", "planner")
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+STABLE_AFTER_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = FIRST_BACKOFF_S
+    restart_at: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc and self.proc.poll() is None else None
+
+
+def service_argv(name: str) -> list[str]:
+    return [sys.executable, "-m", f"services.{name}"]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        names: Sequence[str],
+        logs_dir: Path,
+        env: dict[str, str],
+        notify: Callable[[str], None] = print,
+    ) -> None:
+        self.children = {n: Child(n, service_argv(n), logs_dir / f"{n}.log") for n in names}
+        self._env = env
+        self._notify = notify
+        self._stopping = False
+
+    def start_all(self) -> None:
+        for child in self.children.values():
+            self._start(child)
+
+    def _start(self, child: Child) -> None:
+        child.proc = spawn(child.argv, child.log, self._env)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def pids(self) -> dict[str, int | None]:
+        return {name: child.pid for name, child in self.children.items()}
+
+    def poll(self) -> None:
+        """Notice exits and restart what is due; call it often."""
+        now = time.monotonic()
+        for child in self.children.values():
+            if self._stopping or child.proc is None:
+                continue
+            code = child.proc.poll()
+            if code is not None and child.restart_at is None:
+                if now - child.started_at >= STABLE_AFTER_S:
+                    child.backoff_s = FIRST_BACKOFF_S
+                child.restart_at = now + child.backoff_s
+                self._notify(
+                    f"{child.name} exited with code {code}; restarting in {child.backoff_s:.1f}s (log: {child.log})"
+                )
+                child.backoff_s = min(MAX_BACKOFF_S, child.backoff_s * 2)
+            if child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                self._start(child)
+
+    def stop_all(self, deadline_s: float = 8.0) -> list[str]:
+        """SIGTERM everything, SIGKILL what is still up at the deadline. Returns who was killed."""
+        self._stopping = True
+        running = [(c.name, c.proc) for c in self.children.values() if c.proc is not None and c.proc.poll() is None]
+        for _, proc in running:
+            terminate(proc, signal.SIGTERM)
+        end = time.monotonic() + deadline_s
+        killed = []
+        for name, proc in running:
+            try:
+                proc.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                # faust workers can hang in shutdown; nothing they hold is lost by a kill.
+                terminate(proc, signal.SIGKILL)
+                proc.wait()
+                killed.append(name)
+        return killed

@@ -1,0 +1,177 @@
+"""`charter up`: the broker, the topics, the five services, and (with --demo) a governed run.
+
+Ready means every service's consumer group has joined and its partitions are assigned; the
+time to get there is printed. The stack stops, within 10 s, on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from charter import broker, topics
+from charter.client import Client
+from charter.config import Settings
+from charter.demo import scenario
+from charter.errors import ConfigError
+from charter.stack import readiness
+from charter.stack.embedded import EmbeddedBroker
+from charter.stack.supervisor import SERVICES, Supervisor
+
+READY_TIMEOUT_S = 60.0
+Say = Callable[[str], None]
+
+
+async def create_topics(settings: Settings) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap(), client_id="charter-up")
+    await admin.start()
+    try:
+        return await topics.ensure(admin, settings)
+    finally:
+        await admin.close()
+
+
+def _claim_home(settings: Settings) -> None:
+    """One stack per home: a second `charter up` would share stores and confuse the CLI."""
+    try:
+        other = json.loads(settings.stack_file.read_text())
+        os.kill(int(other["pid"]), 0)
+    except (FileNotFoundError, ProcessLookupError, ValueError, KeyError):
+        return
+    raise ConfigError(f"a stack already runs from {settings.home} (pid {other['pid']}); stop it first")
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "CHARTER_HOME": str(settings.home.resolve()),
+            "CHARTER_BOOTSTRAP_SERVERS": settings.bootstrap(),
+            "CHARTER_BROKER": settings.broker_kind,
+            "CHARTER_AGENTS_DIR": str(settings.agents_dir.resolve()),
+            "CHARTER_POLICIES_DIR": str(settings.policies_dir.resolve()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signals = 0
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals += 1
+        self.event.set()
+
+
+def _wait_ready(settings: Settings, supervisor: Supervisor, stop: _Stop) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < READY_TIMEOUT_S and not stop.event.is_set():
+        supervisor.poll()
+        ready = readiness.ready_pids(settings)
+        pids = supervisor.pids()
+        if all(pid is not None and ready.get(name) == pid for name, pid in pids.items()):
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+def up(settings: Settings, *, demo: bool, once: bool, say: Say = print) -> int:
+    t0 = time.monotonic()
+    _claim_home(settings)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    readiness.clear(settings)
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    embedded: EmbeddedBroker | None = None
+    supervisor: Supervisor | None = None
+    try:
+        if settings.bootstrap_servers is None:
+            embedded = EmbeddedBroker(settings.logs_dir / "broker.log", settings.embedded_port)
+            settings = settings.with_bootstrap(embedded.start(), "tansu")
+            say(f"embedded broker (Tansu) on {settings.bootstrap()}")
+        else:
+            say(f"using the broker at {settings.bootstrap()}")
+        say(broker.capabilities(settings).describe())
+        created = asyncio.run(create_topics(settings))
+        say(f"topics: {len(topics.specs(settings))} ready ({len(created)} created, {settings.partitions} partitions each)")
+        _write_stack_file(settings, embedded)
+        supervisor = Supervisor(SERVICES, settings.logs_dir, service_env(settings), notify=say)
+        supervisor.start_all()
+        took = _wait_ready(settings, supervisor, stop)
+        if took is None:
+            if stop.event.is_set():
+                return 130
+            say(f"not ready after {READY_TIMEOUT_S:.0f}s; see the logs in {settings.logs_dir}")
+            return 1
+        say(f"ready in {time.monotonic() - t0:.1f}s ({took:.1f}s for the five services to join their groups)")
+        say(f"logs: {settings.logs_dir}/  stores: {settings.data_dir}/")
+        if demo:
+            _demo(settings, say)
+        if once:
+            return 0
+        say("running; Ctrl-C to stop")
+        while not stop.event.wait(0.2):
+            supervisor.poll()
+            if embedded is not None and not embedded.alive():
+                say(f"the embedded broker died; see {settings.logs_dir / 'broker.log'}")
+                return 1
+        return 0
+    finally:
+        _shutdown(settings, supervisor, embedded, say)
+
+
+def _demo(settings: Settings, say: Say) -> None:
+    async def go() -> list[scenario.RunOutcome]:
+        async with Client(settings, source="demo") as client:
+            return await scenario.run(client, say)
+
+    outcomes = asyncio.run(go())
+    say("")
+    say("how each run ended:")
+    for o in sorted(outcomes, key=lambda o: o.triggered_at):
+        took = f"{o.seconds * 1000:.0f} ms" if o.seconds is not None else "-"
+        say(f"  {o.run_id[:8]}  {o.agent:<16} {o.outcome:<9} {took:>8}  {o.trigger}")
+        say(f"            {o.detail}")
+    say("")
+    say("see one run's timeline with: charter run show <id>")
+
+
+def _write_stack_file(settings: Settings, embedded: EmbeddedBroker | None) -> None:
+    settings.stack_file.write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "bootstrap_servers": settings.bootstrap(),
+                "broker": settings.broker_kind,
+                "broker_pid": embedded.pid if embedded else None,
+                "logs": str(settings.logs_dir.resolve()),
+                "started_at": time.time(),
+            }
+        )
+    )
+
+
+def _shutdown(settings: Settings, supervisor: Supervisor | None, embedded: EmbeddedBroker | None, say: Say) -> None:
+    t = time.monotonic()
+    if supervisor is not None:
+        killed = supervisor.stop_all(deadline_s=7.0)
+        if killed:
+            say(f"killed after the deadline: {', '.join(killed)}")
+    if embedded is not None:
+        embedded.stop()
+    settings.stack_file.unlink(missing_ok=True)
+    readiness.clear(settings)
+    say(f"stopped in {time.monotonic() - t:.1f}s")

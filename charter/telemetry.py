@@ -1,0 +1,115 @@
+"""Tracing and logging, set up once per process.
+
+W3C trace context rides in Kafka headers (`traceparent`, `tracestate`), so the spans of one run
+share a trace id across the planner, policy, approvals, executor and audit processes.
+Log lines carry the current trace id and run id, so a log line leads to its trace and run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from charter.config import Settings
+
+Headers = Sequence[tuple[str, bytes]]
+_PROPAGATOR = TraceContextTextMapPropagator()
+_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("charter_run_id", default=None)
+
+
+class _HeaderGetter(Getter[Headers]):
+    def get(self, carrier: Headers, key: str) -> list[str] | None:
+        values = [v.decode("latin-1") for k, v in carrier if k == key]
+        return values or None
+
+    def keys(self, carrier: Headers) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+class _HeaderSetter(Setter[list[tuple[str, bytes]]]):
+    def set(self, carrier: list[tuple[str, bytes]], key: str, value: str) -> None:
+        carrier.append((key, value.encode("latin-1")))
+
+
+def extract(headers: Headers | None) -> Context:
+    return _PROPAGATOR.extract(headers or [], getter=_HeaderGetter())
+
+
+def inject() -> list[tuple[str, bytes]]:
+    """Headers carrying the current span's context."""
+    headers: list[tuple[str, bytes]] = []
+    _PROPAGATOR.inject(headers, setter=_HeaderSetter())
+    return headers
+
+
+def trace_id_of(headers: Headers | None) -> str | None:
+    """The 32-hex trace id in a record's `traceparent` header, if any."""
+    span = trace.get_current_span(extract(headers))
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+@contextmanager
+def run_context(run_id: str | None) -> Iterator[None]:
+    token = _run_id.set(run_id)
+    try:
+        yield
+    finally:
+        _run_id.reset(token)
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        record.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else "-"
+        record.run_id = _run_id.get() or "-"
+        return True
+
+
+def setup_logging(service: str, level: str, stream: IO[str] = sys.stderr) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_ContextFilter())
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s %(levelname)s {service} %(name)s [run=%(run_id)s trace=%(trace_id)s] %(message)s"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Kafka clients log every reconnect at INFO/WARNING; keep ours readable.
+    for noisy in ("aiokafka", "kafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _span_line(span: ReadableSpan) -> str:
+    return span.to_json(indent=None) + "\n"
+
+
+def setup_tracing(service: str, settings: Settings) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": f"charter-{service}"}))
+    if settings.trace_exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif settings.trace_exporter == "file":
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        out = (settings.logs_dir / f"traces-{service}.jsonl").open("a", encoding="utf-8")
+        exporter = ConsoleSpanExporter(out=out, formatter=_span_line)
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)

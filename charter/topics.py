@@ -1,0 +1,95 @@
+"""The topics of the contract, their names, partition counts, and which event goes where.
+
+Every topic is created explicitly before any client touches it: brokers that auto-create
+(Tansu always does) would otherwise pick a partition count of their own.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from charter import events as ev
+from charter.config import Settings
+from charter.errors import ConfigError
+
+
+class Topic(StrEnum):
+    TRIGGERS = "triggers"
+    RUNS = "runs"
+    ACTIONS_PROPOSED = "actions.proposed"
+    ACTIONS_APPROVED = "actions.approved"
+    ACTIONS_REJECTED = "actions.rejected"
+    APPROVALS_REQUESTED = "approvals.requested"
+    APPROVALS_DECIDED = "approvals.decided"
+    ACTIONS_RESULTS = "actions.results"
+    CONTROL = "control"
+
+
+TOPIC_OF: dict[type[ev.Event], Topic] = {
+    ev.TriggerReceived: Topic.TRIGGERS,
+    ev.RunStarted: Topic.RUNS,
+    ev.RunCompleted: Topic.RUNS,
+    ev.RunFailed: Topic.RUNS,
+    ev.ActionProposed: Topic.ACTIONS_PROPOSED,
+    ev.ActionApproved: Topic.ACTIONS_APPROVED,
+    ev.ActionRejected: Topic.ACTIONS_REJECTED,
+    ev.ApprovalRequested: Topic.APPROVALS_REQUESTED,
+    ev.ApprovalGranted: Topic.APPROVALS_DECIDED,
+    ev.ApprovalRejected: Topic.APPROVALS_DECIDED,
+    ev.ActionExecuted: Topic.ACTIONS_RESULTS,
+    ev.ActionFailed: Topic.ACTIONS_RESULTS,
+    ev.PolicyReloaded: Topic.CONTROL,
+}
+
+DLQ_SUFFIX = ".dlq"
+
+
+def name(settings: Settings, topic: Topic) -> str:
+    return f"{settings.topic_prefix}{topic.value}"
+
+
+def dlq_name(source_topic: str) -> str:
+    return f"{source_topic}{DLQ_SUFFIX}"
+
+
+def all_names(settings: Settings) -> list[str]:
+    """Every topic of the contract, DLQs included."""
+    names = [name(settings, t) for t in Topic]
+    return names + [dlq_name(n) for n in names]
+
+
+def resolve(settings: Settings, text: str) -> str:
+    """A topic as a user typed it (`runs`, `charter.runs`, `triggers.dlq`) to its full name."""
+    full = text if text.startswith(settings.topic_prefix) else f"{settings.topic_prefix}{text}"
+    if full not in all_names(settings):
+        known = ", ".join(n.removeprefix(settings.topic_prefix) for n in all_names(settings))
+        raise ConfigError(f"unknown topic {text!r}; known: {known}")
+    return full
+
+
+def specs(settings: Settings) -> dict[str, int]:
+    """Topic name -> partition count."""
+    out = {name(settings, t): settings.partitions for t in Topic}
+    out.update({dlq_name(n): settings.dlq_partitions for n in list(out)})
+    return out
+
+
+async def ensure(admin: AIOKafkaAdminClient, settings: Settings) -> list[str]:
+    """Create missing topics; refuse to run on existing ones with another partition count."""
+    wanted = specs(settings)
+    existing = set(await admin.list_topics())
+    missing = [NewTopic(n, p, settings.replication_factor) for n, p in wanted.items() if n not in existing]
+    if missing:
+        await admin.create_topics(missing)
+    present = [n for n in wanted if n in existing]
+    if present:
+        for described in await admin.describe_topics(present):
+            count = len(described["partitions"])
+            if count != wanted[described["topic"]]:
+                raise ConfigError(
+                    f"topic {described['topic']} has {count} partitions, configuration says "
+                    f"{wanted[described['topic']]}; change CHARTER_PARTITIONS or recreate the topic"
+                )
+    return [t.name for t in missing]

@@ -1,0 +1,1 @@
+"""The executor: runs approved actions through their tools, once in effect."""

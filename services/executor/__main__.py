@@ -1,0 +1,7 @@
+"""`python -m services.executor`"""
+
+from charter.service import run
+from services.executor.service import NAME, build
+
+if __name__ == "__main__":
+    run(NAME, build)

@@ -1,0 +1,87 @@
+"""The executor's decisions: whether to call a tool for an approved action, and what its
+outcome event says.
+
+Every action has an idempotency key, its run and step. The store records `started` before the
+call and the outcome after it. A key already completed replays the recorded outcome and calls
+nothing; a key started but never completed is in doubt: the tool may have acted. An
+idempotent tool is then called again with the same key; any other is not, and the action fails
+as in doubt, for a human to resolve with the evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from charter.clock import derive_id
+from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What the store knows about one idempotency key."""
+
+    status: Literal["started", "completed"]
+    attempts: int
+    outcome: Event | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: Literal["call", "replay", "in_doubt"]
+    attempt: int
+    recorded: Event | None = None
+
+
+def idempotency_key(approved: ActionApproved) -> str:
+    return f"{approved.envelope.run_id}:{approved.action.step_index}"
+
+
+def plan(record: Execution | None, idempotent: bool) -> Plan:
+    if record is None:
+        return Plan("call", 1)
+    if record.status == "completed":
+        return Plan("replay", record.attempts, record.outcome)
+    if idempotent:
+        return Plan("call", record.attempts + 1)
+    return Plan("in_doubt", record.attempts)
+
+
+def executed(
+    approved: ActionApproved, result: dict[str, Any], duration_ms: float, attempts: int, now: datetime
+) -> ActionExecuted:
+    key = idempotency_key(approved)
+    return ActionExecuted.caused_by(
+        approved,
+        event_id=derive_id(key, "outcome"),
+        now=now,
+        action=approved.action,
+        idempotency_key=key,
+        result=result,
+        duration_ms=round(duration_ms, 3),
+        attempts=attempts,
+    )
+
+
+def failed(
+    approved: ActionApproved, error: str, error_type: str, attempts: int, now: datetime, *, in_doubt: bool = False
+) -> ActionFailed:
+    key = idempotency_key(approved)
+    return ActionFailed.caused_by(
+        approved,
+        event_id=derive_id(key, "outcome"),
+        now=now,
+        action=approved.action,
+        idempotency_key=key,
+        error=error,
+        error_type=error_type,
+        in_doubt=in_doubt,
+        attempts=attempts,
+    )
+
+
+IN_DOUBT = (
+    "in doubt: a previous attempt started but recorded no outcome, and the tool is not idempotent, "
+    "so it was not called again; check the target system before retrying by hand"
+)

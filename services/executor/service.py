@@ -1,0 +1,120 @@
+"""The executor's adapter: plan from the store, record `started`, call, record the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import httpx
+from sqlalchemy import Engine
+
+from charter import store, tools, topics
+from charter.bus import Bus
+from charter.clock import Clock, SystemClock
+from charter.config import Settings
+from charter.consumer import Delivery
+from charter.errors import RetryPolicy
+from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
+from charter.pipeline import Pipeline
+from charter.service import Parts
+from charter.tools import Registry, ToolContext, ToolSpec
+from charter.topics import Topic
+from services.executor import decide
+from services.executor import store as executions
+from services.executor.tools import ToolFailure, call
+
+log = logging.getLogger(__name__)
+NAME = "executor"
+TOOL_RETRY = RetryPolicy(attempts=3, first_delay_s=0.2, max_delay_s=2.0)
+
+
+class Executor:
+    def __init__(self, settings: Settings, engine: Engine, registry: Registry, clock: Clock) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._registry = registry
+        self._clock = clock
+        self._http = httpx.AsyncClient(follow_redirects=False)
+        self._allowed_hosts = settings.allowed_hosts()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
+        if not isinstance(event, ActionApproved):
+            return []
+        key = decide.idempotency_key(event)
+        spec = self._registry.get(event.action.tool)
+        with self._engine.begin() as conn:
+            record = executions.get(conn, key)
+        plan = decide.plan(record, spec is not None and spec.idempotent)
+        if plan.recorded is not None:
+            log.info("action %s already completed, re-emitting its outcome", key)
+            return [plan.recorded]
+        if spec is None:
+            outcome: ActionExecuted | ActionFailed = decide.failed(
+                event, f"unknown tool {event.action.tool!r}", "UnknownTool", plan.attempt, self._clock.now()
+            )
+        elif plan.kind == "in_doubt":
+            outcome = decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, self._clock.now(), in_doubt=True)
+        else:
+            with self._engine.begin() as conn:
+                executions.save(conn, event, plan.attempt, self._clock.now())
+            outcome = await self._call(spec, event, key, plan.attempt)
+        with self._engine.begin() as conn:
+            executions.save(conn, event, outcome.attempts, self._clock.now(), outcome)
+        return [outcome]
+
+    async def _call(
+        self, spec: ToolSpec, approved: ActionApproved, key: str, attempt: int
+    ) -> ActionExecuted | ActionFailed:
+        ctx = ToolContext(
+            idempotency_key=key,
+            run_id=approved.envelope.run_id or "",
+            agent=approved.envelope.agent or "",
+            environment=approved.action.environment,
+            data_dir=self._settings.data_dir,
+        )
+        tries = 0
+        while True:
+            tries += 1
+            started = time.perf_counter()
+            try:
+                result = await call(
+                    spec,
+                    approved.action.parameters,
+                    ctx,
+                    http=self._http,
+                    allowed_hosts=self._allowed_hosts,
+                    max_result_bytes=self._settings.max_message_bytes // 2,
+                )
+            except ToolFailure as exc:
+                # Only an idempotent tool may be called again: the failed call may have acted.
+                if exc.retryable and spec.idempotent and tries < TOOL_RETRY.attempts:
+                    log.warning("%s attempt %d failed, retrying: %s", spec.name, tries, exc)
+                    await asyncio.sleep(TOOL_RETRY.delay(tries))
+                    continue
+                return decide.failed(approved, str(exc), exc.error_type, attempt + tries - 1, self._clock.now())
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            return decide.executed(approved, result, elapsed_ms, attempt + tries - 1, self._clock.now())
+
+
+async def build(settings: Settings, bus: Bus) -> Parts:
+    engine = store.make_engine(settings.database_url_for(NAME))
+    executions.create(engine)
+    clock = SystemClock()
+    executor = Executor(settings, engine, tools.load(settings.tool_module_list()), clock)
+    pipeline = Pipeline(NAME, bus, executor.handle, clock)
+
+    async def close_http(stop: asyncio.Event) -> None:
+        await stop.wait()
+        await executor.close()
+
+    return Parts(
+        topics=[topics.name(settings, Topic.ACTIONS_APPROVED)],
+        handle_batch=pipeline.process_batch,
+        background=[close_http],
+        close=engine.dispose,
+    )

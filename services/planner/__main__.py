@@ -1,0 +1,39 @@
+"""`python -m services.planner`: the planner's faust worker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import faust
+
+from charter import broker
+from charter.config import Settings
+from charter.errors import ConfigError
+from charter.stack import readiness
+from charter.telemetry import setup_logging, setup_tracing
+from services.planner.service import NAME, build_app
+
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    settings = Settings()
+    setup_logging(NAME, settings.log_level)
+    provider = setup_tracing(NAME, settings)
+    log.info("starting: %s", broker.capabilities(settings).describe())
+    try:
+        app = build_app(settings)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        readiness.clear(settings, NAME)
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()

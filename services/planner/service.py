@@ -1,0 +1,153 @@
+"""The planner as a faust app: the thin adapter around `decide`.
+
+faust runs the consumer group and hands records over one at a time; Charter's pipeline
+decodes, traces and dead-letters them, this module reads and writes run state, and the
+outputs are acknowledged by the broker before faust may commit the input's offset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import faust
+import mode
+from sqlalchemy import Engine
+
+from charter import agents as agent_files
+from charter import broker, store, tools, topics
+from charter.agents import Agent
+from charter.bus import Bus
+from charter.clock import Clock, SystemClock
+from charter.config import Settings
+from charter.consumer import Delivery
+from charter.errors import InvalidEvent
+from charter.events import ActionExecuted, ActionFailed, ActionRejected, Event, TriggerReceived
+from charter.pipeline import Pipeline
+from charter.service import group_id
+from charter.stack import readiness
+from charter.topics import Topic
+from charter.watch import DirectoryWatcher
+from services.planner import decide
+from services.planner import store as runs
+
+log = logging.getLogger(__name__)
+NAME = "planner"
+TOPICS = (Topic.TRIGGERS, Topic.ACTIONS_RESULTS, Topic.ACTIONS_REJECTED)
+
+
+class Planner:
+    def __init__(self, settings: Settings, engine: Engine, clock: Clock) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._clock = clock
+        self._watcher = DirectoryWatcher(settings.agents_dir, ("*.yaml", "*.yml"))
+        self.agents: Mapping[str, Agent] = self._load_agents()
+
+    def _load_agents(self) -> Mapping[str, Agent]:
+        registry = tools.load(self._settings.tool_module_list())
+        return agent_files.load(self._settings.agents_dir, registry)
+
+    def reload_if_changed(self) -> None:
+        if self._watcher.changed():
+            try:
+                self.agents = self._load_agents()
+                log.info("agents reloaded: %s", ", ".join(sorted(self.agents)))
+            except Exception as exc:  # keep planning with the last good agents
+                log.error("agents not reloaded, keeping the previous ones: %s", exc)
+
+    async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
+        with self._engine.begin() as conn:
+            done = runs.inbox.outputs_of(conn, event.event_id)
+            if done is not None:
+                return done
+            now = self._clock.now()
+            transitions = self._decide(conn, event, now)
+            for transition in transitions:
+                runs.put(conn, transition.state, now)
+            outputs = [e for t in transitions for e in t.outputs]
+            runs.inbox.record(conn, event, outputs, now)
+        return outputs
+
+    def _decide(self, conn: Any, event: Event, now: Any) -> list[decide.Transition]:
+        if isinstance(event, TriggerReceived):
+            candidates = [decide.run_id_for(event, a) for a in self.agents.values()]
+            return decide.on_trigger(event, self.agents, runs.existing(conn, candidates), now)
+        if isinstance(event, ActionExecuted | ActionFailed | ActionRejected):
+            if event.run_id is None:
+                raise InvalidEvent(f"{event.envelope.event_type} {event.event_id} has no run id")
+            state = runs.get(conn, event.run_id)
+            if state is None:
+                raise InvalidEvent(f"{event.envelope.event_type} {event.event_id} is for unknown run {event.run_id}")
+            transition = decide.on_outcome(event, state, now)
+            return [transition] if transition else []
+        return []
+
+
+def _delivery(message: Any) -> Delivery:
+    headers = message.headers or ()
+    if isinstance(headers, Mapping):
+        headers = list(headers.items())
+    return Delivery(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=tuple(headers),
+        timestamp_ms=int(message.timestamp * 1000),
+    )
+
+
+def build_app(settings: Settings) -> faust.App:
+    engine = store.make_engine(settings.database_url_for(NAME))
+    runs.create(engine)
+    planner = Planner(settings, engine, SystemClock())
+    bus = Bus(settings, client_id=group_id(settings, NAME))
+    pipeline = Pipeline(NAME, bus, planner.handle, SystemClock())
+
+    datadir = settings.home / "run" / "planner-faust"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        group_id(settings, NAME),
+        broker=[f"charter://{server}" for server in settings.bootstrap().split(",")],
+        web_enabled=False,
+        datadir=str(datadir),
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+        producer_acks=-1,
+        producer_enable_idempotence=broker.capabilities(settings).idempotent_producer,
+    )
+    source = app.topic(
+        *(topics.name(settings, t) for t in TOPICS), value_serializer="raw", key_serializer="raw"
+    )
+
+    @app.service
+    class Runtime(mode.Service):
+        async def on_start(self) -> None:
+            await bus.start()
+
+        async def on_stop(self) -> None:
+            await bus.stop()
+
+        @mode.Service.task
+        async def _watch_agents(self) -> None:
+            while not self.should_stop:
+                planner.reload_if_changed()
+                await self.sleep(1.0)
+
+    @app.agent(source)
+    async def plan(stream: Any) -> None:
+        async for record in stream.events():
+            await pipeline.process_batch([_delivery(record.message)])
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(_app: Any, assigned: Any, **_kw: Any) -> None:
+        log.info("partitions assigned: %d", len(assigned))
+        readiness.mark(settings, NAME)
+
+    return app

@@ -1,0 +1,83 @@
+"""Run state, in Charter's own SQL store rather than a faust table.
+
+Faust tables recover from their changelog topic, and on Tansu that recovery loses updates
+(its end offsets are wrong, see BROKER.md). SQL recovers the same on every broker, and the
+state is written in the same transaction as the inbox record of the event that changed it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import Column, Connection, DateTime, Engine, Integer, MetaData, String, Table, Text, select
+
+from charter import serde
+from charter.agents import Agent
+from charter.events import TriggerReceived
+from charter.store import Inbox, inbox_table, upsert
+from services.planner.decide import RunState
+
+metadata = MetaData()
+runs = Table(
+    "planner_runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("agent_id", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+inbox = Inbox(inbox_table(metadata, "planner"))
+
+
+def create(engine: Engine) -> None:
+    metadata.create_all(engine)
+
+
+def _dump(state: RunState) -> str:
+    return json.dumps(
+        {
+            "agent": state.agent.model_dump(mode="json"),
+            "trigger": serde.encode(state.trigger).hex(),
+            "results": state.results,
+        }
+    )
+
+
+def get(conn: Connection, run_id: str) -> RunState | None:
+    row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+    if row is None:
+        return None
+    body = json.loads(row["state"])
+    trigger = serde.decode(bytes.fromhex(body["trigger"]))
+    if not isinstance(trigger, TriggerReceived):
+        raise TypeError(f"run {run_id} holds a {type(trigger).__name__} as its trigger")
+    return RunState(
+        run_id=row["run_id"],
+        agent=Agent.model_validate(body["agent"]),
+        trigger=trigger,
+        status=row["status"],
+        step_index=row["step_index"],
+        results=body["results"],
+    )
+
+
+def existing(conn: Connection, run_ids: Collection[str]) -> set[str]:
+    if not run_ids:
+        return set()
+    return set(conn.execute(select(runs.c.run_id).where(runs.c.run_id.in_(list(run_ids)))).scalars())
+
+
+def put(conn: Connection, state: RunState, now: datetime) -> None:
+    values = {
+        "run_id": state.run_id,
+        "agent_id": state.agent.id,
+        "status": state.status,
+        "step_index": state.step_index,
+        "state": _dump(state),
+        "updated_at": now,
+    }
+    upsert(conn, runs, values, "run_id")

@@ -1,0 +1,1 @@
+"""The policy service: decides every proposed action against Cedar policies. Fails closed."""
