@@ -105,7 +105,9 @@ class Client:
         await self.send(trigger)
         return trigger
 
-    async def approve(self, approval_id: str, *, approver: str, run_id: str, comment: str | None = None) -> None:
+    async def approve(
+        self, approval_id: str, *, approver: str, run_id: str, comment: str | None = None
+    ) -> None:
         await self.send(
             ApprovalGranted.create(
                 event_id=new_id(),
@@ -119,7 +121,9 @@ class Client:
             )
         )
 
-    async def reject(self, approval_id: str, *, approver: str, run_id: str, reason: str | None = None) -> None:
+    async def reject(
+        self, approval_id: str, *, approver: str, run_id: str, reason: str | None = None
+    ) -> None:
         await self.send(
             ApprovalRejected.create(
                 event_id=new_id(),
@@ -218,9 +222,26 @@ class _Reader:
 def _received(record: Any) -> Received:
     headers = tuple(record.headers or ())
     try:
-        return Received(record.topic, record.partition, record.offset, record.key, record.timestamp, headers, serde.decode(record.value))
+        return Received(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.timestamp,
+            headers,
+            serde.decode(record.value),
+        )
     except InvalidMessage as exc:
-        return Received(record.topic, record.partition, record.offset, record.key, record.timestamp, headers, None, str(exc))
+        return Received(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.timestamp,
+            headers,
+            None,
+            str(exc),
+        )
 
 
 async def _seek_to_time(consumer: AIOKafkaConsumer, parts: list[TopicPartition], at: datetime) -> None:

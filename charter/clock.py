@@ -36,6 +36,11 @@ class FixedClock:
         self._at += timedelta(seconds=seconds)
 
 
+def as_utc(at: datetime) -> datetime:
+    """`at` as an aware UTC time; SQLite hands back naive datetimes, which are UTC here."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
 def derive_id(parent: str, label: str) -> str:
     """The id of the output `label` of the event `parent`: the same inputs give the same id."""
     return str(uuid.uuid5(_NAMESPACE, f"{parent}/{label}"))

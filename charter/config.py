@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     tool_modules: str = Field("charter.demo.tools", description="Comma-separated modules that declare tools.")
     http_allowed_hosts: str = Field("", description="Comma-separated hosts HTTP tools may call.")
     tenant: str = "default"
-    embedded_port: int = Field(0, ge=0, le=65535, description="Port of the embedded broker; 0 picks a free one.")
+    embedded_port: int = Field(
+        0, ge=0, le=65535, description="Port of the embedded broker; 0 picks a free one."
+    )
     fetch_max_wait_ms: int = Field(20, ge=1, description="Broker wait for data per fetch: the latency floor.")
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)

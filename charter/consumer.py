@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError
@@ -54,6 +55,7 @@ class ConsumerLoop:
     def __init__(
         self,
         settings: Settings,
+        *,
         group_id: str,
         topics: Sequence[str],
         handle_batch: BatchHandler,
@@ -81,7 +83,7 @@ class ConsumerLoop:
         finally:
             await consumer.stop()
 
-    async def _process(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[object]]) -> None:
+    async def _process(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
         deliveries = [
             Delivery(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
             for records in batch.values()

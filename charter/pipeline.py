@@ -47,7 +47,9 @@ class Pipeline:
         try:
             event = serde.decode(delivery.value)
         except InvalidMessage as exc:
-            log.warning("dead-lettering %s[%d]@%d: %s", delivery.topic, delivery.partition, delivery.offset, exc)
+            log.warning(
+                "dead-lettering %s[%d]@%d: %s", delivery.topic, delivery.partition, delivery.offset, exc
+            )
             return [await self._bus.send(self.dead_letter(delivery, exc, None))]
         env = event.envelope
         with (

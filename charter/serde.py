@@ -89,7 +89,9 @@ def decode(data: bytes) -> Event:
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise UndecodableRecord(f"{schema.name} body does not decode: {exc}") from exc
     if body.tell() != len(data) - _HEADER_LEN:
-        raise UndecodableRecord(f"{schema.name} body has {len(data) - _HEADER_LEN - body.tell()} trailing bytes")
+        raise UndecodableRecord(
+            f"{schema.name} body has {len(data) - _HEADER_LEN - body.tell()} trailing bytes"
+        )
     cls = EVENT_TYPES[schema.name]
     try:
         event = cls.model_validate(record)

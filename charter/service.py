@@ -45,9 +45,9 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
     parts = await factory(settings, bus)
     loop = ConsumerLoop(
         settings,
-        group_id(settings, name),
-        parts.topics,
-        parts.handle_batch,
+        group_id=group_id(settings, name),
+        topics=parts.topics,
+        handle_batch=parts.handle_batch,
         on_assigned=lambda: readiness.mark(settings, name),
     )
     tasks = [asyncio.create_task(loop.run(stop), name=f"{name}-consumer")]

@@ -26,7 +26,6 @@ from sqlalchemy import (
     insert,
     select,
 )
-
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -89,4 +88,6 @@ class Inbox:
         return None if blob is None else _unpack(blob)
 
     def record(self, conn: Connection, event: Event, outputs: Sequence[Event], now: Any) -> None:
-        conn.execute(insert(self.table).values(event_id=event.event_id, processed_at=now, outputs=_pack(outputs)))
+        conn.execute(
+            insert(self.table).values(event_id=event.event_id, processed_at=now, outputs=_pack(outputs))
+        )

@@ -95,7 +95,7 @@ def setup_logging(service: str, level: str, stream: IO[str] = sys.stderr) -> Non
 
 
 def _span_line(span: ReadableSpan) -> str:
-    return span.to_json(indent=None) + "\n"
+    return str(span.to_json(indent=None)) + "\n"
 
 
 def setup_tracing(service: str, settings: Settings) -> TracerProvider:

@@ -51,7 +51,7 @@ def render(value: Any, context: dict[str, Any]) -> Any:
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):
         return [render(v, context) for v in value]
-    if not isinstance(value, str) or "{{" not in value and "{%" not in value:
+    if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
         return value
     whole = _WHOLE.match(value.strip())
     if whole:

@@ -5,47 +5,62 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Annotated
 
 import typer
-from rich.table import Table
 from sqlalchemy import Engine
 
-from charter.cli.output import console
+from charter.cli.output import console, table
 from charter.cli.stores import open_store, resolve_id
 from charter.client import Client
+from charter.clock import as_utc
 from charter.config import Settings
 from charter.errors import ConfigError
+from services.approvals import store
 
 app = typer.Typer(no_args_is_help=True, help="Actions waiting for a human.")
 DECISION_WAIT_S = 15.0
+ApprovalId = Annotated[str, typer.Argument(help="The approval's id, or its first characters (at least 4).")]
+User = Annotated[str, typer.Option("--as", help="Who decides.")]
 
 
 def _age(at: datetime) -> str:
-    seconds = (datetime.now(UTC) - at.replace(tzinfo=at.tzinfo or UTC)).total_seconds()
-    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.0f}h"
+    seconds = (datetime.now(UTC) - as_utc(at)).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.0f}h"
 
 
 @app.command("list")
-def list_(show_all: bool = typer.Option(False, "--all", help="Decided approvals too.")) -> None:
+def list_(show_all: Annotated[bool, typer.Option("--all", help="Decided approvals too.")] = False) -> None:
     """Pending approvals: what would run, on what, and why policy asked for a human."""
-    from services.approvals import store  # noqa: PLC0415 - the CLI reads the approvals store only here
-
     engine = open_store(Settings(), "approvals")
     with engine.connect() as conn:
         rows = store.listing(conn, None if show_all else "pending")
-    table = Table("approval", "run", "agent", "tool", "parameters", "approver role", "age", "status", "why", box=None)
-    for a in rows:
-        table.add_row(
-            a.approval_id[:8], a.run_id[:8], a.agent, a.tool, a.parameters, a.roles, _age(a.requested_at), a.status, a.reasons
-        )
-    console.print(table)
     if not rows:
-        console.print("no pending approvals" if not show_all else "no approvals")
+        console.print("no approvals" if show_all else "no pending approvals")
+        return
+    table(
+        ["approval", "run", "agent", "tool", "parameters", "role", "age", "status", "why"],
+        [
+            [
+                a.approval_id[:8],
+                a.run_id[:8],
+                a.agent,
+                a.tool,
+                a.parameters,
+                a.roles,
+                _age(a.requested_at),
+                a.status,
+                a.reasons,
+            ]
+            for a in rows
+        ],
+        max_width=40,
+    )
 
 
-def _decide(approval_id: str, user: str, approve: bool, note: str | None) -> None:
-    from services.approvals import store  # noqa: PLC0415 - the CLI reads the approvals store only here
-
+def _decide(approval_id: str, user: str, *, approve: bool, note: str | None) -> None:
     settings = Settings()
     engine = open_store(settings, "approvals")
     with engine.connect() as conn:
@@ -64,15 +79,15 @@ def _decide(approval_id: str, user: str, approve: bool, note: str | None) -> Non
     asyncio.run(send())
     status = _await_decision(engine, match)
     if status == "pending":
-        console.print(f"decision sent; the approvals service has not applied it within {DECISION_WAIT_S:.0f}s")
+        console.print(
+            f"decision sent; the approvals service has not applied it within {DECISION_WAIT_S:.0f}s"
+        )
         raise typer.Exit(1)
     verb = "continues to the executor" if status == "approved" else "ends"
     console.print(f"approval {match[:8]} {status} by {user}; run {approval.run_id[:8]} {verb}", markup=False)
 
 
 def _await_decision(engine: Engine, approval_id: str) -> str:
-    from services.approvals import store  # noqa: PLC0415 - the CLI reads the approvals store only here
-
     deadline = time.monotonic() + DECISION_WAIT_S
     while time.monotonic() < deadline:
         with engine.connect() as conn:
@@ -85,19 +100,19 @@ def _await_decision(engine: Engine, approval_id: str) -> str:
 
 @app.command("approve")
 def approve(
-    approval_id: str = typer.Argument(..., help="The approval's id, or its first characters."),
-    user: str = typer.Option(..., "--as", help="Who approves."),
-    comment: str | None = typer.Option(None, "--comment"),
+    approval_id: ApprovalId,
+    user: User,
+    comment: Annotated[str | None, typer.Option("--comment")] = None,
 ) -> None:
     """Approve a pending action; it continues to the executor."""
-    _decide(approval_id, user, True, comment)
+    _decide(approval_id, user, approve=True, note=comment)
 
 
 @app.command("reject")
 def reject(
-    approval_id: str = typer.Argument(..., help="The approval's id, or its first characters."),
-    user: str = typer.Option(..., "--as", help="Who rejects."),
-    reason: str | None = typer.Option(None, "--reason"),
+    approval_id: ApprovalId,
+    user: User,
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
 ) -> None:
     """Reject a pending action; its run ends."""
-    _decide(approval_id, user, False, reason)
+    _decide(approval_id, user, approve=False, note=reason)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +16,8 @@ from charter.cli.output import console, received_json, received_line
 from charter.client import Client, Received
 from charter.config import Settings
 from charter.errors import ConfigError
+
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON object per event.")]
 
 
 def _load_data(data: str) -> dict[str, Any]:
@@ -34,10 +37,14 @@ def _load_data(data: str) -> dict[str, Any]:
 
 
 def publish(
-    name: str = typer.Argument(..., help="The business event's type, e.g. support.refund_requested."),
-    data: str = typer.Option(..., "--data", help="The event body: a JSON object, or @file with one."),
-    correlation_id: str | None = typer.Option(None, "--correlation-id", help="Defaults to the new event's id."),
-    submitted_by: str | None = typer.Option(None, "--as", help="Who this is published on behalf of."),
+    name: Annotated[str, typer.Argument(help="The business event's type, e.g. support.refund_requested.")],
+    data: Annotated[str, typer.Option("--data", help="The event body: a JSON object, or @file with one.")],
+    correlation_id: Annotated[
+        str | None, typer.Option("--correlation-id", help="Defaults to the new event's id.")
+    ] = None,
+    submitted_by: Annotated[
+        str | None, typer.Option("--as", help="Who this is published on behalf of.")
+    ] = None,
 ) -> None:
     """Publish a business event to the triggers topic; matching agents start runs."""
     body = _load_data(data)
@@ -45,7 +52,9 @@ def publish(
 
     async def go() -> str:
         async with Client(settings, source="cli") as client:
-            trigger = await client.publish(name, body, correlation_id=correlation_id, submitted_by=submitted_by)
+            trigger = await client.publish(
+                name, body, correlation_id=correlation_id, submitted_by=submitted_by
+            )
             return trigger.event_id
 
     event_id = asyncio.run(go())
@@ -57,9 +66,13 @@ def _print(received: Received, as_json: bool, prefix: str) -> None:
 
 
 def tail(
-    names: list[str] = typer.Argument(None, help="Topics to follow (default: all), e.g. runs actions.results."),
-    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record, not now."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per event."),
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Topics to follow (default: all), e.g. runs actions.results.")
+    ] = None,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the oldest record, not now.")
+    ] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Follow topics, decoded, until Ctrl-C."""
     settings = Settings()
@@ -71,19 +84,21 @@ def tail(
             async for received in client.subscribe(*wanted, since=since):
                 _print(received, as_json, settings.topic_prefix)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(go())
-    except KeyboardInterrupt:
-        pass
 
 
 def replay(
-    topic: str = typer.Option(..., "--topic", help="The topic to read, e.g. actions.proposed."),
-    from_beginning: bool = typer.Option(False, "--from-beginning"),
-    from_offset: int | None = typer.Option(None, "--from-offset", min=0, help="Start at this offset in every partition."),
-    from_time: datetime | None = typer.Option(None, "--from-time", help="Start at this time (ISO 8601; UTC if no zone)."),
-    run_id: str | None = typer.Option(None, "--run", help="Only this run's events."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per event."),
+    topic: Annotated[str, typer.Option("--topic", help="The topic to read, e.g. actions.proposed.")],
+    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
+    from_offset: Annotated[
+        int | None, typer.Option("--from-offset", min=0, help="Start at this offset in every partition.")
+    ] = None,
+    from_time: Annotated[
+        datetime | None, typer.Option("--from-time", help="Start at this time (ISO 8601; UTC if no zone).")
+    ] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run's events (its full id).")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Print the decoded events of a range of one topic, through a fresh consumer that commits nothing."""
     chosen = sum([from_beginning, from_offset is not None, from_time is not None])
@@ -96,7 +111,9 @@ def replay(
     async def go() -> int:
         count = 0
         async with Client(settings) as client:
-            async for received in client.replay(name, from_offset=from_offset, from_time=start, run_id=run_id):
+            async for received in client.replay(
+                name, from_offset=from_offset, from_time=start, run_id=run_id
+            ):
                 _print(received, as_json, settings.topic_prefix)
                 count += 1
         return count

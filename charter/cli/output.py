@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from rich.console import Console
@@ -11,6 +12,19 @@ from charter.client import Received
 from charter.describe import describe
 
 console = Console(highlight=False, soft_wrap=True)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], max_width: int = 28) -> None:
+    """Plain aligned columns, each cut at `max_width` but the last: readable and greppable."""
+
+    def cut(text: str, last: bool) -> str:
+        return text if last or len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cut(c, i == len(headers) - 1) for i, c in enumerate(row)] for row in [list(headers), *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers) - 1)]
+    for row in cells:
+        line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        console.print(line.rstrip(), markup=False)
 
 
 def received_line(received: Received, prefix: str) -> str:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from charter import events as ev
 from charter import serde
-from charter.cli.output import console
+from charter.cli.output import console, table
 from charter.cli.stores import open_store, resolve_id
+from charter.clock import as_utc
 from charter.config import Settings
 from charter.describe import describe
 from charter.errors import InvalidMessage
+from services.audit import store as audit
 
 run_app = typer.Typer(no_args_is_help=True, help="One run.")
 
@@ -30,15 +32,17 @@ class Summary:
 
 
 def _status(event: ev.Event, current: str) -> str:
+    if current in ("completed", "failed"):
+        return current
     match event:
-        case ev.RunStarted() | ev.ActionProposed() | ev.ActionApproved() | ev.ActionExecuted():
-            return "running" if current not in ("completed", "failed") else current
         case ev.ApprovalRequested():
             return "awaiting approval"
         case ev.RunCompleted():
             return "completed"
         case ev.RunFailed():
             return "failed"
+        case ev.RunStarted() | ev.ActionProposed() | ev.ActionApproved() | ev.ActionExecuted():
+            return "running"
     return current
 
 
@@ -58,35 +62,46 @@ def summarize(run_id: str, recorded: list[tuple[datetime | None, bytes]]) -> Sum
     return summary
 
 
-def list_runs(limit: int = typer.Option(20, "--limit", min=1, max=1000, help="How many of the latest runs.")) -> None:
+def list_runs(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many of the latest runs.")] = 20,
+) -> None:
     """The latest runs, from the audit store: agent, trigger, status, and the last thing that happened."""
-    from services.audit import store as audit  # noqa: PLC0415 - the CLI reads the audit store only here
-
     engine = open_store(Settings(), "audit")
-    table = Table("run", "agent", "trigger", "started (UTC)", "status", "last event", box=None)
+    rows = []
     with engine.connect() as conn:
         for run_id in audit.run_ids(conn, limit=limit):
-            rows = audit.timeline(conn, run_id)
-            s = summarize(run_id, [(r.occurred_at, r.value) for r in rows])
+            recorded = sorted(audit.timeline(conn, run_id), key=_causal)
+            s = summarize(run_id, [(r.occurred_at, r.value) for r in recorded])
             started = s.started.strftime("%Y-%m-%d %H:%M:%S") if s.started else "-"
-            table.add_row(run_id[:8], s.agent, s.trigger, started, s.status, s.last)
-    console.print(table)
+            rows.append([run_id[:8], s.agent, s.trigger, started, s.status, s.last])
+    if not rows:
+        console.print("no runs yet")
+        return
+    table(["run", "agent", "trigger", "started (UTC)", "status", "last event"], rows)
+
+
+def _causal(recorded: audit.Recorded) -> tuple[datetime, int]:
+    """Order by when things happened; the audit sequence (arrival order) breaks ties."""
+    at = as_utc(recorded.occurred_at) if recorded.occurred_at else datetime.max.replace(tzinfo=UTC)
+    return at, recorded.seq
 
 
 @run_app.command("show")
-def show(run_id: str = typer.Argument(..., help="The run's id, or its first characters.")) -> None:
+def show(run_id: Annotated[str, typer.Argument(help="The run's id, or its first characters.")]) -> None:
     """The run's timeline from the audit store: every event, in order, with its time."""
-    from services.audit import store as audit  # noqa: PLC0415 - the CLI reads the audit store only here
-
     engine = open_store(Settings(), "audit")
     with engine.connect() as conn:
         full = resolve_id(audit.run_ids(conn, prefix=run_id, limit=2), run_id, "run")
-        rows = audit.timeline(conn, full)
+        rows = sorted(audit.timeline(conn, full), key=_causal)
     first = next((r.occurred_at for r in rows if r.occurred_at), None)
     s = summarize(full, [(r.occurred_at, r.value) for r in rows])
     console.print(f"run {full}  agent {s.agent}  trigger {s.trigger}  status {s.status}", markup=False)
     for r in rows:
-        offset = f"+{(r.occurred_at - first).total_seconds() * 1000:8.1f} ms" if r.occurred_at and first else " " * 12
+        offset = (
+            f"+{(r.occurred_at - first).total_seconds() * 1000:8.1f} ms"
+            if r.occurred_at and first
+            else " " * 12
+        )
         try:
             text = describe(serde.decode(r.value))
         except InvalidMessage as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from charter.config import Settings
@@ -9,8 +11,12 @@ from charter.stack.up import up as run_up
 
 
 def up(
-    demo: bool = typer.Option(False, "--demo", help="Publish the demo events and print how each run ended."),
-    once: bool = typer.Option(False, "--once", help="Stop the stack once it is ready (and the demo has run)."),
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Publish the demo events and print how each run ended.")
+    ] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="Stop the stack once it is ready (and the demo has run).")
+    ] = False,
 ) -> None:
     """Start the whole stack: the embedded broker (unless CHARTER_BOOTSTRAP_SERVERS is set), every
     topic, and the five services, supervised. Ctrl-C stops it all."""

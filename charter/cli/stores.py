@@ -16,7 +16,9 @@ def open_store(settings: Settings, service: str) -> Engine:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.exists():
-            raise ConfigError(f"no {service} store at {path}; has the stack run with CHARTER_HOME={settings.home}?")
+            raise ConfigError(
+                f"no {service} store at {path}; has the stack run with CHARTER_HOME={settings.home}?"
+            )
     return make_engine(url)
 
 

@@ -32,7 +32,12 @@ def record(ctx: ToolContext, kind: str, effect: dict[str, Any]) -> dict[str, Any
             entry = json.loads(line)
             if entry["idempotency_key"] == ctx.idempotency_key and entry["kind"] == kind:
                 return dict(entry["effect"])
-        entry = {"kind": kind, "idempotency_key": ctx.idempotency_key, "run_id": ctx.run_id, "at": time.time()}
+        entry = {
+            "kind": kind,
+            "idempotency_key": ctx.idempotency_key,
+            "run_id": ctx.run_id,
+            "at": time.time(),
+        }
         f.write(json.dumps({**entry, "effect": effect}) + "\n")
         f.flush()
     return effect

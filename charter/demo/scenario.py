@@ -24,7 +24,10 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("support.refund_requested", {"order_id": "A-1002", "amount": 2500, "reason": "charged twice"}),
     ("support.refund_requested", {"order_id": "A-1003", "amount": 9000, "reason": "bulk return"}),
     ("it.access_requested", {"user": "sam", "system": "wiki", "level": "read", "environment": "production"}),
-    ("it.access_requested", {"user": "sam", "system": "payroll-db", "level": "admin", "environment": "production"}),
+    (
+        "it.access_requested",
+        {"user": "sam", "system": "payroll-db", "level": "admin", "environment": "production"},
+    ),
 ]
 
 

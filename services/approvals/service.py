@@ -44,7 +44,12 @@ class Approvals:
                 granted = isinstance(event, ApprovalGranted)
                 note = event.comment if isinstance(event, ApprovalGranted) else event.reason
                 approvals.decide(
-                    conn, event.approval_id, "approved" if granted else "rejected", event.approver, note, now
+                    conn,
+                    event.approval_id,
+                    status="approved" if granted else "rejected",
+                    by=event.approver,
+                    note=note,
+                    at=now,
                 )
             approvals.inbox.record(conn, event, outputs, now)
         return outputs
@@ -56,7 +61,10 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     clock = SystemClock()
     pipeline = Pipeline(NAME, bus, Approvals(engine, clock).handle, clock)
     return Parts(
-        topics=[topics.name(settings, Topic.APPROVALS_REQUESTED), topics.name(settings, Topic.APPROVALS_DECIDED)],
+        topics=[
+            topics.name(settings, Topic.APPROVALS_REQUESTED),
+            topics.name(settings, Topic.APPROVALS_DECIDED),
+        ],
         handle_batch=pipeline.process_batch,
         close=engine.dispose,
     )

@@ -103,7 +103,9 @@ def request_of(conn: Connection, approval_id: str) -> tuple[ApprovalRequested | 
     return request, row.status
 
 
-def decide(conn: Connection, approval_id: str, status: str, by: str, note: str | None, at: datetime) -> None:
+def decide(
+    conn: Connection, approval_id: str, *, status: str, by: str, note: str | None, at: datetime
+) -> None:
     conn.execute(
         update(approvals)
         .where(approvals.c.approval_id == approval_id, approvals.c.status == "pending")

@@ -31,6 +31,7 @@ class Row:
 
 def row_hash(
     prev_hash: bytes,
+    *,
     seq: int,
     event_id: str,
     event_type: str,
@@ -62,15 +63,15 @@ def row_hash(
 def hash_of(row: Row) -> bytes:
     return row_hash(
         row.prev_hash,
-        row.seq,
-        row.event_id,
-        row.event_type,
-        row.run_id,
-        row.topic,
-        row.partition,
-        row.offset,
-        row.recorded_at_us,
-        row.value,
+        seq=row.seq,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        run_id=row.run_id,
+        topic=row.topic,
+        partition=row.partition,
+        offset=row.offset,
+        recorded_at_us=row.recorded_at_us,
+        value=row.value,
     )
 
 

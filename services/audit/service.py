@@ -12,7 +12,7 @@ import logging
 import time
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from charter import serde, store, telemetry, topics
 from charter.bus import Bus
@@ -28,7 +28,9 @@ UNDECODABLE = "Undecodable"
 
 
 def entry_of(delivery: Delivery) -> audit.Entry:
-    where = dict(topic=delivery.topic, partition=delivery.partition, offset=delivery.offset, value=delivery.value)
+    where = dict(
+        topic=delivery.topic, partition=delivery.partition, offset=delivery.offset, value=delivery.value
+    )
     try:
         event = serde.decode(delivery.value)
     except InvalidMessage:
@@ -62,7 +64,9 @@ class Auditor:
 
     async def handle_batch(self, deliveries: list[Delivery]) -> None:
         entries = [entry_of(d) for d in deliveries]
-        with self._tracer.start_as_current_span("audit append", attributes={"charter.batch_size": len(entries)}):
+        with self._tracer.start_as_current_span(
+            "audit append", attributes={"charter.batch_size": len(entries)}
+        ):
             for attempt in range(1, self._retry.attempts + 1):
                 try:
                     with self._engine.begin() as conn:
@@ -80,4 +84,6 @@ class Auditor:
 async def build(settings: Settings, bus: Bus) -> Parts:
     engine = store.make_engine(settings.database_url_for(NAME))
     audit.create(engine)
-    return Parts(topics=topics.all_names(settings), handle_batch=Auditor(engine).handle_batch, close=engine.dispose)
+    return Parts(
+        topics=topics.all_names(settings), handle_batch=Auditor(engine).handle_batch, close=engine.dispose
+    )

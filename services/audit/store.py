@@ -72,7 +72,9 @@ def append(conn: Connection, entries: Sequence[Entry], recorded_at_us: int) -> i
     """Append the entries not yet in the log, chained after its head. Returns how many."""
     ids = list({e.event_id for e in entries})
     seen = set(conn.execute(select(log_table.c.event_id).where(log_table.c.event_id.in_(ids))).scalars())
-    head = conn.execute(select(log_table.c.seq, log_table.c.hash).order_by(log_table.c.seq.desc()).limit(1)).first()
+    head = conn.execute(
+        select(log_table.c.seq, log_table.c.hash).order_by(log_table.c.seq.desc()).limit(1)
+    ).first()
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
     rows = []
     for entry in entries:
@@ -82,15 +84,15 @@ def append(conn: Connection, entries: Sequence[Entry], recorded_at_us: int) -> i
         seq += 1
         digest = row_hash(
             prev,
-            seq,
-            entry.event_id,
-            entry.event_type,
-            entry.run_id,
-            entry.topic,
-            entry.partition,
-            entry.offset,
-            recorded_at_us,
-            entry.value,
+            seq=seq,
+            event_id=entry.event_id,
+            event_type=entry.event_type,
+            run_id=entry.run_id,
+            topic=entry.topic,
+            partition=entry.partition,
+            offset=entry.offset,
+            recorded_at_us=recorded_at_us,
+            value=entry.value,
         )
         rows.append(
             {
@@ -148,7 +150,13 @@ class Recorded:
 
 def timeline(conn: Connection, run_id: str) -> list[Recorded]:
     query = (
-        select(log_table.c.seq, log_table.c.event_type, log_table.c.topic, log_table.c.occurred_at, log_table.c.value)
+        select(
+            log_table.c.seq,
+            log_table.c.event_type,
+            log_table.c.topic,
+            log_table.c.occurred_at,
+            log_table.c.value,
+        )
         .where(log_table.c.run_id == run_id)
         .order_by(log_table.c.seq)
     )

@@ -65,7 +65,13 @@ def executed(
 
 
 def failed(
-    approved: ActionApproved, error: str, error_type: str, attempts: int, now: datetime, *, in_doubt: bool = False
+    approved: ActionApproved,
+    error: str,
+    error_type: str,
+    attempts: int,
+    now: datetime,
+    *,
+    in_doubt: bool = False,
 ) -> ActionFailed:
     key = idempotency_key(approved)
     return ActionFailed.caused_by(

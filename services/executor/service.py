@@ -58,7 +58,9 @@ class Executor:
                 event, f"unknown tool {event.action.tool!r}", "UnknownTool", plan.attempt, self._clock.now()
             )
         elif plan.kind == "in_doubt":
-            outcome = decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, self._clock.now(), in_doubt=True)
+            outcome = decide.failed(
+                event, decide.IN_DOUBT, "InDoubt", plan.attempt, self._clock.now(), in_doubt=True
+            )
         else:
             with self._engine.begin() as conn:
                 executions.save(conn, event, plan.attempt, self._clock.now())
@@ -96,7 +98,9 @@ class Executor:
                     log.warning("%s attempt %d failed, retrying: %s", spec.name, tries, exc)
                     await asyncio.sleep(TOOL_RETRY.delay(tries))
                     continue
-                return decide.failed(approved, str(exc), exc.error_type, attempt + tries - 1, self._clock.now())
+                return decide.failed(
+                    approved, str(exc), exc.error_type, attempt + tries - 1, self._clock.now()
+                )
             elapsed_ms = (time.perf_counter() - started) * 1000
             return decide.executed(approved, result, elapsed_ms, attempt + tries - 1, self._clock.now())
 

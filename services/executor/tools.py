@@ -44,20 +44,31 @@ async def call(
     try:
         params = spec.params.model_validate(parameters)
     except ValidationError as exc:
-        raise ToolFailure(f"invalid parameters: {_summary(exc)}", retryable=False, error_type="InvalidParameters") from exc
+        raise ToolFailure(
+            f"invalid parameters: {_summary(exc)}", retryable=False, error_type="InvalidParameters"
+        ) from exc
     try:
         if spec.func is not None:
             raw = await asyncio.wait_for(_run_python(spec.func, params, ctx), spec.timeout_s)
         elif spec.http is not None:
             async with asyncio.timeout(spec.timeout_s):
-                raw = await _run_http(spec.http, params, ctx, http, allowed_hosts, max_result_bytes)
+                raw = await _run_http(
+                    spec.http,
+                    params=params,
+                    ctx=ctx,
+                    http=http,
+                    allowed_hosts=allowed_hosts,
+                    max_bytes=max_result_bytes,
+                )
         else:
             raise ToolFailure("tool has no implementation", retryable=False, error_type="NotImplemented")
     except TimeoutError as exc:
         raise ToolFailure(f"timed out after {spec.timeout_s}s", retryable=True, error_type="Timeout") from exc
     result = _validate_result(spec, raw)
     if len(canonical_json(result).encode()) > max_result_bytes:
-        raise ToolFailure(f"result exceeds {max_result_bytes} bytes", retryable=False, error_type="ResultTooLarge")
+        raise ToolFailure(
+            f"result exceeds {max_result_bytes} bytes", retryable=False, error_type="ResultTooLarge"
+        )
     return result
 
 
@@ -70,6 +81,7 @@ async def _run_python(func: Callable[..., Any], params: BaseModel, ctx: ToolCont
 
 async def _run_http(
     target: HttpTarget,
+    *,
     params: BaseModel,
     ctx: ToolContext,
     http: httpx.AsyncClient,
@@ -77,7 +89,9 @@ async def _run_http(
     max_bytes: int,
 ) -> Any:
     if target.host not in allowed_hosts:
-        raise ToolFailure(f"host {target.host!r} is not allowlisted", retryable=False, error_type="HostNotAllowed")
+        raise ToolFailure(
+            f"host {target.host!r} is not allowlisted", retryable=False, error_type="HostNotAllowed"
+        )
     try:
         async with http.stream(
             target.method,
@@ -99,7 +113,11 @@ async def _run_http(
     if status >= 500 or status == 429:
         raise ToolFailure(f"HTTP {status}", retryable=True, error_type="ServerError")
     if status >= 300:
-        raise ToolFailure(f"HTTP {status}: {bytes(body[:200]).decode(errors='replace')}", retryable=False, error_type="Refused")
+        raise ToolFailure(
+            f"HTTP {status}: {bytes(body[:200]).decode(errors='replace')}",
+            retryable=False,
+            error_type="Refused",
+        )
     try:
         return json.loads(body) if body else {}
     except ValueError as exc:
@@ -113,7 +131,9 @@ def _validate_result(spec: ToolSpec, raw: Any) -> dict[str, Any]:
         try:
             raw = spec.result.model_validate(raw).model_dump(mode="json")
         except ValidationError as exc:
-            raise ToolFailure(f"invalid result: {_summary(exc)}", retryable=False, error_type="InvalidResult") from exc
+            raise ToolFailure(
+                f"invalid result: {_summary(exc)}", retryable=False, error_type="InvalidResult"
+            ) from exc
     if not isinstance(raw, dict):
         raw = {"value": raw}
     return dict(json.loads(canonical_json(raw)))

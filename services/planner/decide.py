@@ -70,7 +70,9 @@ def matches(agent: Agent, trigger: TriggerReceived) -> bool:
             if evaluate(rule.when, {"trigger": trigger.data}):
                 return True
         except TemplateFailure as exc:
-            log.warning("agent %s: filter %r does not apply to %s: %s", agent.id, rule.when, trigger.event_id, exc)
+            log.warning(
+                "agent %s: filter %r does not apply to %s: %s", agent.id, rule.when, trigger.event_id, exc
+            )
     return False
 
 

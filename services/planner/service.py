@@ -79,7 +79,9 @@ class Planner:
                 raise InvalidEvent(f"{event.envelope.event_type} {event.event_id} has no run id")
             state = runs.get(conn, event.run_id)
             if state is None:
-                raise InvalidEvent(f"{event.envelope.event_type} {event.event_id} is for unknown run {event.run_id}")
+                raise InvalidEvent(
+                    f"{event.envelope.event_type} {event.event_id} is for unknown run {event.run_id}"
+                )
             transition = decide.on_outcome(event, state, now)
             return [transition] if transition else []
         return []
@@ -145,9 +147,9 @@ def build_app(settings: Settings) -> faust.App:
         async for record in stream.events():
             await pipeline.process_batch([_delivery(record.message)])
 
-    @app.on_partitions_assigned.connect
-    async def _assigned(_app: Any, assigned: Any, **_kw: Any) -> None:
-        log.info("partitions assigned: %d", len(assigned))
+    async def _assigned(_app: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         readiness.mark(settings, NAME)
 
+    # mode types signal handlers with mypy_extensions.NamedArg, which no plain def matches.
+    app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
     return app

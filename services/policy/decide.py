@@ -46,7 +46,11 @@ def decide(
     except ValueError as exc:
         return [_reject(proposed, policies, (), [f"request cannot be evaluated: {exc}"], now)]
     if verdict.errors:
-        return [_reject(proposed, policies, verdict.policy_ids, [f"policy error: {e}" for e in verdict.errors], now)]
+        return [
+            _reject(
+                proposed, policies, verdict.policy_ids, [f"policy error: {e}" for e in verdict.errors], now
+            )
+        ]
     if not verdict.allowed:
         reasons = [_explain(policies, pid, "forbidden by") for pid in verdict.policy_ids]
         return [
@@ -73,7 +77,11 @@ def decide(
             )
         ]
     decision = _decision("allow", policies, verdict.policy_ids, reasons, [])
-    return [ActionApproved.caused_by(proposed, label="policy", now=now, action=action, decision=decision, approved_by="policy")]
+    return [
+        ActionApproved.caused_by(
+            proposed, label="policy", now=now, action=action, decision=decision, approved_by="policy"
+        )
+    ]
 
 
 def _precheck(
@@ -124,7 +132,11 @@ def _decision(
 
 
 def _reject(
-    proposed: ActionProposed, policies: PolicySet, policy_ids: tuple[str, ...], reasons: list[str], now: datetime
+    proposed: ActionProposed,
+    policies: PolicySet,
+    policy_ids: tuple[str, ...],
+    reasons: list[str],
+    now: datetime,
 ) -> ActionRejected:
     return ActionRejected.caused_by(
         proposed,

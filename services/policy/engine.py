@@ -83,7 +83,7 @@ class PolicySet:
     def evaluate(self, request: Request) -> Verdict:
         if self._cedar is None:
             return Verdict(False, (), (self.error or "no policy set",))
-        entities = [
+        entities: list[dict[str, Any]] = [
             {
                 "uid": {"type": "Agent", "id": request.agent},
                 "attrs": dict(request.agent_attrs),

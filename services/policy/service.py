@@ -4,6 +4,7 @@ registry in memory and reloads both when their files change, announcing each loa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -47,7 +48,9 @@ class Policy:
         if p.error:
             log.error("policy set %s is invalid, every action will be denied: %s", p.hash[:12], p.error)
         else:
-            log.info("policy set %s loaded: %d policies from %s", p.hash[:12], len(p.infos), ", ".join(p.files))
+            log.info(
+                "policy set %s loaded: %d policies from %s", p.hash[:12], len(p.infos), ", ".join(p.files)
+            )
         await self._bus.publish(
             PolicyReloaded.create(
                 event_id=new_id(),
@@ -65,10 +68,8 @@ class Policy:
     async def watch(self, stop: asyncio.Event) -> None:
         await self.announce()
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
             if self._agent_files.changed():
                 try:
                     self.agents = agent_files.load(self._settings.agents_dir, self.tools)
