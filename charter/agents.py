@@ -62,7 +62,7 @@ class Agent(_Strict):
 def _error_line(exc: ValidationError | TemplateFailure | yaml.YAMLError) -> str:
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "file"
+        where = ".".join(str(p) for p in first["loc"]) or "agent"
         return f"{where}: {first['msg']}"
     return " ".join(str(exc).split())
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +45,12 @@ def service_argv(name: str) -> list[str]:
 class Supervisor:
     def __init__(
         self,
-        names: Sequence[str],
+        commands: Mapping[str, Sequence[str]],
         logs_dir: Path,
         env: dict[str, str],
         notify: Callable[[str], None] = print,
     ) -> None:
-        self.children = {n: Child(n, service_argv(n), logs_dir / f"{n}.log") for n in names}
+        self.children = {n: Child(n, list(argv), logs_dir / f"{n}.log") for n, argv in commands.items()}
         self._env = env
         self._notify = notify
         self._stopping = False

@@ -24,7 +24,7 @@ from charter.demo import scenario
 from charter.errors import ConfigError
 from charter.stack import readiness
 from charter.stack.embedded import EmbeddedBroker
-from charter.stack.supervisor import SERVICES, Supervisor
+from charter.stack.supervisor import SERVICES, Supervisor, service_argv
 
 READY_TIMEOUT_S = 60.0
 Say = Callable[[str], None]
@@ -111,7 +111,8 @@ def up(settings: Settings, *, demo: bool, once: bool, say: Say = print) -> int:
             f"({len(created)} created, {settings.partitions} partitions each)"
         )
         _write_stack_file(settings, embedded)
-        supervisor = Supervisor(SERVICES, settings.logs_dir, service_env(settings), notify=say)
+        commands = {name: service_argv(name) for name in SERVICES}
+        supervisor = Supervisor(commands, settings.logs_dir, service_env(settings), notify=say)
         supervisor.start_all()
         took = _wait_ready(settings, supervisor, stop)
         if took is None:

@@ -1,0 +1,65 @@
+"""Fixtures shared by every test: fixed time, and SQL stores on SQLite and on PostgreSQL.
+
+PostgreSQL is required, not optional: `make test` starts it (scripts/postgres.sh). A test
+that needs it fails when it is missing; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+
+from charter.clock import FixedClock
+from charter.store import make_engine
+
+ADMIN_URL = os.environ.get("CHARTER_TEST_PG_ADMIN", "postgresql://charter:charter@127.0.0.1:5432/postgres")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC))
+
+
+def _admin() -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is required for the store tests ({ADMIN_URL}): {exc}; run scripts/postgres.sh"
+        )
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"charter_test_{uuid.uuid4().hex[:12]}"
+    with _admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with _admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The same store contract, run once on each database Charter supports."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    made = make_engine(url)
+    try:
+        yield made
+    finally:
+        made.dispose()

@@ -1,0 +1,99 @@
+"""Realistic events of every type, for tests that need one of each."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from charter import events as ev
+from charter.clock import derive_id
+
+NOW = datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)
+RUN = derive_id("trigger-1", "run:support-refunds")
+
+ACTION = ev.Action(
+    action_id=derive_id(RUN, "action:1"),
+    step_index=1,
+    step_id="refund",
+    tool="issue_refund",
+    resource="order/A-1001",
+    parameters={"order_id": "A-1001", "amount": 250, "currency": "EUR", "reason": "late"},
+    environment="production",
+)
+DECISION = ev.Decision(
+    outcome="approval",
+    policy_ids=["refund-large"],
+    policy_hash="ab" * 32,
+    reasons=["permitted by refund-large with approval by finance"],
+    approval_roles=["finance"],
+)
+
+
+def _env(cls: type[ev.Event]) -> dict[str, object]:
+    return {
+        "event_id": derive_id(RUN, cls.__name__),
+        "now": NOW,
+        "tenant": "acme",
+        "agent": "support-refunds",
+        "run_id": RUN,
+        "correlation_id": "trigger-1",
+        "causation_id": "trigger-1",
+    }
+
+
+def one_of_each() -> list[ev.Event]:
+    payloads: dict[type[ev.Event], dict[str, object]] = {
+        ev.TriggerReceived: {
+            "name": "support.refund_requested",
+            "data": {"order_id": "A-1001", "amount": 250.5},
+            "source": "cli",
+            "submitted_by": "kim",
+        },
+        ev.RunStarted: {
+            "agent_owner": "maria@example.com",
+            "trigger_event_id": "trigger-1",
+            "trigger_name": "support.refund_requested",
+            "environment": "production",
+            "steps": 3,
+        },
+        ev.RunCompleted: {"steps_completed": 3, "outputs": {"lookup": {"currency": "EUR"}}},
+        ev.RunFailed: {"cause": "action_rejected", "reason": "rejected by policy", "failed_step": 1},
+        ev.ActionProposed: {"action": ACTION},
+        ev.ActionApproved: {"action": ACTION, "decision": DECISION, "approved_by": "dana"},
+        ev.ActionRejected: {"action": ACTION, "decision": DECISION, "rejected_by": "policy"},
+        ev.ApprovalRequested: {"approval_id": "ap-1", "action": ACTION, "decision": DECISION},
+        ev.ApprovalGranted: {"approval_id": "ap-1", "approver": "dana", "comment": "ok"},
+        ev.ApprovalRejected: {"approval_id": "ap-1", "approver": "dana", "reason": None},
+        ev.ActionExecuted: {
+            "action": ACTION,
+            "idempotency_key": f"{RUN}:1",
+            "result": {"refund_id": "rf-1"},
+            "duration_ms": 1.5,
+            "attempts": 1,
+        },
+        ev.ActionFailed: {
+            "action": ACTION,
+            "idempotency_key": f"{RUN}:1",
+            "error": "timed out",
+            "error_type": "Timeout",
+            "in_doubt": False,
+            "attempts": 3,
+        },
+        ev.DeadLettered: {
+            "source_topic": "charter.triggers",
+            "source_partition": 0,
+            "source_offset": 7,
+            "key": b"k",
+            "value": b"\x00\xff",
+            "reason": "not Avro",
+            "error_type": "UndecodableRecord",
+            "service": "planner",
+        },
+        ev.PolicyReloaded: {
+            "policy_hash": "cd" * 32,
+            "policy_ids": ["a", "b"],
+            "files": ["x.cedar"],
+            "valid": True,
+            "error": None,
+        },
+    }
+    return [cls.create(**_env(cls), **payload) for cls, payload in payloads.items()]  # type: ignore[arg-type]

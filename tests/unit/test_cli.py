@@ -1,0 +1,67 @@
+"""Bad input to the CLI: one line on stderr, a non-zero exit, and no traceback. No broker needed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "charter"]
+
+
+def charter(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
+    env["CHARTER_HOME"] = str(home)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bogus"], "No such command"),
+        (["publish"], "Missing argument"),
+        (["publish", "x.y", "--data", "{not json"], "not valid JSON"),
+        (["publish", "x.y", "--data", "[1, 2]"], "must be a JSON object"),
+        (["publish", "x.y", "--data", "@/nonexistent.json"], "cannot read"),
+        (["publish", "x.y", "--data", "{}"], "no broker"),
+        (["replay", "--topic", "runs"], "exactly one of"),
+        (["replay", "--topic", "nope", "--from-beginning"], "unknown topic"),
+        (["replay", "--topic", "runs", "--from-offset", "-1"], "greater than or equal to 0"),
+        (["runs"], "no audit store"),
+        (["run", "show", "abcd"], "no audit store"),
+        (["approvals", "list"], "no approvals store"),
+        (["approvals", "approve", "abcd"], "Missing option"),
+        (["audit", "verify"], "no audit store"),
+    ],
+)
+def test_bad_input_gets_one_line_and_a_nonzero_exit(args: list[str], message: str, tmp_path: Path) -> None:
+    result = charter(*args, home=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("charter: ")
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["up"],
+        ["publish"],
+        ["tail"],
+        ["replay"],
+        ["runs"],
+        ["run", "show"],
+        ["approvals", "approve"],
+        ["audit", "verify"],
+    ],
+)
+def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
+    result = charter(*command, "--help", home=tmp_path)
+    assert result.returncode == 0
+    assert "Usage:" in result.stdout

@@ -1,0 +1,110 @@
+"""The pipeline's failure handling, without a broker: a recording sender stands in for the
+producer here only; the end-to-end tests prove the same on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from charter import serde
+from charter.clock import FixedClock
+from charter.config import Settings
+from charter.consumer import Delivery
+from charter.errors import InvalidEvent, RetryPolicy
+from charter.events import DeadLettered, Event
+from charter.pipeline import Pipeline
+from tests.factories import NOW, one_of_each
+
+EVENT = one_of_each()[0]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.settings = Settings()
+        self.sent: list[Event] = []
+
+    async def send(self, event: Event) -> asyncio.Future[Any]:
+        self.sent.append(event)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _delivery(value: bytes, offset: int = 3) -> Delivery:
+    return Delivery("charter.triggers", 1, offset, b"key", value, (), 0)
+
+
+def _run(handler: Any, *values: bytes, retry: RetryPolicy | None = None) -> list[Event]:
+    recorder = Recorder()
+    pipeline = Pipeline("planner", recorder, handler, FixedClock(NOW), retry)  # type: ignore[arg-type]
+    asyncio.run(pipeline.process_batch([_delivery(v, i) for i, v in enumerate(values)]))
+    return recorder.sent
+
+
+async def echo(event: Event, _d: Delivery) -> Sequence[Event]:
+    return [event]
+
+
+def test_outputs_are_published() -> None:
+    assert _run(echo, serde.encode(EVENT)) == [EVENT]
+
+
+def test_garbage_is_dead_lettered_and_the_next_record_still_runs() -> None:
+    dead, good = _run(echo, b"garbage", serde.encode(EVENT))
+    assert isinstance(dead, DeadLettered)
+    assert dead.source_topic == "charter.triggers"
+    assert (dead.source_partition, dead.source_offset) == (1, 0)
+    assert dead.value == b"garbage"
+    assert dead.key == b"key"
+    assert "marker" in dead.reason
+    assert dead.service == "planner"
+    assert good == EVENT
+
+
+def test_the_same_bad_record_gets_the_same_dead_letter_id() -> None:
+    assert _run(echo, b"garbage")[0].event_id == _run(echo, b"garbage")[0].event_id
+
+
+def test_invalid_events_are_dead_lettered_without_retry() -> None:
+    calls = 0
+
+    async def refuse(event: Event, _d: Delivery) -> Sequence[Event]:
+        nonlocal calls
+        calls += 1
+        raise InvalidEvent("no such run")
+
+    [dead] = _run(refuse, serde.encode(EVENT))
+    assert isinstance(dead, DeadLettered)
+    assert dead.reason == "no such run"
+    assert dead.envelope.correlation_id == EVENT.envelope.correlation_id
+    assert calls == 1
+
+
+def test_transient_failures_are_retried_then_succeed() -> None:
+    calls = 0
+
+    async def flaky(event: Event, _d: Delivery) -> Sequence[Event]:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise OSError("database is locked")
+        return [event]
+
+    assert _run(flaky, serde.encode(EVENT), retry=RetryPolicy(attempts=5, first_delay_s=0.001)) == [EVENT]
+    assert calls == 3
+
+
+def test_persistent_failures_are_dead_lettered_after_the_last_attempt() -> None:
+    async def broken(event: Event, _d: Delivery) -> Sequence[Event]:
+        raise OSError("disk gone")
+
+    [dead] = _run(broken, serde.encode(EVENT), retry=RetryPolicy(attempts=3, first_delay_s=0.001))
+    assert isinstance(dead, DeadLettered)
+    assert dead.reason.startswith("gave up after 3 attempts")
+    assert dead.error_type == "OSError"
+
+
+def test_retry_delays_grow_and_are_capped() -> None:
+    policy = RetryPolicy(attempts=10, first_delay_s=0.1, multiplier=2, max_delay_s=0.5)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.4, 0.5]

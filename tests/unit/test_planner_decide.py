@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from charter import agents, tools
+from charter.agents import Agent
+from charter.clock import new_id
+from charter.events import (
+    ActionExecuted,
+    ActionFailed,
+    ActionProposed,
+    ActionRejected,
+    Decision,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    TriggerReceived,
+)
+from services.planner import decide
+from tests.conftest import REPO
+
+NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
+AGENTS = agents.load(REPO / "agents", tools.load(["charter.demo.tools"]))
+
+
+def trigger(name: str = "support.refund_requested", **data: object) -> TriggerReceived:
+    event_id = new_id()
+    return TriggerReceived.create(
+        event_id=event_id,
+        now=NOW,
+        tenant="acme",
+        correlation_id=event_id,
+        name=name,
+        data=data,
+        source="test",
+    )
+
+
+def start(t: TriggerReceived) -> decide.Transition:
+    [transition] = decide.on_trigger(t, AGENTS, set(), NOW)
+    return transition
+
+
+def executed(state: decide.RunState, proposed: ActionProposed, result: dict[str, object]) -> ActionExecuted:
+    return ActionExecuted.caused_by(
+        proposed,
+        label="x",
+        now=NOW,
+        action=proposed.action,
+        idempotency_key="k",
+        result=result,
+        duration_ms=1.0,
+        attempts=1,
+    )
+
+
+def test_a_matching_trigger_starts_a_run_and_proposes_the_first_step() -> None:
+    t = trigger(order_id="A-1", amount=40)
+    transition = start(t)
+    started, proposed = transition.outputs
+    assert isinstance(started, RunStarted)
+    assert isinstance(proposed, ActionProposed)
+    assert started.envelope.agent == "support-refunds"
+    assert started.envelope.causation_id == t.event_id
+    assert proposed.envelope.run_id == started.envelope.run_id == transition.state.run_id
+    assert proposed.envelope.correlation_id == t.envelope.correlation_id
+    assert proposed.action.tool == "lookup_order"
+    assert proposed.action.parameters == {"order_id": "A-1"}
+    assert proposed.action.resource == "order/A-1"
+
+
+def test_the_same_trigger_never_starts_the_same_agent_twice() -> None:
+    t = trigger(order_id="A-1", amount=40)
+    run_id = start(t).state.run_id
+    assert decide.on_trigger(t, AGENTS, {run_id}, NOW) == []
+
+
+def test_outputs_are_deterministic_for_a_redelivered_input() -> None:
+    t = trigger(order_id="A-1", amount=40)
+    assert start(t).outputs == start(t).outputs
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("support.refund_requested", {"order_id": "A-1", "amount": 0}),
+        ("unknown.event", {}),
+        ("support.refund_requested", {}),
+    ],
+)
+def test_triggers_that_match_no_agent_start_nothing(name: str, data: dict[str, object]) -> None:
+    assert decide.on_trigger(trigger(name, **data), AGENTS, set(), NOW) == []
+
+
+def test_results_feed_the_next_step_then_the_run_completes() -> None:
+    transition = start(trigger(order_id="A-1", amount=40))
+    state, proposed = transition.state, transition.outputs[1]
+    assert isinstance(proposed, ActionProposed)
+    results: list[dict[str, object]] = [
+        {"customer": "c-1", "currency": "EUR", "order_id": "A-1", "total": 1},
+        {"refund_id": "rf-1"},
+        {"delivered": True},
+    ]
+    for index, result in enumerate(results):
+        step = decide.on_outcome(executed(state, proposed, result), state, NOW)
+        assert step is not None
+        state = step.state
+        if index < 2:
+            [nxt] = step.outputs
+            assert isinstance(nxt, ActionProposed)
+            proposed = nxt
+        else:
+            [done] = step.outputs
+            assert isinstance(done, RunCompleted)
+            assert done.steps_completed == 3
+            assert done.outputs["refund"] == {"refund_id": "rf-1"}
+            assert state.status == "completed"
+    # The second step was templated from the trigger and the first step's result.
+    assert state.results["lookup"]["currency"] == "EUR"
+
+
+def test_step_two_parameters_come_from_step_one() -> None:
+    transition = start(trigger(order_id="A-1", amount=40))
+    proposed = transition.outputs[1]
+    assert isinstance(proposed, ActionProposed)
+    step = decide.on_outcome(
+        executed(transition.state, proposed, {"currency": "SEK", "customer": "c"}), transition.state, NOW
+    )
+    assert step is not None
+    [nxt] = step.outputs
+    assert isinstance(nxt, ActionProposed)
+    assert nxt.action.parameters == {
+        "order_id": "A-1",
+        "amount": 40,
+        "currency": "SEK",
+        "reason": "customer request",
+    }
+
+
+def test_a_stale_or_duplicate_outcome_changes_nothing() -> None:
+    transition = start(trigger(order_id="A-1", amount=40))
+    proposed = transition.outputs[1]
+    assert isinstance(proposed, ActionProposed)
+    first = decide.on_outcome(
+        executed(transition.state, proposed, {"currency": "EUR", "customer": "c"}), transition.state, NOW
+    )
+    assert first is not None
+    # The same step's result again, against the advanced state: ignored.
+    assert (
+        decide.on_outcome(
+            executed(first.state, proposed, {"currency": "EUR", "customer": "c"}), first.state, NOW
+        )
+        is None
+    )
+    assert decide.on_outcome(executed(first.state, proposed, {}), None, NOW) is None
+
+
+def test_a_rejected_action_fails_the_run_with_the_reason() -> None:
+    transition = start(trigger(order_id="A-1", amount=40))
+    proposed = transition.outputs[1]
+    assert isinstance(proposed, ActionProposed)
+    decision = Decision(
+        outcome="deny", policy_ids=["p"], policy_hash="h", reasons=["forbidden by p"], approval_roles=[]
+    )
+    rejected = ActionRejected.caused_by(
+        proposed, label="policy", now=NOW, action=proposed.action, decision=decision, rejected_by="policy"
+    )
+    step = decide.on_outcome(rejected, transition.state, NOW)
+    assert step is not None
+    [failed] = step.outputs
+    assert isinstance(failed, RunFailed)
+    assert failed.cause == "action_rejected"
+    assert "forbidden by p" in failed.reason
+    assert step.state.status == "failed"
+
+
+def test_a_failed_action_fails_the_run() -> None:
+    transition = start(trigger(order_id="A-1", amount=40))
+    proposed = transition.outputs[1]
+    assert isinstance(proposed, ActionProposed)
+    failure = ActionFailed.caused_by(
+        proposed,
+        label="x",
+        now=NOW,
+        action=proposed.action,
+        idempotency_key="k",
+        error="boom",
+        error_type="E",
+        in_doubt=False,
+        attempts=1,
+    )
+    step = decide.on_outcome(failure, transition.state, NOW)
+    assert step is not None
+    [failed] = step.outputs
+    assert isinstance(failed, RunFailed)
+    assert failed.cause == "action_failed"
+    assert failed.failed_step == 0
+
+
+def test_a_template_that_cannot_render_fails_the_run_as_a_plan_error() -> None:
+    agent = Agent.model_validate(
+        {
+            "id": "t",
+            "owner": "o",
+            "description": "d",
+            "environment": "staging",
+            "triggers": [{"event": "e"}],
+            "tools": ["lookup_order"],
+            "steps": [{"id": "s", "tool": "lookup_order", "parameters": {"order_id": "{{ trigger.nope }}"}}],
+        }
+    )
+    [transition] = decide.on_trigger(trigger("e"), {"t": agent}, set(), NOW)
+    started, failed = transition.outputs
+    assert isinstance(started, RunStarted)
+    assert isinstance(failed, RunFailed)
+    assert failed.cause == "plan_error"
+    assert transition.state.status == "failed"
+
+
+def test_a_filter_that_errors_does_not_match() -> None:
+    assert not decide.matches(AGENTS["support-refunds"], trigger(order_id="A-1", amount="lots"))

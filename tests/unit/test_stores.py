@@ -1,0 +1,119 @@
+"""Each service's store, run on SQLite and on PostgreSQL: one contract, two databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from charter import agents, tools
+from charter.clock import new_id
+from charter.events import ActionApproved, ApprovalRequested, TriggerReceived
+from services.approvals import store as approvals
+from services.executor import decide as executor_decide
+from services.executor import store as executions
+from services.planner import decide as planner_decide
+from services.planner import store as runs
+from tests.conftest import REPO
+from tests.factories import NOW, one_of_each
+
+AGENTS = agents.load(REPO / "agents", tools.load(["charter.demo.tools"]))
+LATER = datetime(2026, 11, 22, 13, tzinfo=UTC)
+
+
+def _trigger() -> TriggerReceived:
+    event_id = new_id()
+    return TriggerReceived.create(
+        event_id=event_id,
+        now=NOW,
+        tenant="acme",
+        correlation_id=event_id,
+        name="support.refund_requested",
+        data={"order_id": "A-1001", "amount": 40},
+        source="t",
+    )
+
+
+def test_run_state_round_trips_and_updates(engine: Engine) -> None:
+    runs.create(engine)
+    [transition] = planner_decide.on_trigger(_trigger(), AGENTS, set(), NOW)
+    state = transition.state
+    with engine.begin() as conn:
+        runs.put(conn, state, NOW)
+    with engine.connect() as conn:
+        assert runs.get(conn, state.run_id) == state
+        assert runs.existing(conn, [state.run_id, "other"]) == {state.run_id}
+        assert runs.get(conn, "missing") is None
+    advanced = planner_decide.RunState(
+        state.run_id, state.agent, state.trigger, "running", 1, {"lookup": {"x": 1}}
+    )
+    with engine.begin() as conn:
+        runs.put(conn, advanced, LATER)
+    with engine.connect() as conn:
+        assert runs.get(conn, state.run_id) == advanced
+
+
+def test_the_inbox_returns_the_recorded_outputs(engine: Engine) -> None:
+    runs.create(engine)
+    event, *outputs = one_of_each()
+    with engine.begin() as conn:
+        assert runs.inbox.outputs_of(conn, event.event_id) is None
+        runs.inbox.record(conn, event, outputs, NOW)
+    with engine.connect() as conn:
+        assert runs.inbox.outputs_of(conn, event.event_id) == outputs
+
+
+def test_a_rolled_back_transaction_records_nothing(engine: Engine) -> None:
+    runs.create(engine)
+    event = one_of_each()[0]
+    try:
+        with engine.begin() as conn:
+            runs.inbox.record(conn, event, [], NOW)
+            raise RuntimeError("crash before commit")
+    except RuntimeError:
+        pass
+    with engine.connect() as conn:
+        assert runs.inbox.outputs_of(conn, event.event_id) is None
+
+
+def test_approvals_are_added_once_and_decided_once(engine: Engine) -> None:
+    approvals.create(engine)
+    request = next(e for e in one_of_each() if isinstance(e, ApprovalRequested))
+    with engine.begin() as conn:
+        approvals.add(conn, request)
+        approvals.add(conn, request)
+    with engine.connect() as conn:
+        [pending] = approvals.listing(conn)
+        assert pending.status == "pending"
+        assert pending.roles == "finance"
+        assert approvals.request_of(conn, request.approval_id) == (request, "pending")
+        assert [a.approval_id for a in approvals.find(conn, request.approval_id[:3])] == [request.approval_id]
+    with engine.begin() as conn:
+        approvals.decide(conn, request.approval_id, status="approved", by="dana", note=None, at=LATER)
+        approvals.decide(conn, request.approval_id, status="rejected", by="eve", note=None, at=LATER)
+    with engine.connect() as conn:
+        assert approvals.listing(conn) == []
+        [decided] = approvals.listing(conn, None)
+        assert (decided.status, decided.decided_by) == ("approved", "dana")
+        assert approvals.request_of(conn, "nope") == (None, "unknown")
+
+
+def test_find_treats_wildcards_literally(engine: Engine) -> None:
+    approvals.create(engine)
+    with engine.connect() as conn:
+        assert approvals.find(conn, "%") == []
+
+
+def test_executions_move_from_started_to_completed(engine: Engine) -> None:
+    executions.create(engine)
+    approved = next(e for e in one_of_each() if isinstance(e, ActionApproved))
+    key = executor_decide.idempotency_key(approved)
+    with engine.begin() as conn:
+        executions.save(conn, approved, 1, NOW)
+    with engine.connect() as conn:
+        assert executions.get(conn, key) == executor_decide.Execution("started", 1, None)
+    outcome = executor_decide.executed(approved, {"ok": True}, 1.0, 2, LATER)
+    with engine.begin() as conn:
+        executions.save(conn, approved, 2, LATER, outcome)
+    with engine.connect() as conn:
+        assert executions.get(conn, key) == executor_decide.Execution("completed", 2, outcome)
