@@ -10,7 +10,7 @@ With no arguments it talks to the stack `charter up` runs (or CHARTER_BOOTSTRAP_
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -137,7 +137,7 @@ class Client:
             )
         )
 
-    async def subscribe(self, *names: str, since: datetime | None = None) -> AsyncIterator[Received]:
+    async def subscribe(self, *names: str, since: datetime | None = None) -> AsyncGenerator[Received, None]:
         """Follow topics (`runs`, `actions.results`, ...; all when none given) from `since`
         (default: now), forever. Commits nothing and joins no group."""
         start = since or datetime.now(UTC)
@@ -158,7 +158,7 @@ class Client:
         from_offset: int | None = None,
         from_time: datetime | None = None,
         run_id: str | None = None,
-    ) -> AsyncIterator[Received]:
+    ) -> AsyncGenerator[Received, None]:
         """The records of one topic from an offset, a time, or the beginning, up to its end."""
         async with self._reader([name]) as (consumer, parts):
             if from_time is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -57,8 +58,11 @@ async def run(client: Client, say: Callable[[str], None], timeout_s: float = 60.
     say(f"published {len(EVENTS)} business events")
     runs: dict[str, RunOutcome] = {}
     try:
-        async with asyncio.timeout(timeout_s):
-            async for received in client.subscribe("runs", "approvals.requested", since=since):
+        async with (
+            asyncio.timeout(timeout_s),
+            aclosing(client.subscribe("runs", "approvals.requested", since=since)) as events,
+        ):
+            async for received in events:
                 event = received.event
                 if isinstance(event, ev.RunStarted) and event.trigger_event_id in triggers:
                     trigger = triggers[event.trigger_event_id]

@@ -1,0 +1,167 @@
+"""The real stack for end-to-end tests: `charter up` as a process, with the embedded broker and
+the five services as processes of their own. Nothing here stands in for Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from charter.client import Client
+from charter.clock import derive_id
+from charter.config import Settings
+from charter.events import Event, RunCompleted, RunFailed
+from charter.stack import readiness
+from tests.conftest import REPO
+
+READY_TIMEOUT_S = 60
+EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def stack_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
+    env.update(
+        CHARTER_HOME=str(home),
+        CHARTER_AGENTS_DIR=str(REPO / "agents"),
+        CHARTER_POLICIES_DIR=str(REPO / "policies"),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class Stack:
+    home: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    output: Path
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(home=self.home)
+
+    def text(self) -> str:
+        return self.output.read_text()
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "charter", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"charter {' '.join(args)} exited {result.returncode}: {result.stderr}{result.stdout}"
+            )
+        return result
+
+    def publish(self, name: str, data: dict[str, object]) -> str:
+        """Publish through the CLI, as a person would; returns the trigger's event id."""
+        out = self.cli("publish", name, "--data", json.dumps(data)).stdout
+        match = re.search(r"as event (\S+)", out)
+        assert match, out
+        return match.group(1)
+
+    def service_pid(self, name: str) -> int:
+        return readiness.ready_pids(self.settings)[name]
+
+    def stop(self, timeout: float = 15) -> float:
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout)
+        return time.monotonic() - started
+
+
+def start_stack(home: Path, *args: str, **env: str) -> Stack:
+    home.mkdir(parents=True, exist_ok=True)
+    output = home / "up.out"
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "charter", "up", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=stack_env(home, **env),
+        )
+    stack = Stack(home, stack_env(home, **env), proc, output)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while "ready in" not in stack.text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            logs = "\n".join(
+                f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((home / "logs").glob("*.log"))
+            )
+            pytest.fail(f"charter up did not get ready:\n{stack.text()}\n{logs}")
+        time.sleep(0.1)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("stack") / "home")
+    try:
+        yield running
+    finally:
+        if running.proc.poll() is None:
+            running.stop()
+
+
+def run_id(trigger_id: str, agent: str) -> str:
+    """What the planner will call the run this trigger starts for this agent."""
+    return derive_id(trigger_id, f"run:{agent}")
+
+
+def wait_for(stack: Stack, predicate: Callable[[Event], bool], *topics: str, timeout: float = 30) -> Event:
+    """The first event on `topics`, reading from the beginning, that satisfies `predicate`."""
+
+    async def go() -> Event:
+        async with (
+            Client(stack.settings) as client,
+            asyncio.timeout(timeout),
+            aclosing(client.subscribe(*topics, since=EPOCH)) as events,
+        ):
+            async for received in events:
+                if received.event is not None and predicate(received.event):
+                    return received.event
+        raise AssertionError("subscription ended")
+
+    return asyncio.run(go())
+
+
+def wait_run_end(stack: Stack, run: str, timeout: float = 30) -> RunCompleted | RunFailed:
+    end = wait_for(
+        stack, lambda e: isinstance(e, RunCompleted | RunFailed) and e.run_id == run, "runs", timeout=timeout
+    )
+    assert isinstance(end, RunCompleted | RunFailed)
+    return end
+
+
+def run_events(stack: Stack, run: str, *topics: str) -> list[Event]:
+    """A run's events on some topics, read from the beginning to the end."""
+
+    async def go() -> list[Event]:
+        found: list[Event] = []
+        async with Client(stack.settings) as client:
+            for topic in topics:
+                async for received in client.replay(topic, run_id=run):
+                    if received.event is not None:
+                        found.append(received.event)
+        return found
+
+    return asyncio.run(go())

@@ -1,0 +1,139 @@
+"""The audit chain over real traffic, tampering found on a copy of the store, and one trace per run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from charter.client import Client
+from charter.events import RunCompleted
+from tests.e2e.conftest import Stack, run_events, run_id, stack_env, wait_run_end
+
+pytestmark = pytest.mark.e2e
+
+
+def _audited(stack: Stack, event_id: str, timeout: float = 10) -> None:
+    db = stack.settings.data_dir / "audit.db"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as conn:
+            if conn.execute("select 1 from audit_log where event_id = ?", (event_id,)).fetchone():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"event {event_id} never reached the audit log")
+
+
+def _snapshot(stack: Stack, into: Path) -> Path:
+    """A consistent copy of the audit store, so tampering never touches the live one."""
+    (into / "data").mkdir(parents=True)
+    with (
+        sqlite3.connect(stack.settings.data_dir / "audit.db") as src,
+        sqlite3.connect(into / "data" / "audit.db") as dst,
+    ):
+        src.backup(dst)
+    return into
+
+
+def test_audit_verify_passes_and_names_an_altered_row(stack: Stack, tmp_path: Path) -> None:
+    trigger = stack.publish("support.refund_requested", {"order_id": "V-1001", "amount": 30})
+    end = wait_run_end(stack, run_id(trigger, "support-refunds"))
+    _audited(stack, end.event_id)
+    ok = stack.cli("audit", "verify")
+    assert "audit chain verified" in ok.stdout
+
+    copy = _snapshot(stack, tmp_path / "copy")
+    with sqlite3.connect(copy / "data" / "audit.db") as conn:
+        seq, value = conn.execute(
+            "select seq, value from audit_log where event_id = ?", (end.event_id,)
+        ).fetchone()
+        altered = bytearray(value)
+        altered[-3] ^= 0xFF
+        conn.execute("update audit_log set value = ? where seq = ?", (bytes(altered), seq))
+    broken = subprocess.run(
+        [sys.executable, "-m", "charter", "audit", "verify"],
+        capture_output=True,
+        text=True,
+        env=stack_env(copy),
+        timeout=60,
+        check=False,
+    )
+    assert broken.returncode == 1
+    assert f"BROKEN at row {seq}" in broken.stdout
+    # The live store is untouched and still verifies.
+    assert stack.cli("audit", "verify").returncode == 0
+
+
+def test_every_topic_is_audited_once(stack: Stack) -> None:
+    trigger = stack.publish("support.refund_requested", {"order_id": "V-2002", "amount": 30})
+    run = run_id(trigger, "support-refunds")
+    end = wait_run_end(stack, run)
+    _audited(stack, end.event_id)
+    on_topics = {
+        e.event_id
+        for e in run_events(stack, run, "runs", "actions.proposed", "actions.approved", "actions.results")
+    }
+    with sqlite3.connect(stack.settings.data_dir / "audit.db") as conn:
+        audited = [r[0] for r in conn.execute("select event_id from audit_log where run_id = ?", (run,))]
+    assert len(audited) == len(set(audited))
+    assert on_topics <= set(audited)
+
+
+def test_one_trace_id_runs_through_planner_policy_and_executor(stack: Stack) -> None:
+    trigger = stack.publish("support.refund_requested", {"order_id": "T-1001", "amount": 30})
+    run = run_id(trigger, "support-refunds")
+    assert isinstance(wait_run_end(stack, run), RunCompleted)
+
+    async def traces() -> set[str | None]:
+        ids: set[str | None] = set()
+        async with Client(stack.settings) as client:
+            for topic in ("runs", "actions.proposed", "actions.approved", "actions.results"):
+                async for received in client.replay(topic, run_id=run):
+                    ids.add(received.trace_id)
+        return ids
+
+    header_ids = asyncio.run(traces())
+    assert len(header_ids) == 1
+    [trace_id] = header_ids
+    assert trace_id is not None
+
+    # The services' exported spans carry that same trace id.
+    deadline = time.monotonic() + 10
+    services: set[str] = set()
+    while time.monotonic() < deadline and not {"planner", "policy", "executor"} <= services:
+        services = set()
+        for path in stack.settings.logs_dir.glob("traces-*.jsonl"):
+            for line in path.read_text().splitlines():
+                span = json.loads(line)
+                if span["context"]["trace_id"] == f"0x{trace_id}":
+                    services.add(path.stem.removeprefix("traces-"))
+        time.sleep(0.2)
+    assert {"planner", "policy", "executor"} <= services
+
+
+def test_replay_prints_a_runs_events_and_exits(stack: Stack) -> None:
+    trigger = stack.publish("support.refund_requested", {"order_id": "R-1001", "amount": 30})
+    run = run_id(trigger, "support-refunds")
+    wait_run_end(stack, run)
+    out = stack.cli("replay", "--topic", "runs", "--from-beginning", "--run", run).stdout
+    assert "RunStarted" in out
+    assert "RunCompleted" in out
+    assert out.strip().endswith("-- 2 events")
+    as_json = stack.cli(
+        "replay", "--topic", "actions.results", "--from-offset", "0", "--run", run, "--json"
+    ).stdout
+    records = [json.loads(line) for line in as_json.splitlines()]
+    assert [r["event"]["action"]["tool"] for r in records] == [
+        "lookup_order",
+        "issue_refund",
+        "notify_customer",
+    ]
+    assert all(r["trace_id"] for r in records)
+    later = stack.cli("replay", "--topic", "runs", "--from-time", "2999-01-01T00:00:00").stdout
+    assert later.strip() == "-- 0 events"
