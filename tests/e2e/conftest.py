@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,11 +33,17 @@ EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 def stack_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a stack in `home`, with its own copy of the agents and policies, so a
+    test may edit them without touching the repository's."""
+    config = home / "config"
+    if not config.exists():
+        shutil.copytree(REPO / "agents", config / "agents")
+        shutil.copytree(REPO / "policies", config / "policies")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
     env.update(
         CHARTER_HOME=str(home),
-        CHARTER_AGENTS_DIR=str(REPO / "agents"),
-        CHARTER_POLICIES_DIR=str(REPO / "policies"),
+        CHARTER_AGENTS_DIR=str(config / "agents"),
+        CHARTER_POLICIES_DIR=str(config / "policies"),
         PYTHONUNBUFFERED="1",
         **extra,
     )
@@ -53,6 +60,10 @@ class Stack:
     @property
     def settings(self) -> Settings:
         return Settings(home=self.home)
+
+    @property
+    def policies_dir(self) -> Path:
+        return self.home / "config" / "policies"
 
     def text(self) -> str:
         return self.output.read_text()
