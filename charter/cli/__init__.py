@@ -18,6 +18,7 @@ app = typer.Typer(
     help="Charter: governed autonomy for AI agents. Start with `charter up --demo`.",
 )
 app.command("up")(stack.up)
+app.command("topics")(stack.topics_ensure)
 app.command("publish")(events.publish)
 app.command("tail")(events.tail)
 app.command("replay")(events.replay)

@@ -1,12 +1,15 @@
-"""charter up"""
+"""charter up | topics"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import typer
 
+from charter import topics
 from charter.config import Settings
+from charter.stack.up import create_topics
 from charter.stack.up import up as run_up
 
 
@@ -22,3 +25,13 @@ def up(
     topic, and the five services, supervised. Ctrl-C stops it all."""
     code = run_up(Settings(), demo=demo, once=once, say=lambda line: print(line, flush=True))
     raise typer.Exit(code)
+
+
+def topics_ensure() -> None:
+    """Create every topic of the contract that is missing, DLQs included, on the configured broker
+    (CHARTER_BOOTSTRAP_SERVERS), and check the partition counts of those that exist. For
+    production, where the services run without `charter up`."""
+    settings = Settings()
+    created = asyncio.run(create_topics(settings))
+    names = ", ".join(created) or "none"
+    print(f"{len(topics.specs(settings))} topics ready on {settings.bootstrap()}; created: {names}")

@@ -9,13 +9,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from charter.clock import derive_id
 from charter.config import Settings
 from charter.events import Event, RunCompleted, RunFailed
 from charter.stack import readiness
+from charter.stack.harness import StackNotReady, StackProcess
 from tests.conftest import REPO
 
 READY_TIMEOUT_S = 60
@@ -50,13 +48,7 @@ def stack_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Stack:
-    home: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes]
-    output: Path
-
+class Stack(StackProcess):
     @property
     def settings(self) -> Settings:
         return Settings(home=self.home)
@@ -64,9 +56,6 @@ class Stack:
     @property
     def policies_dir(self) -> Path:
         return self.home / "config" / "policies"
-
-    def text(self) -> str:
-        return self.output.read_text()
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -93,33 +82,13 @@ class Stack:
     def service_pid(self, name: str) -> int:
         return readiness.ready_pids(self.settings)[name]
 
-    def stop(self, timeout: float = 15) -> float:
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout)
-        return time.monotonic() - started
-
 
 def start_stack(home: Path, *args: str, **env: str) -> Stack:
-    home.mkdir(parents=True, exist_ok=True)
-    output = home / "up.out"
-    with output.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "charter", "up", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=stack_env(home, **env),
-        )
-    stack = Stack(home, stack_env(home, **env), proc, output)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while "ready in" not in stack.text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            logs = "\n".join(
-                f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((home / "logs").glob("*.log"))
-            )
-            pytest.fail(f"charter up did not get ready:\n{stack.text()}\n{logs}")
-        time.sleep(0.1)
+    stack = Stack(home, stack_env(home, **env), *args)
+    try:
+        stack.wait_ready(READY_TIMEOUT_S)
+    except StackNotReady as exc:
+        pytest.fail(str(exc))
     return stack
 
 

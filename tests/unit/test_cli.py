@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,21 +48,42 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(args: list[str], message: st
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["up"],
-        ["publish"],
-        ["tail"],
-        ["replay"],
-        ["runs"],
-        ["run", "show"],
-        ["approvals", "approve"],
-        ["audit", "verify"],
-    ],
-)
+def _commands() -> list[list[str]]:
+    """Every command path of the CLI, read from the app itself so none can be missed."""
+    import typer.main
+
+    from charter.cli import app
+
+    found: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        found.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(), ids=lambda c: " ".join(c) or "charter")
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
     result = charter(*command, "--help", home=tmp_path)
     assert result.returncode == 0
     assert "Usage:" in result.stdout
+
+
+def test_the_contract_commands_exist() -> None:
+    paths = {" ".join(c) for c in _commands()}
+    expected = {
+        "up",
+        "publish",
+        "tail",
+        "runs",
+        "run show",
+        "approvals list",
+        "approvals approve",
+        "approvals reject",
+        "audit verify",
+        "replay",
+    }
+    assert expected <= paths
