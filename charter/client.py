@@ -108,6 +108,8 @@ class Client:
     async def approve(
         self, approval_id: str, *, approver: str, run_id: str, comment: str | None = None
     ) -> None:
+        """Approve an approval the approvals service has recorded (`charter approvals list` shows
+        it). A decision on an approval it does not know is dead-lettered, not held."""
         await self.send(
             ApprovalGranted.create(
                 event_id=new_id(),

@@ -17,6 +17,8 @@ from typing import Any
 from charter import events as ev
 from charter.client import Client
 from charter.describe import describe
+from charter.store import make_engine
+from services.approvals import store as approvals
 
 DEMO_APPROVER = "dana"
 
@@ -82,10 +84,26 @@ async def run(client: Client, say: Callable[[str], None], timeout_s: float = 60.
     return list(runs.values())
 
 
+async def _recorded(client: Client, approval_id: str, timeout_s: float = 10.0) -> None:
+    engine = make_engine(client.settings.database_url_for("approvals"))
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                with engine.connect() as conn:
+                    if approvals.request_of(conn, approval_id)[1] == "pending":
+                        return
+                await asyncio.sleep(0.02)
+    finally:
+        engine.dispose()
+
+
 async def _follow(client: Client, outcome: RunOutcome, event: ev.Event, say: Callable[[str], None]) -> None:
     if isinstance(event, ev.ApprovalRequested):
         outcome.approvals.append(event.approval_id)
         say(f"run {outcome.run_id[:8]}: {describe(event)}")
+        # A person approves what `charter approvals list` shows, that is what the approvals
+        # service has recorded; a decision that overtakes its request is dead-lettered.
+        await _recorded(client, event.approval_id)
         say(f"run {outcome.run_id[:8]}: approving as {DEMO_APPROVER}, as `charter approvals approve` would")
         await client.approve(event.approval_id, approver=DEMO_APPROVER, run_id=outcome.run_id, comment="demo")
     elif isinstance(event, ev.RunCompleted | ev.RunFailed):

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -21,9 +22,11 @@ import pytest
 from charter.client import Client
 from charter.clock import derive_id
 from charter.config import Settings
-from charter.events import Event, RunCompleted, RunFailed
+from charter.events import ApprovalRequested, Event, RunCompleted, RunFailed
 from charter.stack import readiness
 from charter.stack.harness import StackNotReady, StackProcess
+from charter.store import make_engine
+from services.approvals import store as approvals
 from tests.conftest import REPO
 
 READY_TIMEOUT_S = 60
@@ -122,6 +125,26 @@ def wait_for(stack: Stack, predicate: Callable[[Event], bool], *topics: str, tim
         raise AssertionError("subscription ended")
 
     return asyncio.run(go())
+
+
+def wait_approval(stack: Stack, run: str, timeout: float = 30) -> ApprovalRequested:
+    """The run's approval request, once the approvals service has recorded it as pending, which
+    is when a person could see it in `charter approvals list`."""
+    request = wait_for(
+        stack, lambda e: isinstance(e, ApprovalRequested) and e.run_id == run, "approvals.requested"
+    )
+    assert isinstance(request, ApprovalRequested)
+    engine = make_engine(stack.settings.database_url_for("approvals"))
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                if approvals.request_of(conn, request.approval_id)[1] == "pending":
+                    return request
+            assert time.monotonic() < deadline, f"approval {request.approval_id} never recorded"
+            time.sleep(0.02)
+    finally:
+        engine.dispose()
 
 
 def wait_run_end(stack: Stack, run: str, timeout: float = 30) -> RunCompleted | RunFailed:

@@ -17,7 +17,7 @@ from charter.events import (
     RunCompleted,
     RunFailed,
 )
-from tests.e2e.conftest import Stack, run_events, run_id, wait_for, wait_run_end
+from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_run_end
 
 pytestmark = pytest.mark.e2e
 
@@ -45,10 +45,7 @@ def test_a_small_refund_completes_with_no_human(stack: Stack) -> None:
 def test_a_large_refund_waits_is_approved_through_the_cli_and_executes_once(stack: Stack) -> None:
     trigger = stack.publish("support.refund_requested", {"order_id": "S-2002", "amount": 2400})
     run = run_id(trigger, "support-refunds")
-    request = wait_for(
-        stack, lambda e: isinstance(e, ApprovalRequested) and e.run_id == run, "approvals.requested"
-    )
-    assert isinstance(request, ApprovalRequested)
+    request = wait_approval(stack, run)
     assert request.decision.approval_roles == ["finance"]
     assert _refunds(stack, run) == []
 
@@ -86,10 +83,7 @@ def test_a_large_refund_waits_is_approved_through_the_cli_and_executes_once(stac
 def test_a_rejected_approval_ends_the_run_without_executing(stack: Stack) -> None:
     trigger = stack.publish("support.refund_requested", {"order_id": "S-3003", "amount": 800})
     run = run_id(trigger, "support-refunds")
-    request = wait_for(
-        stack, lambda e: isinstance(e, ApprovalRequested) and e.run_id == run, "approvals.requested"
-    )
-    assert isinstance(request, ApprovalRequested)
+    request = wait_approval(stack, run)
     stack.cli("approvals", "reject", request.approval_id, "--as", "dana", "--reason", "not eligible")
     end = wait_run_end(stack, run)
     assert isinstance(end, RunFailed)

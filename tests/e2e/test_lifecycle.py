@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from charter.events import ApprovalRequested, RunCompleted
-from tests.e2e.conftest import Stack, run_id, start_stack, wait_for, wait_run_end
+from charter.events import RunCompleted
+from tests.e2e.conftest import Stack, run_id, start_stack, wait_approval, wait_run_end
 
 pytestmark = pytest.mark.e2e
 
@@ -58,10 +58,7 @@ def test_up_reports_ready_within_15_seconds(own_stack: Stack) -> None:
 def test_run_state_survives_a_planner_killed_mid_run(own_stack: Stack) -> None:
     trigger = own_stack.publish("support.refund_requested", {"order_id": "K-1001", "amount": 900})
     run = run_id(trigger, "support-refunds")
-    request = wait_for(
-        own_stack, lambda e: isinstance(e, ApprovalRequested) and e.run_id == run, "approvals.requested"
-    )
-    assert isinstance(request, ApprovalRequested)
+    request = wait_approval(own_stack, run)
     old = own_stack.service_pid("planner")
     os.kill(old, signal.SIGKILL)
     own_stack.cli("approvals", "approve", request.approval_id, "--as", "dana")
