@@ -48,6 +48,10 @@ class Bus:
         self._producer = AIOKafkaProducer(client_id=self._client_id, **broker.producer_kwargs(self.settings))
         await self._producer.start()
 
+    @property
+    def running(self) -> bool:
+        return self._producer is not None
+
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()

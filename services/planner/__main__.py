@@ -27,7 +27,11 @@ def main() -> None:
     except ConfigError as exc:
         log.error("%s", exc)
         sys.exit(2)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    # Charter's log format (with run and trace ids), not faust's.
+    worker = faust.Worker(
+        app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False
+    )
+    worker.spinner = None  # a terminal spinner writes escape codes into the log file
     try:
         worker.execute_from_commandline()
     finally:

@@ -7,6 +7,7 @@ outputs are acknowledged by the broker before faust may commit the input's offse
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -128,11 +129,16 @@ def build_app(settings: Settings) -> faust.App:
         *(topics.name(settings, t) for t in TOPICS), value_serializer="raw", key_serializer="raw"
     )
 
+    started = asyncio.Lock()
+
+    async def start_bus() -> None:
+        # The agent may see records before faust starts app services, so it starts the bus.
+        async with started:
+            if not bus.running:
+                await bus.start()
+
     @app.service
     class Runtime(mode.Service):
-        async def on_start(self) -> None:
-            await bus.start()
-
         async def on_stop(self) -> None:
             await bus.stop()
 
@@ -144,6 +150,7 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.agent(source)
     async def plan(stream: Any) -> None:
+        await start_bus()
         async for record in stream.events():
             await pipeline.process_batch([_delivery(record.message)])
 
