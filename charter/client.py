@@ -110,24 +110,24 @@ class Client:
     ) -> None:
         """Approve an approval the approvals service has recorded (`charter approvals list` shows
         it). A decision on an approval it does not know is dead-lettered, not held."""
-        await self.send(
-            ApprovalGranted.create(
-                event_id=new_id(),
-                now=self._clock.now(),
-                tenant=self.settings.tenant,
-                run_id=run_id,
-                correlation_id=approval_id,
-                approval_id=approval_id,
-                approver=approver,
-                comment=comment,
-            )
-        )
+        await self._decide(ApprovalGranted, approval_id, approver, run_id, comment=comment)
 
     async def reject(
         self, approval_id: str, *, approver: str, run_id: str, reason: str | None = None
     ) -> None:
+        """Reject a recorded approval; the run ends."""
+        await self._decide(ApprovalRejected, approval_id, approver, run_id, reason=reason)
+
+    async def _decide(
+        self,
+        kind: type[ApprovalGranted | ApprovalRejected],
+        approval_id: str,
+        approver: str,
+        run_id: str,
+        **note: Any,
+    ) -> None:
         await self.send(
-            ApprovalRejected.create(
+            kind.create(
                 event_id=new_id(),
                 now=self._clock.now(),
                 tenant=self.settings.tenant,
@@ -135,7 +135,7 @@ class Client:
                 correlation_id=approval_id,
                 approval_id=approval_id,
                 approver=approver,
-                reason=reason,
+                **note,
             )
         )
 

@@ -92,19 +92,28 @@ class Event(_Frozen):
 
     @classmethod
     def caused_by(
-        cls: type[E], cause: Event, /, *, now: datetime, label: str = "", event_id: str = "", **payload: Any
+        cls: type[E],
+        cause: Event,
+        /,
+        *,
+        now: datetime,
+        label: str = "",
+        event_id: str = "",
+        lineage: Event | None = None,
+        **payload: Any,
     ) -> E:
-        """The event `cause` led to: same tenant, agent, run and correlation. Its id is
-        `event_id` if given, else derived from the cause's id and `label`."""
-        env = cause.envelope
+        """The event `cause` led to: same tenant, agent, run and correlation as the cause, or as
+        `lineage` when given (a human's decision continues the run of the request it decides).
+        Its id is `event_id` if given, else derived from the cause's id and `label`."""
+        env = (lineage or cause).envelope
         return cls.create(
-            event_id=event_id or derive_id(env.event_id, label or cls.__name__),
+            event_id=event_id or derive_id(cause.event_id, label or cls.__name__),
             now=now,
             tenant=env.tenant,
             agent=payload.pop("agent", env.agent),
             run_id=payload.pop("run_id", env.run_id),
             correlation_id=env.correlation_id,
-            causation_id=env.event_id,
+            causation_id=cause.event_id,
             **payload,
         )
 

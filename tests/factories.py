@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from charter import events as ev
-from charter.clock import derive_id
+from charter.clock import derive_id, new_id
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)
 RUN = derive_id("trigger-1", "run:support-refunds")
@@ -26,6 +26,20 @@ DECISION = ev.Decision(
     reasons=["permitted by refund-large with approval by finance"],
     approval_roles=["finance"],
 )
+
+
+def trigger(name: str = "support.refund_requested", **data: object) -> ev.TriggerReceived:
+    """A fresh business event, as a business system would publish it."""
+    event_id = new_id()
+    return ev.TriggerReceived.create(
+        event_id=event_id,
+        now=NOW,
+        tenant="acme",
+        correlation_id=event_id,
+        name=name,
+        data=data,
+        source="test",
+    )
 
 
 def _env(cls: type[ev.Event]) -> dict[str, object]:

@@ -6,7 +6,6 @@ import pytest
 
 from charter import agents, tools
 from charter.agents import Agent
-from charter.clock import new_id
 from charter.events import (
     ActionExecuted,
     ActionFailed,
@@ -20,22 +19,10 @@ from charter.events import (
 )
 from services.planner import decide
 from tests.conftest import REPO
+from tests.factories import trigger
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
 AGENTS = agents.load(REPO / "agents", tools.load(["charter.demo.tools"]))
-
-
-def trigger(name: str = "support.refund_requested", **data: object) -> TriggerReceived:
-    event_id = new_id()
-    return TriggerReceived.create(
-        event_id=event_id,
-        now=NOW,
-        tenant="acme",
-        correlation_id=event_id,
-        name=name,
-        data=data,
-        source="test",
-    )
 
 
 def start(t: TriggerReceived) -> decide.Transition:

@@ -7,36 +7,22 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from charter import agents, tools
-from charter.clock import new_id
-from charter.events import ActionApproved, ApprovalRequested, TriggerReceived
+from charter.events import ActionApproved, ApprovalRequested
 from services.approvals import store as approvals
 from services.executor import decide as executor_decide
 from services.executor import store as executions
 from services.planner import decide as planner_decide
 from services.planner import store as runs
 from tests.conftest import REPO
-from tests.factories import NOW, one_of_each
+from tests.factories import NOW, one_of_each, trigger
 
 AGENTS = agents.load(REPO / "agents", tools.load(["charter.demo.tools"]))
 LATER = datetime(2026, 11, 22, 13, tzinfo=UTC)
 
 
-def _trigger() -> TriggerReceived:
-    event_id = new_id()
-    return TriggerReceived.create(
-        event_id=event_id,
-        now=NOW,
-        tenant="acme",
-        correlation_id=event_id,
-        name="support.refund_requested",
-        data={"order_id": "A-1001", "amount": 40},
-        source="t",
-    )
-
-
 def test_run_state_round_trips_and_updates(engine: Engine) -> None:
     runs.create(engine)
-    [transition] = planner_decide.on_trigger(_trigger(), AGENTS, set(), NOW)
+    [transition] = planner_decide.on_trigger(trigger(order_id="A-1001", amount=40), AGENTS, set(), NOW)
     state = transition.state
     with engine.begin() as conn:
         runs.put(conn, state, NOW)
