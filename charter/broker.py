@@ -22,13 +22,9 @@ class Capabilities:
     transactions: bool
 
     def describe(self) -> str:
-        def state(on: bool) -> str:
-            return "on" if on else "off (unsupported by this broker)"
-
-        return (
-            f"broker={self.kind}: acks=all, idempotent producer {state(self.idempotent_producer)}, "
-            f"transactions {state(self.transactions)}"
-        )
+        idempotence = "on" if self.idempotent_producer else "off (the broker has no InitProducerId)"
+        transactions = "supported, not used yet" if self.transactions else "unsupported by the broker"
+        return f"broker={self.kind}: acks=all, idempotent producer {idempotence}; transactions {transactions}"
 
 
 CAPABILITIES: dict[BrokerKind, Capabilities] = {

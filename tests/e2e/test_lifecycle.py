@@ -52,7 +52,7 @@ def test_up_reports_ready_within_15_seconds(own_stack: Stack) -> None:
     assert match, own_stack.text()
     assert float(match.group(1)) < 15
     assert "broker=tansu" in own_stack.text()
-    assert "idempotent producer off" in own_stack.text()
+    assert "idempotent producer off (the broker has no InitProducerId)" in own_stack.text()
 
 
 def test_run_state_survives_a_planner_killed_mid_run(own_stack: Stack) -> None:
