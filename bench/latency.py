@@ -1,13 +1,14 @@
 """How fast the embedded stack gets ready, and how long a governed run takes.
 
-    .venv/bin/python bench/latency.py [--starts 3] [--runs 30]
+    .venv/bin/python bench/latency.py [--broker tansu|kafka] [--starts 3] [--runs 30]
 
 Starts `charter up` `--starts` times in fresh homes and reports the time to ready each time.
 On the last stack it publishes `--runs` small refunds one after another (three governed
 actions each: 15 Kafka hops through five processes) and reports, as medians and p90:
   - pipeline: the trigger's occurred_at to RunCompleted's occurred_at (the services' own clocks);
   - client: publish call to the RunCompleted arriving at a subscriber (adds the client's hops).
-Results go to bench/results/latency.json.
+Results go to bench/results/latency-<broker>.json. On Kafka every hop is a transaction (outputs
+and input offsets committed together) read by read_committed consumers.
 """
 
 from __future__ import annotations
@@ -84,13 +85,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
     args = parser.parse_args()
     ready: list[float] = []
     pipeline: list[float] = []
     client_side: list[float] = []
     for n in range(args.starts):
         home = Path(tempfile.mkdtemp(prefix="charter-bench-"))
-        stack = StackProcess(home, _env(home))
+        stack = StackProcess(home, _env(home), "--broker", args.broker)
         try:
             ready.append(stack.wait_ready())
             print(f"start {n + 1}: ready in {ready[-1]:.1f}s")
@@ -108,10 +110,11 @@ def main() -> None:
     }
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "broker": args.broker,
         "time_to_ready_s": {"median": statistics.median(ready), "all": ready},
         "small_refund_ms": refund,
     }
-    out = REPO / "bench" / "results" / "latency.json"
+    out = REPO / "bench" / "results" / f"latency-{args.broker}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"time to ready: median {statistics.median(ready):.1f}s over {len(ready)} starts")
     print(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from charter import broker, serde, telemetry, topics
 from charter.config import Settings
@@ -36,17 +38,53 @@ def route(settings: Settings, event: Event) -> Outgoing:
 
 
 class Bus:
-    """One producer per process. `send` enqueues and returns the delivery future."""
+    """One producer per process. `send` enqueues and returns the delivery future.
 
-    def __init__(self, settings: Settings, client_id: str) -> None:
+    Given a transactional id (on a broker that has transactions), every send happens inside a
+    transaction: the consumer loop's, which also commits the input offsets, or one of its own
+    for a lone `publish`. A lock keeps the two from interleaving on the one producer.
+    """
+
+    def __init__(self, settings: Settings, client_id: str, transactional_id: str | None = None) -> None:
         self.settings = settings
         self._client_id = client_id
+        self._transactional_id = transactional_id if broker.capabilities(settings).transactions else None
         self._producer: AIOKafkaProducer | None = None
+        self._txn_lock = asyncio.Lock()
+        self._in_txn = False
+
+    @property
+    def transactional(self) -> bool:
+        return self._transactional_id is not None
 
     async def start(self) -> None:
         # aiokafka binds a producer to the running loop, so it is made here, not in __init__.
-        self._producer = AIOKafkaProducer(client_id=self._client_id, **broker.producer_kwargs(self.settings))
+        extra = {"transactional_id": self._transactional_id} if self._transactional_id else {}
+        if self._transactional_id:
+            broker.tune_transactions()
+        self._producer = AIOKafkaProducer(
+            client_id=self._client_id, **broker.producer_kwargs(self.settings), **extra
+        )
         await self._producer.start()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """A transaction on a transactional bus; on any other, nothing."""
+        if self._producer is None or not self.transactional:
+            yield
+            return
+        async with self._txn_lock, self._producer.transaction():
+            self._in_txn = True
+            try:
+                yield
+            finally:
+                self._in_txn = False
+
+    async def send_offsets(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
+        """Commit consumed offsets as part of the open transaction."""
+        if self._producer is None or not self._in_txn:
+            raise RuntimeError("send_offsets outside a transaction")
+        await self._producer.send_offsets_to_transaction(offsets, group_id)
 
     @property
     def running(self) -> bool:
@@ -67,5 +105,9 @@ class Bus:
         return future
 
     async def publish(self, event: Event) -> None:
-        """Send and wait until the broker has it."""
+        """Send and wait until the broker has it (committed, on a transactional bus)."""
+        if self.transactional and not self._in_txn:
+            async with self.transaction():
+                await (await self.send(event))
+            return
         await (await self.send(event))

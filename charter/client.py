@@ -17,12 +17,13 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-from charter import serde, telemetry, topics
+from charter import broker, serde, telemetry, topics
 from charter.bus import Bus
 from charter.clock import SystemClock, new_id
 from charter.config import Settings
-from charter.errors import InvalidMessage
+from charter.errors import ConfigError, InvalidMessage
 from charter.events import ApprovalGranted, ApprovalRejected, Event, TriggerReceived
 
 # How long a read waits for more records before deciding it has reached the end. Needed because
@@ -197,22 +198,31 @@ class _Reader:
         self._names = names
         self._consumer: AIOKafkaConsumer | None = None
 
-    async def __aenter__(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap(),
-            enable_auto_commit=False,
-            fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
-            max_partition_fetch_bytes=max(self._settings.max_message_bytes, 1_048_576),
-        )
-        await consumer.start()
-        self._consumer = consumer
+    async def _partitions(self) -> list[TopicPartition]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._settings.bootstrap())
+        await admin.start()
+        try:
+            described = {d["topic"]: d for d in await admin.describe_topics(self._names)}
+        finally:
+            await admin.close()
         parts = []
         for name in self._names:
-            partitions = consumer.partitions_for_topic(name)
-            if partitions is None:
-                await consumer.stop()
-                raise InvalidMessage(f"topic {name} does not exist on {self._settings.bootstrap()}")
-            parts += [TopicPartition(name, p) for p in sorted(partitions)]
+            found = described.get(name)
+            if found is None or found.get("error_code") or not found["partitions"]:
+                raise ConfigError(f"topic {name} does not exist on {self._settings.bootstrap()}")
+            parts += [
+                TopicPartition(name, p["partition"])
+                for p in sorted(found["partitions"], key=lambda p: p["partition"])
+            ]
+        return parts
+
+    async def __aenter__(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+        parts = await self._partitions()
+        # The services' own settings, read_committed on Kafka included: a reader must never show
+        # an event whose transaction aborted.
+        consumer = AIOKafkaConsumer(**broker.consumer_kwargs(self._settings))
+        await consumer.start()
+        self._consumer = consumer
         consumer.assign(parts)
         return consumer, parts
 
@@ -247,11 +257,14 @@ def _received(record: Any) -> Received:
 
 
 async def _seek_to_time(consumer: AIOKafkaConsumer, parts: list[TopicPartition], at: datetime) -> None:
-    found = await consumer.offsets_for_times({tp: int(at.timestamp() * 1000) for tp in parts})
+    # The ends first: a read_committed time lookup skips a transaction still open, and that
+    # transaction may commit before the ends are asked for, moving them past its records. Taken
+    # first, the ends are at or before anything the lookup could not see.
     ends = await consumer.end_offsets(parts)
+    found = await consumer.offsets_for_times({tp: int(at.timestamp() * 1000) for tp in parts})
     for tp in parts:
         hit = found.get(tp)
-        # Past the last record: start from the (reported) end; callers filter by timestamp too,
+        # No record at or after `at` yet: start from the end. Callers also filter by timestamp,
         # since Tansu reports ends that can be early.
         consumer.seek(tp, hit.offset if hit is not None and hit.offset >= 0 else ends[tp])
 

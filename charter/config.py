@@ -7,6 +7,7 @@ CHARTER_DATABASE_URL.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
     tool_modules: str = Field("charter.demo.tools", description="Comma-separated modules that declare tools.")
     http_allowed_hosts: str = Field("", description="Comma-separated hosts HTTP tools may call.")
     tenant: str = "default"
+    instance: str = Field(
+        default_factory=socket.gethostname,
+        description="Names this replica of a service; its transactional id is group + instance.",
+    )
     embedded_port: int = Field(
         0, ge=0, le=65535, description="Port of the embedded broker; 0 picks a free one."
     )

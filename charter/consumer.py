@@ -18,6 +18,7 @@ from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
 
 from charter import broker
+from charter.bus import Bus
 from charter.config import Settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class ConsumerLoop:
         group_id: str,
         topics: Sequence[str],
         handle_batch: BatchHandler,
+        bus: Bus | None = None,
         on_assigned: Callable[[], None] = lambda: None,
         max_records: int = 500,
     ) -> None:
@@ -66,6 +68,8 @@ class ConsumerLoop:
         self._group_id = group_id
         self._topics = list(topics)
         self._handle_batch = handle_batch
+        # With a transactional bus, outputs and input offsets commit together, or not at all.
+        self._txn_bus = bus if bus is not None and bus.transactional else None
         self._on_assigned = on_assigned
         self._max_records = max_records
 
@@ -89,10 +93,16 @@ class ConsumerLoop:
             for records in batch.values()
             for r in records
         ]
-        await self._handle_batch(deliveries)
-        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
         try:
-            await consumer.commit(offsets)
+            if self._txn_bus is not None:
+                async with self._txn_bus.transaction():
+                    await self._handle_batch(deliveries)
+                    next_offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                    await self._txn_bus.send_offsets(next_offsets, self._group_id)
+            else:
+                await self._handle_batch(deliveries)
+                offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
+                await consumer.commit(offsets)
         except CommitFailedError as exc:
             # The group rebalanced mid-batch; the new owner redelivers and handlers dedupe.
             log.warning("commit failed after rebalance, batch will be redelivered: %s", exc)

@@ -30,6 +30,8 @@ class Parts:
     handle_batch: BatchHandler
     background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = ()
     close: Callable[[], None] = field(default=lambda: None)
+    # False for a service that writes nothing to Kafka: its offsets need no transaction.
+    transactional: bool = True
 
 
 Factory = Callable[[Settings, Bus], Awaitable[Parts]]
@@ -39,8 +41,15 @@ def group_id(settings: Settings, service: str) -> str:
     return f"{settings.topic_prefix}{service}"
 
 
+def service_bus(settings: Settings, service: str) -> Bus:
+    """The service's producer: transactional where the broker has transactions. The id is stable
+    across restarts of the same replica, so a restarted process fences its dead predecessor."""
+    group = group_id(settings, service)
+    return Bus(settings, client_id=group, transactional_id=f"{group}-{settings.instance}")
+
+
 async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.Event) -> None:
-    bus = Bus(settings, client_id=group_id(settings, name))
+    bus = service_bus(settings, name)
     await bus.start()
     parts = await factory(settings, bus)
     loop = ConsumerLoop(
@@ -48,6 +57,7 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
         group_id=group_id(settings, name),
         topics=parts.topics,
         handle_batch=parts.handle_batch,
+        bus=bus if parts.transactional else None,
         on_assigned=lambda: readiness.mark(settings, name),
     )
     tasks = [asyncio.create_task(loop.run(stop), name=f"{name}-consumer")]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from charter import topics
-from charter.config import Settings
+from charter.config import BrokerKind, Settings
 from charter.stack.up import create_topics
 from charter.stack.up import up as run_up
 
@@ -20,10 +20,20 @@ def up(
     once: Annotated[
         bool, typer.Option("--once", help="Stop the stack once it is ready (and the demo has run).")
     ] = False,
+    broker: Annotated[
+        BrokerKind | None,
+        typer.Option(
+            "--broker",
+            help="The local broker to start: tansu (embedded, in memory; the default) or kafka "
+            "(Apache Kafka on Java 17, fetched from Maven Central once; data kept under the home).",
+        ),
+    ] = None,
 ) -> None:
     """Start the whole stack: the embedded broker (unless CHARTER_BOOTSTRAP_SERVERS is set), every
     topic, and the five services, supervised. Ctrl-C stops it all."""
-    code = run_up(Settings(), demo=demo, once=once, say=lambda line: print(line, flush=True))
+    code = run_up(
+        Settings(), demo=demo, once=once, broker_kind=broker, say=lambda line: print(line, flush=True)
+    )
     raise typer.Exit(code)
 
 

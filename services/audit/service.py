@@ -85,5 +85,8 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     engine = store.make_engine(settings.database_url_for(NAME))
     audit.create(engine)
     return Parts(
-        topics=topics.all_names(settings), handle_batch=Auditor(engine).handle_batch, close=engine.dispose
+        topics=topics.all_names(settings),
+        handle_batch=Auditor(engine).handle_batch,
+        close=engine.dispose,
+        transactional=False,
     )

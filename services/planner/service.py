@@ -14,19 +14,19 @@ from typing import Any
 
 import faust
 import mode
+from aiokafka import TopicPartition
 from sqlalchemy import Engine
 
 from charter import agents as agent_files
 from charter import broker, store, tools, topics
 from charter.agents import Agent
-from charter.bus import Bus
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.errors import InvalidEvent
 from charter.events import ActionExecuted, ActionFailed, ActionRejected, Event, TriggerReceived
 from charter.pipeline import Pipeline
-from charter.service import group_id
+from charter.service import group_id, service_bus
 from charter.stack import readiness
 from charter.topics import Topic
 from charter.watch import DirectoryWatcher
@@ -107,7 +107,7 @@ def build_app(settings: Settings) -> faust.App:
     engine = store.make_engine(settings.database_url_for(NAME))
     runs.create(engine)
     planner = Planner(settings, engine, SystemClock())
-    bus = Bus(settings, client_id=group_id(settings, NAME))
+    bus = service_bus(settings, NAME)
     pipeline = Pipeline(NAME, bus, planner.handle, SystemClock())
 
     datadir = settings.home / "run" / "planner-faust"
@@ -151,8 +151,17 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(source)
     async def plan(stream: Any) -> None:
         await start_bus()
+        group = group_id(settings, NAME)
         async for record in stream.events():
-            await pipeline.process_batch([_delivery(record.message)])
+            delivery = _delivery(record.message)
+            # On Kafka, the outputs and this record's offset commit in one transaction; faust's
+            # own later commit of the same offset changes nothing.
+            async with bus.transaction():
+                await pipeline.process_batch([delivery])
+                if bus.transactional:
+                    await bus.send_offsets(
+                        {TopicPartition(delivery.topic, delivery.partition): delivery.offset + 1}, group
+                    )
 
     async def _assigned(_app: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         readiness.mark(settings, NAME)

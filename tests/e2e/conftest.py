@@ -1,5 +1,10 @@
-"""The real stack for end-to-end tests: `charter up` as a process, with the embedded broker and
-the five services as processes of their own. Nothing here stands in for Kafka.
+"""The real stack for end-to-end tests: `charter up` as a process, the five services as processes
+of their own, on a real broker. Nothing here stands in for Kafka.
+
+Every test that takes `stack` (or `broker`) runs twice: on the embedded Tansu broker and on
+Apache Kafka (one KRaft broker for the session, each stack on it with a topic prefix of its
+own). A test marked `needs("transactions")` runs only where the broker has that capability,
+and its skip says which capability is missing. A broker that fails to start fails the tests.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -19,12 +25,15 @@ from pathlib import Path
 
 import pytest
 
+from charter.broker import CAPABILITIES
 from charter.client import Client
 from charter.clock import derive_id
 from charter.config import Settings
+from charter.errors import ConfigError
 from charter.events import ApprovalRequested, Event, RunCompleted, RunFailed
 from charter.stack import readiness
 from charter.stack.harness import StackNotReady, StackProcess
+from charter.stack.kafka import LocalKafka
 from charter.store import make_engine
 from services.approvals import store as approvals
 from tests.conftest import REPO
@@ -51,10 +60,71 @@ def stack_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+BROKERS = [
+    pytest.param("tansu", marks=pytest.mark.tansu, id="tansu"),
+    pytest.param("kafka", marks=pytest.mark.kafka, id="kafka"),
+]
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """One Apache Kafka for the whole session."""
+    workdir = tmp_path_factory.mktemp("kafka")
+    broker = LocalKafka(workdir, workdir / "kafka.log")
+    started = time.monotonic()
+    try:
+        broker.start()
+    except ConfigError as exc:
+        pytest.fail(f"Apache Kafka did not start: {exc}")
+    TIMINGS["kafka_start_s"] = time.monotonic() - started
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _capabilities(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("needs")
+    if marker is None or "broker" not in request.fixturenames:
+        return
+    kind = request.getfixturevalue("broker")
+    missing = [cap for cap in marker.args if not getattr(CAPABILITIES[kind], cap)]
+    if missing:
+        pytest.skip(f"{kind} lacks {', '.join(missing)}")
+
+
+def broker_env(request: pytest.FixtureRequest, kind: str) -> dict[str, str]:
+    """What a stack needs to run on `kind`: nothing for Tansu (it starts its own), the session's
+    Kafka and a fresh topic prefix for Kafka."""
+    if kind == "tansu":
+        return {}
+    kafka: LocalKafka = request.getfixturevalue("kafka")
+    return {
+        "CHARTER_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "CHARTER_BROKER": "kafka",
+        "CHARTER_TOPIC_PREFIX": f"charter.{uuid.uuid4().hex[:8]}.",
+    }
+
+
 class Stack(StackProcess):
     @property
     def settings(self) -> Settings:
-        return Settings(home=self.home)
+        """The stack's settings, as its processes read them from their environment."""
+        fields = {
+            k.removeprefix("CHARTER_").lower(): v for k, v in self.env.items() if k.startswith("CHARTER_")
+        }
+        return Settings.model_validate(fields)
+
+    @property
+    def broker(self) -> str:
+        return self.settings.broker_kind
 
     @property
     def policies_dir(self) -> Path:
@@ -96,8 +166,10 @@ def start_stack(home: Path, *args: str, **env: str) -> Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("stack") / "home")
+def stack(
+    broker: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp(f"stack-{broker}") / "home", **broker_env(request, broker))
     try:
         yield running
     finally:

@@ -39,7 +39,7 @@ def test_a_malformed_trigger_is_dead_lettered_and_the_next_event_still_runs(stac
     assert dead.value == b'{"order_id": "X-1", "amount": 5}'
     assert "not an Avro single-object record" in dead.reason
     assert dead.service == "planner"
-    assert dead.source_topic == "charter.triggers"
+    assert dead.source_topic == topics.name(stack.settings, topics.Topic.TRIGGERS)
     trigger = stack.publish("support.refund_requested", {"order_id": "D-1001", "amount": 20})
     assert isinstance(wait_run_end(stack, run_id(trigger, "support-refunds")), RunCompleted)
 

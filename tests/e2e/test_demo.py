@@ -1,5 +1,6 @@
-"""`make run` from a fresh home: `charter up --demo --once` shows every demo run's outcome,
-with SQLite stores (the default) and with PostgreSQL."""
+"""`make run` from a fresh home: `charter up --demo --once` shows every demo run's outcome, with
+SQLite stores (the default) and with PostgreSQL, on Tansu and on the Kafka `--broker kafka`
+starts for itself."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from tests.e2e.conftest import stack_env
 pytestmark = pytest.mark.e2e
 
 
-def _demo(home: Path, **env: str) -> str:
+def _demo(home: Path, *args: str, **env: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "charter", "up", "--demo", "--once"],
+        [sys.executable, "-m", "charter", "up", "--demo", "--once", *args],
         capture_output=True,
         text=True,
         env=stack_env(home, **env),
-        timeout=180,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -43,10 +44,20 @@ def _check(out: str) -> None:
     assert "stopped in" in out
 
 
+@pytest.mark.tansu
 def test_the_demo_on_sqlite(tmp_path: Path) -> None:
     _check(_demo(tmp_path / "home"))
 
 
+@pytest.mark.tansu
 @pytest.mark.postgres
 def test_the_demo_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     _check(_demo(tmp_path / "home", CHARTER_DATABASE_URL=postgres_url))
+
+
+@pytest.mark.kafka
+def test_the_demo_on_the_kafka_that_up_starts(tmp_path: Path) -> None:
+    out = _demo(tmp_path / "home", "--broker", "kafka")
+    assert "Apache Kafka (KRaft, local) on 127.0.0.1:" in out
+    assert "transactions on" in out
+    _check(out)

@@ -15,3 +15,17 @@ def test_capabilities_follow_the_configured_broker() -> None:
     )
     assert broker.producer_kwargs(Settings(bootstrap_servers="x:1"))["acks"] == "all"
     assert "idempotent producer on" in kafka.describe()
+
+
+def test_the_transaction_retry_tuning_still_applies_to_aiokafka() -> None:
+    from aiokafka.producer import sender
+
+    assert hasattr(sender, "BACKOFF_OVERRIDE"), "aiokafka changed: revisit charter.broker.tune_transactions"
+    broker.tune_transactions()
+    assert sender.BACKOFF_OVERRIDE == broker.CONCURRENT_TRANSACTIONS_RETRY_S
+
+
+def test_consumers_read_committed_only_where_transactions_exist() -> None:
+    assert broker.consumer_kwargs(Settings(bootstrap_servers="x:1"))["isolation_level"] == "read_committed"
+    tansu = Settings(bootstrap_servers="x:1", broker="tansu")
+    assert broker.consumer_kwargs(tansu)["isolation_level"] == "read_uncommitted"
