@@ -72,9 +72,8 @@ def test_a_run_waiting_for_approval_survives_a_killed_stateful_service(
 ) -> None:
     """Kill the service mid-run with SIGKILL; the supervisor restarts it, its state comes back
     from its store, the approval goes through, and the refund happens exactly once."""
-    trigger = own_stack.publish(
-        "support.refund_requested", {"order_id": f"K-{abs(hash(service)) % 9000 + 1000}", "amount": 900}
-    )
+    order = {"planner": "K-1001", "approvals": "K-1002", "executor": "K-1003"}[service]
+    trigger = own_stack.publish("support.refund_requested", {"order_id": order, "amount": 900})
     run = run_id(trigger, "support-refunds")
     request = wait_approval(own_stack, run)
     old = own_stack.service_pid(service)
