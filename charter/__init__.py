@@ -25,7 +25,7 @@ from charter.events import (
     RunStarted,
     TriggerReceived,
 )
-from charter.tools import ToolContext, http_tool, tool
+from charter.tools import ToolContext, ToolError, http_tool, tool
 
 __all__ = [
     "Action",
@@ -49,6 +49,7 @@ __all__ = [
     "RunStarted",
     "Settings",
     "ToolContext",
+    "ToolError",
     "TriggerReceived",
     "http_tool",
     "tool",

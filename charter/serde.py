@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing_canonical_form
 
 from charter.errors import UndecodableRecord, UnknownSchema
 from charter.events import EVENT_TYPES, Event
@@ -43,9 +43,10 @@ class SchemaSet:
         self.by_name: dict[str, WriterSchema] = {}
         self.by_fingerprint: dict[bytes, WriterSchema] = {}
         for path in sorted(directory.glob("*.avsc")):
-            # Each event schema is parsed against a copy so its canonical form inlines the types.
             parsed = parse_schema(json.loads(path.read_text()), named_schemas=dict(named))
-            canonical = to_parsing_canonical_form(parsed)
+            # The fingerprint is of the whole schema, named types written out where first used,
+            # as every Avro implementation computes it; not of the bare reference "charter.Envelope".
+            canonical = to_parsing_canonical_form(expand_schema(parsed))
             schema = WriterSchema(
                 name=path.stem,
                 parsed=parsed,

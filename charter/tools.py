@@ -24,6 +24,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ATTR = "__charter_tool__"
 
 
+class ToolError(Exception):
+    """Raised by a tool to say the action failed. `retryable` says whether the same call may
+    succeed later (a timeout, a busy system); only idempotent tools are ever called again.
+    Any other exception from a tool is a failure that is not retried."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """What a running tool may know about the action it serves."""

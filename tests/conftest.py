@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -63,3 +64,34 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         yield made
     finally:
         made.dispose()
+
+
+# The log says which broker each end-to-end test ran on, and how long each broker's share took.
+_BROKER_SECONDS: dict[str, float] = {"tansu": 0.0, "kafka": 0.0}
+_BROKER_OUTCOMES: dict[str, dict[str, int]] = {"tansu": {}, "kafka": {}}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for kind in _BROKER_SECONDS:
+        if kind in report.keywords:
+            _BROKER_SECONDS[kind] += report.duration
+            if report.when == "call" or report.outcome != "passed":
+                outcomes = _BROKER_OUTCOMES[kind]
+                outcomes[report.outcome] = outcomes.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not any(_BROKER_OUTCOMES.values()):
+        return
+    from tests.e2e.conftest import TIMINGS
+
+    terminalreporter.section("brokers")
+    for kind, outcomes in _BROKER_OUTCOMES.items():
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items())) or "none"
+        terminalreporter.write_line(
+            f"{kind}: {counts}; {_BROKER_SECONDS[kind]:.1f}s in setup, calls and teardown"
+        )
+    if "kafka_start_s" in TIMINGS:
+        terminalreporter.write_line(
+            f"Apache Kafka (KRaft, one node) started in {TIMINGS['kafka_start_s']:.1f}s"
+        )

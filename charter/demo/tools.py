@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.demo import ledger
-from charter.tools import ToolContext, tool
+from charter.tools import ToolContext, ToolError, tool
 
 ORDER_ID = r"^[A-Z]-\d{3,10}$"
 
@@ -30,6 +30,9 @@ class Order(BaseModel):
 
 @tool(description="Look up an order in the shop.", cost_units=1, timeout_s=2.0, idempotent=True)
 def lookup_order(params: OrderRef, ctx: ToolContext) -> Order:
+    if params.order_id.startswith("Z-"):
+        # The demo shop has no Z- orders: a way to see a tool fail.
+        raise ToolError(f"no order {params.order_id}")
     digest = hashlib.sha256(params.order_id.encode()).hexdigest()
     return Order(order_id=params.order_id, customer=f"cust-{digest[:6]}", currency="EUR", total=10_000)
 

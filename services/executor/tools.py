@@ -17,7 +17,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from charter.events import canonical_json
-from charter.tools import HttpTarget, ToolContext, ToolSpec
+from charter.tools import HttpTarget, ToolContext, ToolError, ToolSpec
 
 
 class ToolFailure(Exception):
@@ -73,10 +73,19 @@ async def call(
 
 
 async def _run_python(func: Callable[..., Any], params: BaseModel, ctx: ToolContext) -> Any:
-    if inspect.iscoroutinefunction(func):
-        return await func(params, ctx)
-    # A thread cannot be killed: on timeout the call is abandoned, not stopped.
-    return await asyncio.to_thread(func, params, ctx)
+    try:
+        if inspect.iscoroutinefunction(func):
+            return await func(params, ctx)
+        # A thread cannot be killed: on timeout the call is abandoned, not stopped.
+        return await asyncio.to_thread(func, params, ctx)
+    except ToolError as exc:
+        raise ToolFailure(str(exc), retryable=exc.retryable, error_type="ToolError") from exc
+    except (TimeoutError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        raise ToolFailure(
+            f"{type(exc).__name__}: {exc}", retryable=False, error_type=type(exc).__name__
+        ) from exc
 
 
 async def _run_http(

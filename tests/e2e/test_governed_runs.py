@@ -135,3 +135,12 @@ def test_run_show_and_runs_read_the_timeline_from_the_audit_store(stack: Stack) 
     for kind in ("RunStarted", "ActionProposed", "ActionApproved", "ActionExecuted"):
         assert kind in shown
     assert run[:8] in stack.cli("runs").stdout
+
+
+def test_a_tool_that_fails_ends_the_run_as_failed_with_its_error(stack: Stack) -> None:
+    trigger = stack.publish("support.refund_requested", {"order_id": "Z-1001", "amount": 20})
+    end = wait_run_end(stack, run_id(trigger, "support-refunds"))
+    assert isinstance(end, RunFailed)
+    assert end.cause == "action_failed"
+    assert "no order Z-1001" in end.reason
+    assert end.failed_step == 0

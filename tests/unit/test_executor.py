@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from charter.events import ActionApproved, ActionExecuted, ActionFailed
-from charter.tools import ToolContext, http_tool, tool
+from charter.tools import ToolContext, ToolError, http_tool, tool
 from services.executor import decide
 from services.executor.tools import ToolFailure, call
 from tests.factories import NOW, one_of_each
@@ -73,6 +73,25 @@ async def slow(params: Params, ctx: ToolContext) -> Result:
 @tool()
 def liar(params: Params, ctx: ToolContext) -> Result:
     return {"doubled": "not a number"}  # type: ignore[return-value]
+
+
+@tool()
+def refusing(params: Params, ctx: ToolContext) -> Result:
+    raise ToolError("the ledger is closed", retryable=True)
+
+
+@tool()
+def crashing(params: Params, ctx: ToolContext) -> Result:
+    return Result(doubled=1 // params.n)
+
+
+def test_a_tool_error_is_a_failure_with_its_retryability(ctx: ToolContext) -> None:
+    with pytest.raises(ToolFailure, match="the ledger is closed") as err:
+        asyncio.run(_call(refusing.__charter_tool__, {"n": 1}, ctx))  # type: ignore[attr-defined]
+    assert err.value.retryable
+    with pytest.raises(ToolFailure, match="ZeroDivisionError") as crash:
+        asyncio.run(_call(crashing.__charter_tool__, {"n": 0}, ctx))  # type: ignore[attr-defined]
+    assert not crash.value.retryable
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ def test_public_names() -> None:
         "RunStarted",
         "Settings",
         "ToolContext",
+        "ToolError",
         "TriggerReceived",
         "http_tool",
         "tool",

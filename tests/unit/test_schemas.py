@@ -8,6 +8,7 @@ import typing
 from datetime import datetime
 from typing import Any
 
+import fastavro
 import pytest
 from pydantic import BaseModel
 
@@ -109,6 +110,16 @@ def _rabin_fingerprint(data: bytes) -> int:
 def test_spec_fingerprint_of_null_schema() -> None:
     # The value the Avro specification's reference implementation gives for "null".
     assert _rabin_fingerprint(b'"null"') == 7195948357588979594
+
+
+@pytest.mark.parametrize("name", sorted(EVENT_TYPES))
+def test_the_canonical_form_stands_alone(name: str) -> None:
+    """The fingerprint is of the whole schema, with its named types written out where first
+    used (as Java's SchemaNormalization does), not of a bare reference to charter.Envelope."""
+    canonical = serde.schemas().by_name[name].canonical
+    assert '"type":"charter.Envelope"' not in canonical
+    assert '{"name":"charter.Envelope","type":"record"' in canonical
+    fastavro.parse_schema(json.loads(canonical))  # no named types needed: it is self-contained
 
 
 @pytest.mark.parametrize("name", sorted(EVENT_TYPES))

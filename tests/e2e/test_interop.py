@@ -1,0 +1,118 @@
+"""Charter's topics read by a program that knows nothing of Charter but its .avsc files: a Java
+consumer built with Maven against Apache Avro and the Kafka Java client (tests/interop)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from charter import topics
+from charter.client import Client
+from charter.events import EVENT_TYPES, DeadLettered, RunCompleted, RunFailed
+from tests.conftest import REPO
+from tests.e2e.conftest import Stack, run_id, wait_approval, wait_for, wait_run_end
+from tests.e2e.test_bad_input import _produce_raw
+
+pytestmark = pytest.mark.e2e
+PROJECT = REPO / "tests" / "interop"
+
+
+@pytest.fixture(scope="session")
+def java_reader() -> list[str]:
+    """The command that runs the Java reader, built once per session."""
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        pytest.fail("Java 17 and Maven are required for the interop test")
+    built = subprocess.run(
+        ["mvn", "-q", "-B", "-f", str(PROJECT / "pom.xml"), "package"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    classpath = f"{PROJECT / 'target' / 'read-events-1.jar'}:{PROJECT / 'target' / 'libs'}/*"
+    return ["java", "-Xmx256m", "-cp", classpath, "dev.charter.interop.ReadEvents"]
+
+
+def _every_event_type(stack: Stack) -> None:
+    """Drive the stack until it has written one event of every type."""
+    small = stack.publish("support.refund_requested", {"order_id": "J-1001", "amount": 20})
+    approved = stack.publish("support.refund_requested", {"order_id": "J-1002", "amount": 700})
+    rejected = stack.publish("support.refund_requested", {"order_id": "J-1003", "amount": 800})
+    failing = stack.publish("support.refund_requested", {"order_id": "Z-1004", "amount": 20})
+    stack.cli(
+        "approvals",
+        "approve",
+        wait_approval(stack, run_id(approved, "support-refunds")).approval_id,
+        "--as",
+        "dana",
+    )
+    stack.cli(
+        "approvals",
+        "reject",
+        wait_approval(stack, run_id(rejected, "support-refunds")).approval_id,
+        "--as",
+        "dana",
+    )
+    for trigger in (small, approved, rejected, failing):
+        assert isinstance(wait_run_end(stack, run_id(trigger, "support-refunds")), RunCompleted | RunFailed)
+    _produce_raw(stack, b"not avro at all", b"interop-garbage")
+    wait_for(stack, lambda e: isinstance(e, DeadLettered) and e.key == b"interop-garbage", "triggers.dlq")
+
+
+def _python_view(stack: Stack) -> tuple[set[tuple[str, int, int, str]], set[tuple[str, int, int]]]:
+    async def go() -> tuple[set[tuple[str, int, int, str]], set[tuple[str, int, int]]]:
+        decoded: set[tuple[str, int, int, str]] = set()
+        garbage: set[tuple[str, int, int]] = set()
+        async with Client(stack.settings) as client:
+            for name in topics.all_names(stack.settings):
+                async for r in client.replay(name):
+                    if r.event is None:
+                        garbage.add((r.topic, r.partition, r.offset))
+                    else:
+                        decoded.add((r.topic, r.partition, r.offset, r.event.event_id))
+        return decoded, garbage
+
+    return asyncio.run(go())
+
+
+def test_a_java_consumer_decodes_every_event_type_from_the_avsc_files_alone(
+    stack: Stack, java_reader: list[str]
+) -> None:
+    _every_event_type(stack)
+    result = subprocess.run(
+        [*java_reader, stack.settings.bootstrap(), str(REPO / "schemas"), *topics.all_names(stack.settings)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    summary = lines[-1]
+    assert summary["failures"] == 0
+    assert set(EVENT_TYPES) <= set(summary["summary"]), (
+        f"missing: {set(EVENT_TYPES) - set(summary['summary'])}"
+    )
+    records = lines[:-1]
+    java_decoded = {
+        (r["topic"], r["partition"], r["offset"], r["event_id"]) for r in records if "event_id" in r
+    }
+    java_garbage = {(r["topic"], r["partition"], r["offset"]) for r in records if "error" in r}
+    python_decoded, python_garbage = _python_view(stack)
+    # Record for record, the two readers agree on what the topics hold.
+    assert java_decoded == python_decoded
+    assert java_garbage == python_garbage
+    assert java_garbage, "the garbage record should have been seen by both"
+
+
+def test_the_reader_names_what_it_cannot_decode(java_reader: list[str], tmp_path: Path) -> None:
+    """The Java side's own check: an empty schemas folder is an error, not a silent pass."""
+    result = subprocess.run(
+        [*java_reader, "127.0.0.1:1", str(tmp_path), "t"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "no .avsc files" in result.stderr
