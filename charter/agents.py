@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from charter.errors import ConfigError
+from charter.limits import AgentLimits
 from charter.templating import TemplateFailure, check
 
 _ID = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -42,6 +43,7 @@ class Agent(_Strict):
     triggers: list[TriggerRule] = Field(min_length=1)
     tools: list[str] = Field(min_length=1)
     steps: list[Step] = Field(min_length=1)
+    limits: AgentLimits = AgentLimits()
 
     @model_validator(mode="after")
     def _consistent(self) -> Agent:

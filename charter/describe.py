@@ -27,12 +27,17 @@ def describe(event: ev.Event) -> str:  # noqa: C901, PLR0912 - one branch per ev
             return f"run completed after {event.steps_completed} steps"
         case ev.RunFailed():
             return f"run failed ({event.cause}): {event.reason}"
+        case ev.RunCancelled():
+            return f"run cancelled ({event.cause}): {event.reason}"
+        case ev.RunEscalated():
+            return f"run escalated to a human ({event.cause}): {event.reason}"
         case ev.ActionProposed():
             a = event.action
             return f"step {a.step_index + 1} {a.step_id}: {a.tool} on {a.resource} {_short(a.parameters)}"
         case ev.ActionApproved():
             who = "policy" if event.approved_by == "policy" else f"{event.approved_by} (human)"
-            return f"{event.action.tool} approved by {who}: {_why(event.decision)}"
+            again = ", revalidated by policy" if event.revalidated else ""
+            return f"{event.action.tool} approved by {who}{again}: {_why(event.decision)}"
         case ev.ActionRejected():
             return f"{event.action.tool} rejected by {event.rejected_by}: {_why(event.decision)}"
         case ev.ApprovalRequested():
@@ -50,6 +55,15 @@ def describe(event: ev.Event) -> str:  # noqa: C901, PLR0912 - one branch per ev
         case ev.DeadLettered():
             where = f"{event.source_topic}[{event.source_partition}]@{event.source_offset}"
             return f"dead letter from {where} by {event.service}: {event.reason}"
+        case ev.KillSwitchSet():
+            scope = " ".join(
+                f"{k}={v}" for k, v in (("agent", event.scope_agent), ("tool", event.scope_tool)) if v
+            )
+            state = "ON" if event.active else "off"
+            return f"kill switch {state} for {scope or 'everything'} by {event.set_by}: {event.reason}"
+        case ev.KillSwitchAcknowledged():
+            state = "on" if event.active else "off"
+            return f"{event.service} ({event.instance}) applied kill switch {event.switch_id} ({state})"
         case ev.PolicyReloaded():
             state = "loaded" if event.valid else f"INVALID ({event.error})"
             return f"policy set {event.policy_hash[:12]} {state}: {len(event.policy_ids)} policies"

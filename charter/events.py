@@ -70,6 +70,8 @@ class Decision(_Frozen):
     policy_hash: str
     reasons: list[str]
     approval_roles: list[str]
+    limit: str | None = None
+    previous_policy_hash: str | None = None
 
 
 E = TypeVar("E", bound="Event")
@@ -170,14 +172,34 @@ class RunFailed(Event):
     failed_step: int | None = None
 
 
+class RunCancelled(Event):
+    cause: str
+    reason: str
+    switch_id: str | None = None
+
+
+class RunEscalated(Event):
+    cause: str
+    reason: str
+    step: int | None = None
+
+
 class ActionProposed(Event):
     action: Action
+    llm_tokens: int = 0
+    llm_cost: float = 0.0
 
 
 class ActionApproved(Event):
     action: Action
     decision: Decision
     approved_by: str
+    revalidated: bool = False
+
+    @property
+    def executable(self) -> bool:
+        """Policy allowed it outright, or decided again after a human approved it."""
+        return self.approved_by == "policy" or self.revalidated
 
 
 class ActionRejected(Event):
@@ -232,6 +254,22 @@ class DeadLettered(Event):
     service: str
 
 
+class KillSwitchSet(Event):
+    switch_id: str
+    scope_agent: str | None = None
+    scope_tool: str | None = None
+    active: bool
+    reason: str
+    set_by: str
+
+
+class KillSwitchAcknowledged(Event):
+    switch_id: str
+    active: bool
+    service: str
+    instance: str
+
+
 class PolicyReloaded(Event):
     policy_hash: str
     policy_ids: list[str]
@@ -247,6 +285,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunStarted,
         RunCompleted,
         RunFailed,
+        RunCancelled,
+        RunEscalated,
         ActionProposed,
         ActionApproved,
         ActionRejected,
@@ -256,8 +296,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ActionExecuted,
         ActionFailed,
         DeadLettered,
+        KillSwitchSet,
+        KillSwitchAcknowledged,
         PolicyReloaded,
     )
 }
 
-RUN_TERMINAL = (RunCompleted, RunFailed)
+RUN_TERMINAL = (RunCompleted, RunFailed, RunCancelled, RunEscalated)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from charter import serde, telemetry
@@ -25,6 +27,14 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Event, Delivery], Awaitable[Sequence[Event]]]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A record's outputs, decided but not yet sent, with the trace context to send them in."""
+
+    outputs: Sequence[Event]
+    context: otel_context.Context
+
+
 class Pipeline:
     def __init__(
         self, service: str, bus: Bus, handler: Handler, clock: Clock, retry: RetryPolicy | None = None
@@ -37,20 +47,32 @@ class Pipeline:
         self._tracer = telemetry.tracer(f"charter.{service}")
 
     async def process_batch(self, deliveries: Sequence[Delivery]) -> None:
+        await self.publish(await self.prepare_batch(deliveries))
+
+    async def prepare_batch(self, deliveries: Sequence[Delivery]) -> list[Prepared]:
+        """Decide every record, in order; publish nothing yet."""
+        return [await self.prepare(delivery) for delivery in deliveries]
+
+    async def publish(self, prepared: Sequence[Prepared]) -> None:
+        """Send every output, each under the trace of the record that caused it, and wait until
+        the broker has them all: only then may the caller commit the inputs' offsets."""
         pending: list[asyncio.Future[Any]] = []
-        for delivery in deliveries:
-            pending.extend(await self.process(delivery))
-        # Every output must be acknowledged before the caller commits the inputs' offsets.
+        for item in prepared:
+            token = otel_context.attach(item.context)
+            try:
+                pending.extend([await self._bus.send(out) for out in item.outputs])
+            finally:
+                otel_context.detach(token)
         await asyncio.gather(*pending)
 
-    async def process(self, delivery: Delivery) -> list[asyncio.Future[Any]]:
+    async def prepare(self, delivery: Delivery) -> Prepared:
         try:
             event = serde.decode(delivery.value)
         except InvalidMessage as exc:
             log.warning(
                 "dead-lettering %s[%d]@%d: %s", delivery.topic, delivery.partition, delivery.offset, exc
             )
-            return [await self._bus.send(self.dead_letter(delivery, exc, None))]
+            return Prepared([self.dead_letter(delivery, exc, None)], otel_context.get_current())
         env = event.envelope
         with (
             self._tracer.start_as_current_span(
@@ -66,8 +88,7 @@ class Pipeline:
             ),
             telemetry.run_context(env.run_id),
         ):
-            outputs = await self._handle(event, delivery)
-            return [await self._bus.send(out) for out in outputs]
+            return Prepared(await self._handle(event, delivery), otel_context.get_current())
 
     async def _handle(self, event: Event, delivery: Delivery) -> Sequence[Event]:
         attempt = 1

@@ -16,6 +16,7 @@ from charter.bus import Bus
 from charter.config import Settings
 from charter.consumer import BatchHandler, ConsumerLoop
 from charter.errors import ConfigError
+from charter.killswitch import ControlFollower
 from charter.stack import readiness
 from charter.telemetry import setup_logging, setup_tracing
 
@@ -32,6 +33,8 @@ class Parts:
     close: Callable[[], None] = field(default=lambda: None)
     # False for a service that writes nothing to Kafka: its offsets need no transaction.
     transactional: bool = True
+    # Follows `control` (kill switches); the service is ready only once this has joined too.
+    control: ControlFollower | None = None
 
 
 Factory = Callable[[Settings, Bus], Awaitable[Parts]]
@@ -52,15 +55,26 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
     bus = service_bus(settings, name)
     await bus.start()
     parts = await factory(settings, bus)
+    assigned = {"main": False}
+
+    def joined(what: str) -> None:
+        assigned[what] = True
+        if all(assigned.values()):
+            readiness.mark(settings, name)
+
     loop = ConsumerLoop(
         settings,
         group_id=group_id(settings, name),
         topics=parts.topics,
         handle_batch=parts.handle_batch,
         bus=bus if parts.transactional else None,
-        on_assigned=lambda: readiness.mark(settings, name),
+        on_assigned=lambda: joined("main"),
     )
     tasks = [asyncio.create_task(loop.run(stop), name=f"{name}-consumer")]
+    if parts.control is not None:
+        assigned["control"] = False
+        control = parts.control.loop(on_assigned=lambda: joined("control"))
+        tasks.append(asyncio.create_task(control.run(stop), name=f"{name}-control"))
     tasks += [asyncio.create_task(task(stop), name=f"{name}-{task.__name__}") for task in parts.background]
     try:
         # The first task to fail takes the process down; the supervisor restarts it.

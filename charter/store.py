@@ -7,8 +7,11 @@ gets the same outputs again, byte for byte, without redoing the effect.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    func,
     insert,
     select,
 )
@@ -54,11 +58,42 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def upsert(conn: Connection, table: Table, values: dict[str, Any], key: str) -> None:
-    """Insert a row, or update it where `key` already exists, in one statement."""
+@contextmanager
+def serialized(engine: Engine, name: str) -> Iterator[Connection]:
+    """A transaction no other process runs at the same time under the same `name`, for state
+    that replicas share: a transaction-scoped advisory lock on PostgreSQL, a lock file beside the
+    database on SQLite (which only ever serves one machine)."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            conn.execute(select(func.pg_advisory_xact_lock(key)))
+            yield conn
+        return
+    database = engine.url.database or ""
+    lock = Path(f"{database}.{name}.lock") if database and database != ":memory:" else None
+    with _file_lock(lock), engine.begin() as conn:
+        yield conn
+
+
+@contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def upsert(conn: Connection, table: Table, values: dict[str, Any], key: str | tuple[str, ...]) -> None:
+    """Insert a row, or update it where its key (one column or several) exists, in one statement."""
     insert_ = pg_insert if conn.engine.dialect.name == "postgresql" else sqlite_insert
-    update = {k: v for k, v in values.items() if k != key}
-    conn.execute(insert_(table).values(**values).on_conflict_do_update(index_elements=[key], set_=update))
+    columns = [key] if isinstance(key, str) else list(key)
+    update = {k: v for k, v in values.items() if k not in columns}
+    conn.execute(insert_(table).values(**values).on_conflict_do_update(index_elements=columns, set_=update))
 
 
 def inbox_table(metadata: MetaData, service: str) -> Table:

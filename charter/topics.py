@@ -32,6 +32,8 @@ TOPIC_OF: dict[type[ev.Event], Topic] = {
     ev.RunStarted: Topic.RUNS,
     ev.RunCompleted: Topic.RUNS,
     ev.RunFailed: Topic.RUNS,
+    ev.RunCancelled: Topic.RUNS,
+    ev.RunEscalated: Topic.RUNS,
     ev.ActionProposed: Topic.ACTIONS_PROPOSED,
     ev.ActionApproved: Topic.ACTIONS_APPROVED,
     ev.ActionRejected: Topic.ACTIONS_REJECTED,
@@ -41,6 +43,8 @@ TOPIC_OF: dict[type[ev.Event], Topic] = {
     ev.ActionExecuted: Topic.ACTIONS_RESULTS,
     ev.ActionFailed: Topic.ACTIONS_RESULTS,
     ev.PolicyReloaded: Topic.CONTROL,
+    ev.KillSwitchSet: Topic.CONTROL,
+    ev.KillSwitchAcknowledged: Topic.CONTROL,
 }
 
 DLQ_SUFFIX = ".dlq"

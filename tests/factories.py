@@ -25,6 +25,8 @@ DECISION = ev.Decision(
     policy_hash="ab" * 32,
     reasons=["permitted by refund-large with approval by finance"],
     approval_roles=["finance"],
+    limit=None,
+    previous_policy_hash="cd" * 32,
 )
 
 
@@ -71,8 +73,15 @@ def one_of_each() -> list[ev.Event]:
         },
         ev.RunCompleted: {"steps_completed": 3, "outputs": {"lookup": {"currency": "EUR"}}},
         ev.RunFailed: {"cause": "action_rejected", "reason": "rejected by policy", "failed_step": 1},
-        ev.ActionProposed: {"action": ACTION},
-        ev.ActionApproved: {"action": ACTION, "decision": DECISION, "approved_by": "dana"},
+        ev.RunCancelled: {"cause": "kill_switch", "reason": "fraud investigation", "switch_id": "ks-1"},
+        ev.RunEscalated: {"cause": "loop", "reason": "issue_refund proposed 3 times", "step": 4},
+        ev.ActionProposed: {"action": ACTION, "llm_tokens": 812, "llm_cost": 0.25},
+        ev.ActionApproved: {
+            "action": ACTION,
+            "decision": DECISION,
+            "approved_by": "dana",
+            "revalidated": True,
+        },
         ev.ActionRejected: {"action": ACTION, "decision": DECISION, "rejected_by": "policy"},
         ev.ApprovalRequested: {"approval_id": "ap-1", "action": ACTION, "decision": DECISION},
         ev.ApprovalGranted: {"approval_id": "ap-1", "approver": "dana", "comment": "ok"},
@@ -101,6 +110,20 @@ def one_of_each() -> list[ev.Event]:
             "reason": "not Avro",
             "error_type": "UndecodableRecord",
             "service": "planner",
+        },
+        ev.KillSwitchSet: {
+            "switch_id": "ks-1",
+            "scope_agent": "support-refunds",
+            "scope_tool": None,
+            "active": True,
+            "reason": "fraud",
+            "set_by": "ops",
+        },
+        ev.KillSwitchAcknowledged: {
+            "switch_id": "ks-1",
+            "active": True,
+            "service": "policy",
+            "instance": "host-1",
         },
         ev.PolicyReloaded: {
             "policy_hash": "cd" * 32,

@@ -32,7 +32,7 @@ class Summary:
 
 
 def _status(event: ev.Event, current: str) -> str:
-    if current in ("completed", "failed"):
+    if current in ("completed", "failed", "cancelled", "escalated"):
         return current
     match event:
         case ev.ApprovalRequested():
@@ -41,6 +41,10 @@ def _status(event: ev.Event, current: str) -> str:
             return "completed"
         case ev.RunFailed():
             return "failed"
+        case ev.RunCancelled():
+            return "cancelled"
+        case ev.RunEscalated():
+            return "escalated"
         case ev.RunStarted() | ev.ActionProposed() | ev.ActionApproved() | ev.ActionExecuted():
             return "running"
     return current

@@ -12,6 +12,7 @@ from charter.clock import Clock, SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.events import ApprovalGranted, ApprovalRejected, ApprovalRequested, Event
+from charter.killswitch import ControlFollower, SwitchStore
 from charter.pipeline import Pipeline
 from charter.service import Parts
 from charter.topics import Topic
@@ -66,5 +67,8 @@ async def build(settings: Settings, bus: Bus) -> Parts:
             topics.name(settings, Topic.APPROVALS_DECIDED),
         ],
         handle_batch=pipeline.process_batch,
+        control=ControlFollower(
+            settings, NAME, bus=bus, engine=engine, store=SwitchStore(engine, approvals.switches)
+        ),
         close=engine.dispose,
     )

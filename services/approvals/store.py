@@ -21,6 +21,7 @@ from sqlalchemy import (
 
 from charter import serde
 from charter.events import ApprovalRequested
+from charter.killswitch import switches_table
 from charter.store import Inbox, inbox_table
 
 metadata = MetaData()
@@ -43,6 +44,7 @@ approvals = Table(
     Column("request", LargeBinary, nullable=False),
 )
 inbox = Inbox(inbox_table(metadata, "approvals"))
+switches = switches_table(metadata, "approvals")
 
 
 @dataclass(frozen=True)

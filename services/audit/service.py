@@ -19,6 +19,7 @@ from charter.bus import Bus
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.errors import InvalidMessage, RetryPolicy
+from charter.killswitch import ControlFollower, SwitchStore
 from charter.service import Parts
 from services.audit import store as audit
 
@@ -89,4 +90,7 @@ async def build(settings: Settings, bus: Bus) -> Parts:
         handle_batch=Auditor(engine).handle_batch,
         close=engine.dispose,
         transactional=False,
+        control=ControlFollower(
+            settings, NAME, bus=bus, engine=engine, store=SwitchStore(engine, audit.switches)
+        ),
     )

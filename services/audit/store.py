@@ -25,6 +25,7 @@ from sqlalchemy import (
     select,
 )
 
+from charter.killswitch import switches_table
 from services.audit.decide import GENESIS, Row, row_hash
 
 metadata = MetaData()
@@ -46,6 +47,9 @@ log_table = Table(
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
 )
+
+
+switches = switches_table(metadata, "audit")
 
 
 @dataclass(frozen=True)

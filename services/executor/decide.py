@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from charter.clock import derive_id
-from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
+from charter.events import ActionApproved, ActionExecuted, ActionFailed, ActionRejected, Event
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,21 @@ def failed(
         error_type=error_type,
         in_doubt=in_doubt,
         attempts=attempts,
+    )
+
+
+def refused(approved: ActionApproved, reason: str, now: datetime) -> ActionRejected:
+    """The approved action is not run: a kill switch covers it."""
+    decision = approved.decision.model_copy(
+        update={"outcome": "deny", "reasons": [reason], "limit": "kill_switch", "approval_roles": []}
+    )
+    return ActionRejected.caused_by(
+        approved,
+        event_id=derive_id(idempotency_key(approved), "outcome"),
+        now=now,
+        action=approved.action,
+        decision=decision,
+        rejected_by="kill-switch",
     )
 
 

@@ -17,6 +17,7 @@ from charter.config import Settings
 from charter.consumer import Delivery
 from charter.errors import RetryPolicy
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
+from charter.killswitch import ControlFollower, SwitchStore, matching
 from charter.pipeline import Pipeline
 from charter.service import Parts
 from charter.tools import Registry, ToolContext, ToolSpec
@@ -31,11 +32,14 @@ TOOL_RETRY = RetryPolicy(attempts=3, first_delay_s=0.2, max_delay_s=2.0)
 
 
 class Executor:
-    def __init__(self, settings: Settings, engine: Engine, registry: Registry, clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, registry: Registry, clock: Clock, switches: ControlFollower
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._registry = registry
         self._clock = clock
+        self._switches = switches
         self._http = httpx.AsyncClient(follow_redirects=False)
         self._allowed_hosts = settings.allowed_hosts()
 
@@ -43,7 +47,8 @@ class Executor:
         await self._http.aclose()
 
     async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
-        if not isinstance(event, ActionApproved):
+        # A human's approval runs only once policy has decided it again (revalidated).
+        if not isinstance(event, ActionApproved) or not event.executable:
             return []
         key = decide.idempotency_key(event)
         spec = self._registry.get(event.action.tool)
@@ -53,20 +58,26 @@ class Executor:
         if plan.recorded is not None:
             log.info("action %s already completed, re-emitting its outcome", key)
             return [plan.recorded]
-        if spec is None:
-            outcome: ActionExecuted | ActionFailed = decide.failed(
-                event, f"unknown tool {event.action.tool!r}", "UnknownTool", plan.attempt, self._clock.now()
+        now = self._clock.now()
+        switch = matching(self._switches.switches, event.envelope.agent, event.action.tool)
+        outcome: Event
+        attempts = plan.attempt
+        if switch is not None:
+            # Approved before the switch, still queued: refused, never started.
+            outcome, attempts = decide.refused(event, switch.describe(), now), 0
+        elif spec is None:
+            outcome = decide.failed(
+                event, f"unknown tool {event.action.tool!r}", "UnknownTool", plan.attempt, now
             )
         elif plan.kind == "in_doubt":
-            outcome = decide.failed(
-                event, decide.IN_DOUBT, "InDoubt", plan.attempt, self._clock.now(), in_doubt=True
-            )
+            outcome = decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
         else:
             with self._engine.begin() as conn:
-                executions.save(conn, event, plan.attempt, self._clock.now())
-            outcome = await self._call(spec, event, key, plan.attempt)
+                executions.save(conn, event, plan.attempt, now)
+            called = await self._call(spec, event, key, plan.attempt)
+            outcome, attempts = called, called.attempts
         with self._engine.begin() as conn:
-            executions.save(conn, event, outcome.attempts, self._clock.now(), outcome)
+            executions.save(conn, event, attempts, self._clock.now(), outcome)
         return [outcome]
 
     async def _call(
@@ -109,7 +120,10 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     engine = store.make_engine(settings.database_url_for(NAME))
     executions.create(engine)
     clock = SystemClock()
-    executor = Executor(settings, engine, tools.load(settings.tool_module_list()), clock)
+    control = ControlFollower(
+        settings, NAME, bus=bus, engine=engine, store=SwitchStore(engine, executions.switches)
+    )
+    executor = Executor(settings, engine, tools.load(settings.tool_module_list()), clock, control)
     pipeline = Pipeline(NAME, bus, executor.handle, clock)
 
     async def close_http(stop: asyncio.Event) -> None:
@@ -120,5 +134,6 @@ async def build(settings: Settings, bus: Bus) -> Parts:
         topics=[topics.name(settings, Topic.ACTIONS_APPROVED)],
         handle_batch=pipeline.process_batch,
         background=[close_http],
+        control=control,
         close=engine.dispose,
     )

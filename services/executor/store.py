@@ -19,6 +19,7 @@ from sqlalchemy import (
 
 from charter import serde
 from charter.events import ActionApproved, Event
+from charter.killswitch import switches_table
 from charter.store import upsert
 from services.executor.decide import Execution, idempotency_key
 
@@ -35,6 +36,9 @@ executions = Table(
     Column("outcome", LargeBinary),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+
+switches = switches_table(metadata, "executor")
 
 
 def create(engine: Engine) -> None:

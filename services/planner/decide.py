@@ -23,7 +23,10 @@ from charter.events import (
     ActionProposed,
     ActionRejected,
     Event,
+    KillSwitchSet,
+    RunCancelled,
     RunCompleted,
+    RunEscalated,
     RunFailed,
     RunStarted,
     TriggerReceived,
@@ -33,7 +36,7 @@ from charter.templating import TemplateFailure, evaluate, render
 
 log = logging.getLogger(__name__)
 
-Status = Literal["running", "completed", "failed"]
+Status = Literal["running", "completed", "failed", "cancelled", "escalated"]
 Outcome = ActionExecuted | ActionFailed | ActionRejected
 
 
@@ -129,7 +132,51 @@ def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Trans
         reason = f"{outcome.action.tool} failed: {outcome.error}"
         return _fail(state, outcome, "action_failed", reason, now)
     reasons = "; ".join(outcome.decision.reasons) or "no reason given"
+    if outcome.decision.limit == "loop":
+        # A loop is not a verdict on the work: a human looks at it and decides what comes next.
+        escalated = RunEscalated.caused_by(
+            outcome,
+            event_id=derive_id(state.run_id, "escalated"),
+            now=now,
+            cause="loop",
+            reason=reasons,
+            step=state.step_index,
+        )
+        return Transition(replace(state, status="escalated"), [escalated])
     return _fail(state, outcome, "action_rejected", f"rejected by {outcome.rejected_by}: {reasons}", now)
+
+
+def affected(state: RunState, switch: KillSwitchSet) -> bool:
+    """A running run the switch stops: its agent's, or one with the tool still ahead of it."""
+    if state.status != "running":
+        return False
+    if switch.scope_agent is not None and switch.scope_agent != state.agent.id:
+        return False
+    ahead = {step.tool for step in state.agent.steps[state.step_index :]}
+    return switch.scope_tool is None or switch.scope_tool in ahead
+
+
+def on_kill_switch(switch: KillSwitchSet, runs: Collection[RunState], now: datetime) -> list[Transition]:
+    """Cancel every run the switch stops; a switch turned off cancels nothing."""
+    if not switch.active:
+        return []
+    transitions = []
+    for state in sorted(runs, key=lambda s: s.run_id):
+        if not affected(state, switch):
+            continue
+        cancelled = RunCancelled.caused_by(
+            switch,
+            lineage=state.trigger,
+            event_id=derive_id(state.run_id, "cancelled"),
+            now=now,
+            agent=state.agent.id,
+            run_id=state.run_id,
+            cause="kill_switch",
+            reason=switch.reason,
+            switch_id=switch.switch_id,
+        )
+        transitions.append(Transition(replace(state, status="cancelled"), [cancelled]))
+    return transitions
 
 
 def template_context(state: RunState) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from charter.clock import Clock, SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.errors import InvalidEvent
-from charter.events import ActionExecuted, ActionFailed, ActionRejected, Event, TriggerReceived
+from charter.events import ActionExecuted, ActionFailed, ActionRejected, Event, KillSwitchSet, TriggerReceived
+from charter.killswitch import ControlFollower, SwitchStore
 from charter.pipeline import Pipeline
 from charter.service import group_id, service_bus
 from charter.stack import readiness
@@ -64,7 +65,10 @@ class Planner:
             if done is not None:
                 return done
             now = self._clock.now()
-            transitions = self._decide(conn, event, now)
+            if isinstance(event, KillSwitchSet):
+                transitions = decide.on_kill_switch(event, runs.running(conn, event.scope_agent), now)
+            else:
+                transitions = self._decide(conn, event, now)
             for transition in transitions:
                 runs.put(conn, transition.state, now)
             outputs = [e for t in transitions for e in t.outputs]
@@ -88,6 +92,10 @@ class Planner:
         return []
 
 
+# A kill switch reaches the planner through its control follower, not as one of its records.
+_NO_DELIVERY = Delivery("", -1, -1, None, b"", (), 0)
+
+
 def _delivery(message: Any) -> Delivery:
     headers = message.headers or ()
     if isinstance(headers, Mapping):
@@ -103,13 +111,62 @@ def _delivery(message: Any) -> Delivery:
     )
 
 
+class Runtime:
+    """What the faust app needs besides faust: the producer, the pipeline, the control
+    follower, and readiness, which waits for both the app's group and the follower's."""
+
+    def __init__(self, settings: Settings, planner: Planner, engine: Engine) -> None:
+        self.settings = settings
+        self.bus = service_bus(settings, NAME)
+        self.pipeline = Pipeline(NAME, self.bus, planner.handle, SystemClock())
+        self._planner = planner
+        self._started = asyncio.Lock()
+        self._joined = {"main": False, "control": False}
+        self.stopping = asyncio.Event()
+        self.control = ControlFollower(
+            settings,
+            NAME,
+            bus=self.bus,
+            engine=engine,
+            store=SwitchStore(engine, runs.switches),
+            on_change=self._cancel,
+        )
+
+    async def start_bus(self) -> None:
+        # The agent may see records before faust starts app services, so whoever comes first starts it.
+        async with self._started:
+            if not self.bus.running:
+                await self.bus.start()
+
+    def joined(self, what: str) -> None:
+        self._joined[what] = True
+        if all(self._joined.values()):
+            readiness.mark(self.settings, NAME)
+
+    async def _cancel(self, switch: KillSwitchSet) -> None:
+        outputs = await self._planner.handle(switch, _NO_DELIVERY)
+        async with self.bus.transaction():
+            await asyncio.gather(*[await self.bus.send(event) for event in outputs])
+
+    async def process(self, delivery: Delivery) -> None:
+        # On Kafka, the outputs and this record's offset commit in one transaction; faust's own
+        # later commit of the same offset changes nothing.
+        async with self.bus.transaction():
+            await self.pipeline.process_batch([delivery])
+            if self.bus.transactional:
+                offset = {TopicPartition(delivery.topic, delivery.partition): delivery.offset + 1}
+                await self.bus.send_offsets(offset, group_id(self.settings, NAME))
+
+    async def follow_control(self) -> None:
+        await self.start_bus()
+        await self.control.loop(on_assigned=lambda: self.joined("control")).run(self.stopping)
+
+
 def build_app(settings: Settings) -> faust.App:
     engine = store.make_engine(settings.database_url_for(NAME))
     runs.create(engine)
     planner = Planner(settings, engine, SystemClock())
-    bus = service_bus(settings, NAME)
-    pipeline = Pipeline(NAME, bus, planner.handle, SystemClock())
-
+    runtime = Runtime(settings, planner, engine)
     datadir = settings.home / "run" / "planner-faust"
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -129,18 +186,11 @@ def build_app(settings: Settings) -> faust.App:
         *(topics.name(settings, t) for t in TOPICS), value_serializer="raw", key_serializer="raw"
     )
 
-    started = asyncio.Lock()
-
-    async def start_bus() -> None:
-        # The agent may see records before faust starts app services, so it starts the bus.
-        async with started:
-            if not bus.running:
-                await bus.start()
-
     @app.service
-    class Runtime(mode.Service):
+    class Services(mode.Service):
         async def on_stop(self) -> None:
-            await bus.stop()
+            runtime.stopping.set()
+            await runtime.bus.stop()
 
         @mode.Service.task
         async def _watch_agents(self) -> None:
@@ -148,23 +198,18 @@ def build_app(settings: Settings) -> faust.App:
                 planner.reload_if_changed()
                 await self.sleep(1.0)
 
+        @mode.Service.task
+        async def _follow_control(self) -> None:
+            await runtime.follow_control()
+
     @app.agent(source)
     async def plan(stream: Any) -> None:
-        await start_bus()
-        group = group_id(settings, NAME)
+        await runtime.start_bus()
         async for record in stream.events():
-            delivery = _delivery(record.message)
-            # On Kafka, the outputs and this record's offset commit in one transaction; faust's
-            # own later commit of the same offset changes nothing.
-            async with bus.transaction():
-                await pipeline.process_batch([delivery])
-                if bus.transactional:
-                    await bus.send_offsets(
-                        {TopicPartition(delivery.topic, delivery.partition): delivery.offset + 1}, group
-                    )
+            await runtime.process(_delivery(record.message))
 
     async def _assigned(_app: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        readiness.mark(settings, NAME)
+        runtime.joined("main")
 
     # mode types signal handlers with mypy_extensions.NamedArg, which no plain def matches.
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]

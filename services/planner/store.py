@@ -16,6 +16,7 @@ from sqlalchemy import Column, Connection, DateTime, Engine, Integer, MetaData, 
 from charter import serde
 from charter.agents import Agent
 from charter.events import TriggerReceived
+from charter.killswitch import switches_table
 from charter.store import Inbox, inbox_table, upsert
 from services.planner.decide import RunState
 
@@ -31,6 +32,7 @@ runs = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 inbox = Inbox(inbox_table(metadata, "planner"))
+switches = switches_table(metadata, "planner")
 
 
 def create(engine: Engine) -> None:
@@ -63,6 +65,14 @@ def get(conn: Connection, run_id: str) -> RunState | None:
         step_index=row["step_index"],
         results=body["results"],
     )
+
+
+def running(conn: Connection, agent: str | None = None) -> list[RunState]:
+    query = select(runs.c.run_id).where(runs.c.status == "running")
+    if agent is not None:
+        query = query.where(runs.c.agent_id == agent)
+    found = [get(conn, run_id) for run_id in conn.execute(query).scalars()]
+    return [state for state in found if state is not None]
 
 
 def existing(conn: Connection, run_ids: Collection[str]) -> set[str]:

@@ -1,116 +1,214 @@
 """The policy decision for one proposed action: allow, deny, or allow once a human approves.
 
-Checks run from the cheapest and most certain to Cedar itself, and any doubt denies: an
-unknown agent or tool, a tool the agent does not hold, parameters the tool would refuse, a
-policy set that did not load, or a policy that errors while evaluating.
+Checks run from the cheapest and most certain to Cedar itself, and any doubt denies: a policy
+bundle that did not load, an unknown agent, tool or resource, a tool the agent does not hold,
+an action outside the agent's environment (segmentation), parameters the tool would refuse, a
+kill switch, a loop or too many steps, a policy that errors while evaluating, and at the end
+the budgets and rates. A denial by a limit names the limit.
+
+A human's approval is not a bypass: `revalidate` decides the approved action again against the
+current bundle and kill switches before it may run, and the decision names both policy hashes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import ValidationError
 
 from charter.agents import Agent
 from charter.clock import derive_id
-from charter.events import ActionApproved, ActionProposed, ActionRejected, ApprovalRequested, Decision, Event
+from charter.events import (
+    Action,
+    ActionApproved,
+    ActionProposed,
+    ActionRejected,
+    ApprovalRequested,
+    Decision,
+    Event,
+)
+from charter.killswitch import KillSwitch, matching
+from charter.limits import AgentLimits, combine
 from charter.tools import ToolSpec
-from services.policy.engine import PolicySet, Request
+from services.policy import limits
+from services.policy.bundle import PolicyBundle
+from services.policy.engine import Request
 
 
-def decide(
-    proposed: ActionProposed,
-    policies: PolicySet,
-    agents: Mapping[str, Agent],
-    tools: Mapping[str, ToolSpec],
-    now: datetime,
-) -> list[Event]:
-    action = proposed.action
-    agent_id = proposed.envelope.agent or ""
-    agent = agents.get(agent_id)
-    refusal = _precheck(proposed, policies, agent, tools)
-    if refusal or agent is None:
-        return [_reject(proposed, policies, (), [refusal or f"unknown agent {agent_id!r}"], now)]
+@dataclass(frozen=True)
+class Context:
+    """Everything a decision reads besides the event: the world as the service knows it now."""
+
+    bundle: PolicyBundle
+    agents: Mapping[str, Agent]
+    tools: Mapping[str, ToolSpec]
+    switches: Sequence[KillSwitch] = ()
+
+
+@dataclass(frozen=True)
+class Ruling:
+    outcome: str  # allow | approval | deny
+    policy_ids: tuple[str, ...]
+    reasons: list[str]
+    roles: list[str]
+    limit: str | None = None
+
+
+def limits_for(ctx: Context, agent: Agent) -> AgentLimits:
+    file = ctx.bundle.limits
+    return combine(agent.limits, file.agents.get(agent.id, AgentLimits()), file.defaults)
+
+
+def decide(proposed: ActionProposed, ctx: Context, usage: limits.Usage, now: datetime) -> list[Event]:
+    agent = ctx.agents.get(proposed.envelope.agent or "")
+    ruling = _precheck(proposed.action, proposed.envelope.agent, ctx)
+    if ruling is None and agent is not None:
+        breach = limits.count_proposal(proposed, limits_for(ctx, agent), usage)
+        ruling = _deny(breach.reason, limit=breach.limit) if breach else _cedar(proposed.action, agent, ctx)
+        if ruling.outcome != "deny":
+            spec = ctx.tools[proposed.action.tool]
+            tool_limits = ctx.bundle.limits.tools.get(spec.name)
+            breach = limits.admit(
+                proposed, limits_for(ctx, agent), tool_limits, spec.cost_units, usage=usage, now=now
+            )
+            if breach:
+                ruling = _deny(breach.reason, limit=breach.limit, policy_ids=ruling.policy_ids)
+    ruling = ruling or _deny(f"unknown agent {proposed.envelope.agent!r}")
+    return [_outcome(proposed, proposed.action, ruling, ctx.bundle.hash, now)]
+
+
+def revalidate(approved: ActionApproved, ctx: Context, now: datetime) -> list[Event]:
+    """Decide a human-approved action again, as policy stands now; limits were charged when it
+    was first proposed and are not charged twice."""
+    previous = approved.decision.policy_hash
+    agent = ctx.agents.get(approved.envelope.agent or "")
+    ruling = _precheck(approved.action, approved.envelope.agent, ctx)
+    if ruling is None and agent is not None:
+        ruling = _cedar(approved.action, agent, ctx)
+        if ruling.outcome == "approval" and not set(ruling.roles) <= set(approved.decision.approval_roles):
+            ruling = _deny(
+                f"policy now requires approval by {' or '.join(ruling.roles)}, "
+                f"not {' or '.join(approved.decision.approval_roles)}",
+                policy_ids=ruling.policy_ids,
+            )
+    ruling = ruling or _deny(f"unknown agent {approved.envelope.agent!r}")
+    changed = (
+        f" (policy changed since approval: {previous[:12]} -> {ctx.bundle.hash[:12]})"
+        if previous != ctx.bundle.hash
+        else ""
+    )
+    decision = Decision(
+        outcome="deny" if ruling.outcome == "deny" else "allow",
+        policy_ids=list(ruling.policy_ids),
+        policy_hash=ctx.bundle.hash,
+        reasons=[f"revalidation: {r}{changed}" for r in ruling.reasons],
+        approval_roles=approved.decision.approval_roles,
+        limit=ruling.limit,
+        previous_policy_hash=previous,
+    )
+    event_id = derive_id(approved.event_id, "revalidated")
+    if ruling.outcome == "deny":
+        return [
+            ActionRejected.caused_by(
+                approved,
+                event_id=event_id,
+                now=now,
+                action=approved.action,
+                decision=decision,
+                rejected_by="policy",
+            )
+        ]
+    return [
+        ActionApproved.caused_by(
+            approved,
+            event_id=event_id,
+            now=now,
+            action=approved.action,
+            decision=decision,
+            approved_by=approved.approved_by,
+            revalidated=True,
+        )
+    ]
+
+
+def _precheck(action: Action, agent_id: str | None, ctx: Context) -> Ruling | None:
+    """A denial that needs no Cedar, if there is one."""
+    bundle = ctx.bundle
+    if bundle.error or bundle.cedar is None:
+        return _deny(f"policy set invalid, denying everything: {bundle.error}")
+    agent = ctx.agents.get(agent_id or "")
+    if agent is None:
+        return _deny(f"unknown agent {agent_id!r}")
+    spec = ctx.tools.get(action.tool)
+    if spec is None:
+        return _deny(f"unknown tool {action.tool!r}")
+    if action.tool not in agent.tools:
+        return _deny(f"tool {action.tool!r} is not granted to agent {agent.id}")
+    if action.environment != agent.environment:
+        return _deny(
+            f"action environment {action.environment!r} is not agent {agent.id}'s ({agent.environment!r})"
+        )
+    resource = bundle.resources.lookup(action.resource)
+    if resource is None:
+        return _deny(f"resource {action.resource!r} is not in the resource catalog")
+    if resource["environment"] != agent.environment:
+        return _deny(
+            f"environment segmentation: {agent.environment} agent {agent.id} may not act on "
+            f"{resource['environment']} resource {action.resource}"
+        )
     try:
-        verdict = policies.evaluate(
+        spec.params.model_validate(action.parameters)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return _deny(f"parameters invalid for {action.tool}: {where}: {first['msg']}")
+    switch = matching(ctx.switches, agent.id, action.tool)
+    if switch is not None:
+        return _deny(switch.describe(), limit="kill_switch")
+    return None
+
+
+def _cedar(action: Action, agent: Agent, ctx: Context) -> Ruling:
+    bundle = ctx.bundle
+    if bundle.cedar is None:
+        return _deny(f"policy set invalid, denying everything: {bundle.error}")
+    try:
+        verdict = bundle.cedar.evaluate(
             Request(
                 agent=agent.id,
                 roles=tuple(agent.roles),
                 agent_attrs={"owner": agent.owner, "environment": agent.environment},
                 tool=action.tool,
                 resource=action.resource,
+                resource_attrs=bundle.resources.lookup(action.resource) or {},
                 context={"parameters": action.parameters, "environment": action.environment},
             )
         )
     except ValueError as exc:
-        return [_reject(proposed, policies, (), [f"request cannot be evaluated: {exc}"], now)]
+        return _deny(f"request cannot be evaluated: {exc}")
     if verdict.errors:
-        return [
-            _reject(
-                proposed, policies, verdict.policy_ids, [f"policy error: {e}" for e in verdict.errors], now
-            )
-        ]
+        return _deny("; ".join(f"policy error: {e}" for e in verdict.errors), policy_ids=verdict.policy_ids)
     if not verdict.allowed:
-        reasons = [_explain(policies, pid, "forbidden by") for pid in verdict.policy_ids]
-        return [
-            _reject(
-                proposed,
-                policies,
-                verdict.policy_ids,
-                reasons or [f"no policy permits {action.tool} for agent {agent.id}"],
-                now,
-            )
-        ]
-    roles = sorted({r for pid in verdict.policy_ids for r in policies.infos[pid].approval_roles})
-    reasons = [_explain(policies, pid, "permitted by") for pid in verdict.policy_ids]
-    if roles:
-        decision = _decision("approval", policies, verdict.policy_ids, reasons, roles)
-        return [
-            ApprovalRequested.caused_by(
-                proposed,
-                label="policy",
-                now=now,
-                approval_id=derive_id(proposed.event_id, "approval"),
-                action=action,
-                decision=decision,
-            )
-        ]
-    decision = _decision("allow", policies, verdict.policy_ids, reasons, [])
-    return [
-        ActionApproved.caused_by(
-            proposed, label="policy", now=now, action=action, decision=decision, approved_by="policy"
+        reasons = [_explain(bundle, pid, "forbidden by") for pid in verdict.policy_ids]
+        return Ruling(
+            "deny",
+            verdict.policy_ids,
+            reasons or [f"no policy permits {action.tool} for agent {agent.id}"],
+            [],
         )
-    ]
+    roles = sorted({r for pid in verdict.policy_ids for r in bundle.infos[pid].approval_roles})
+    reasons = [_explain(bundle, pid, "permitted by") for pid in verdict.policy_ids]
+    return Ruling("approval" if roles else "allow", verdict.policy_ids, reasons, roles)
 
 
-def _precheck(
-    proposed: ActionProposed, policies: PolicySet, agent: Agent | None, tools: Mapping[str, ToolSpec]
-) -> str | None:
-    """The reason to deny before asking Cedar, if there is one."""
-    action = proposed.action
-    if policies.error:
-        return f"policy set invalid, denying everything: {policies.error}"
-    if agent is None:
-        return f"unknown agent {proposed.envelope.agent!r}"
-    spec = tools.get(action.tool)
-    if spec is None:
-        return f"unknown tool {action.tool!r}"
-    if action.tool not in agent.tools:
-        return f"tool {action.tool!r} is not granted to agent {agent.id}"
-    if action.environment != agent.environment:
-        return f"action environment {action.environment!r} is not agent {agent.id}'s ({agent.environment!r})"
-    try:
-        spec.params.model_validate(action.parameters)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return f"parameters invalid for {action.tool}: {where}: {first['msg']}"
-    return None
+def _deny(reason: str, *, limit: str | None = None, policy_ids: tuple[str, ...] = ()) -> Ruling:
+    return Ruling("deny", policy_ids, [reason], [], limit)
 
 
-def _explain(policies: PolicySet, policy_id: str, verb: str) -> str:
-    info = policies.infos.get(policy_id)
+def _explain(bundle: PolicyBundle, policy_id: str, verb: str) -> str:
+    info = bundle.infos.get(policy_id)
     text = f"{verb} {policy_id}"
     if info and info.approval_roles:
         text += f" with approval by {' or '.join(info.approval_roles)}"
@@ -119,30 +217,30 @@ def _explain(policies: PolicySet, policy_id: str, verb: str) -> str:
     return text
 
 
-def _decision(
-    outcome: str, policies: PolicySet, policy_ids: tuple[str, ...], reasons: list[str], roles: list[str]
-) -> Decision:
-    return Decision(
-        outcome=outcome,
-        policy_ids=list(policy_ids),
-        policy_hash=policies.hash,
-        reasons=reasons,
-        approval_roles=roles,
+def _outcome(
+    proposed: ActionProposed, action: Action, ruling: Ruling, policy_hash: str, now: datetime
+) -> Event:
+    decision = Decision(
+        outcome=ruling.outcome,
+        policy_ids=list(ruling.policy_ids),
+        policy_hash=policy_hash,
+        reasons=ruling.reasons,
+        approval_roles=ruling.roles,
+        limit=ruling.limit,
     )
-
-
-def _reject(
-    proposed: ActionProposed,
-    policies: PolicySet,
-    policy_ids: tuple[str, ...],
-    reasons: list[str],
-    now: datetime,
-) -> ActionRejected:
-    return ActionRejected.caused_by(
-        proposed,
-        label="policy",
-        now=now,
-        action=proposed.action,
-        decision=_decision("deny", policies, policy_ids, reasons, []),
-        rejected_by="policy",
+    if ruling.outcome == "deny":
+        return ActionRejected.caused_by(
+            proposed, label="policy", now=now, action=action, decision=decision, rejected_by="policy"
+        )
+    if ruling.outcome == "approval":
+        return ApprovalRequested.caused_by(
+            proposed,
+            label="policy",
+            now=now,
+            approval_id=derive_id(proposed.event_id, "approval"),
+            action=action,
+            decision=decision,
+        )
+    return ActionApproved.caused_by(
+        proposed, label="policy", now=now, action=action, decision=decision, approved_by="policy"
     )

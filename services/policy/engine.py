@@ -1,20 +1,21 @@
-"""A Cedar policy set, loaded from a directory of `*.cedar` files and parsed once.
+"""Cedar policies, parsed once, evaluated per request.
 
 Policies are named by their `@id("...")` annotation, or `file.cedar#N` without one, and those
 names are what decisions report. `@approval("role")` on a permit means the action may run only
 once a human holding that role approves it (several roles: `@approval("finance,it-security")`).
 `@reason("...")` gives the sentence a decision shows for that policy.
-A directory that does not load yields a set that denies everything, with the error as reason.
+
+A request maps as: principal `Agent::"<id>"` (member of its roles, with `owner` and
+`environment`), action `Action::"<tool>"`, resource `Resource::"<target>"` (with the attributes
+the resource catalog gives it), context `{parameters, environment}`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import cedarpy
@@ -45,53 +46,44 @@ class Request:
     agent_attrs: Mapping[str, Any]
     tool: str
     resource: str
+    resource_attrs: Mapping[str, Any]
     context: Mapping[str, Any]
 
 
-class PolicySet:
-    def __init__(
-        self,
-        digest: str,
-        files: tuple[str, ...],
-        infos: Mapping[str, PolicyInfo],
-        cedar: Any,
-        error: str | None = None,
-    ) -> None:
-        self.hash = digest
-        self.files = files
-        self.infos = dict(infos)
-        self._cedar = cedar
-        self.error = error
+class CedarPolicies:
+    """Every `*.cedar` file of a policy directory as one parsed set (raises ValueError if any
+    file does not parse, uses an id twice, or puts @approval on a forbid)."""
 
-    @classmethod
-    def load(cls, directory: Path) -> PolicySet:
-        paths = sorted(directory.glob("*.cedar")) if directory.is_dir() else []
-        texts = [(p.name, p.read_text()) for p in paths]
-        digest = hashlib.sha256()
-        for name, text in texts:
-            digest.update(name.encode() + b"\0" + text.encode() + b"\0")
-        files = tuple(name for name, _ in texts)
-        if not texts:
-            return cls(digest.hexdigest(), files, {}, None, f"no *.cedar files in {directory}")
-        try:
-            infos, merged = _merge(texts)
-            cedar = cedarpy.PolicySet.from_json_str(json.dumps(merged))
-        except ValueError as exc:
-            return cls(digest.hexdigest(), files, {}, None, " ".join(str(exc).split()))
-        return cls(digest.hexdigest(), files, infos, cedar)
+    def __init__(self, texts: Sequence[tuple[str, str]]) -> None:
+        self.infos, merged = _merge(texts)
+        self._set = cedarpy.PolicySet.from_json_str(json.dumps(merged))
+        self._principals: dict[tuple[str, tuple[str, ...], str], Any] = {}
+
+    def _principal(self, request: Request) -> Any:
+        """The agent's entities, parsed once per agent rather than once per request."""
+        attrs = json.dumps(dict(request.agent_attrs), sort_keys=True)
+        key = (request.agent, request.roles, attrs)
+        handle = self._principals.get(key)
+        if handle is None:
+            entities = [
+                {
+                    "uid": {"type": "Agent", "id": request.agent},
+                    "attrs": dict(request.agent_attrs),
+                    "parents": [{"type": "Role", "id": r} for r in request.roles],
+                },
+                *({"uid": {"type": "Role", "id": r}, "attrs": {}, "parents": []} for r in request.roles),
+            ]
+            handle = cedarpy.Entities.from_json_str(json.dumps(entities))
+            self._principals[key] = handle
+        return handle
 
     def evaluate(self, request: Request) -> Verdict:
-        if self._cedar is None:
-            return Verdict(False, (), (self.error or "no policy set",))
-        entities: list[dict[str, Any]] = [
-            {
-                "uid": {"type": "Agent", "id": request.agent},
-                "attrs": dict(request.agent_attrs),
-                "parents": [{"type": "Role", "id": r} for r in request.roles],
-            },
-            *({"uid": {"type": "Role", "id": r}, "attrs": {}, "parents": []} for r in request.roles),
-            {"uid": {"type": "Resource", "id": request.resource}, "attrs": {}, "parents": []},
-        ]
+        resource = {
+            "uid": {"type": "Resource", "id": request.resource},
+            "attrs": dict(request.resource_attrs),
+            "parents": [],
+        }
+        entities = self._principal(request).with_added_json_str(json.dumps([resource]))
         result = cedarpy.is_authorized(
             {
                 "principal": {"type": "Agent", "id": request.agent},
@@ -99,26 +91,19 @@ class PolicySet:
                 "resource": {"type": "Resource", "id": request.resource},
                 "context": to_cedar(dict(request.context)),
             },
-            self._cedar,
+            self._set,
             entities,
         )
         diagnostics = result.diagnostics
         return Verdict(result.allowed, tuple(diagnostics.reasons), tuple(diagnostics.errors))
 
 
-def _merge(texts: list[tuple[str, str]]) -> tuple[dict[str, PolicyInfo], dict[str, Any]]:
+def _merge(texts: Sequence[tuple[str, str]]) -> tuple[dict[str, PolicyInfo], dict[str, Any]]:
     """Every file's policies in one set, each under the id decisions will report."""
     infos: dict[str, PolicyInfo] = {}
     static: dict[str, Any] = {}
     for name, text in texts:
-        try:
-            est = json.loads(cedarpy.policies_to_json_str(text))
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from exc
-        if est.get("templates"):
-            raise ValueError(f"{name}: policy templates are not supported")
-        ordered = sorted(est["staticPolicies"].items(), key=lambda kv: int(kv[0].removeprefix("policy")))
-        for n, (_, policy) in enumerate(ordered):
+        for n, policy in enumerate(parse_file(name, text)):
             annotations = policy.get("annotations", {})
             policy_id = annotations.get("id") or f"{name}#{n}"
             if policy_id in infos:
@@ -129,6 +114,18 @@ def _merge(texts: list[tuple[str, str]]) -> tuple[dict[str, PolicyInfo], dict[st
             infos[policy_id] = PolicyInfo(policy_id, name, policy["effect"], roles, annotations.get("reason"))
             static[policy_id] = policy
     return infos, {"staticPolicies": static, "templates": {}, "templateLinks": []}
+
+
+def parse_file(name: str, text: str) -> list[dict[str, Any]]:
+    """One file's policies in Cedar's JSON form, in the order written."""
+    try:
+        est = json.loads(cedarpy.policies_to_json_str(text))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+    if est.get("templates"):
+        raise ValueError(f"{name}: policy templates are not supported")
+    ordered = sorted(est["staticPolicies"].items(), key=lambda kv: int(kv[0].removeprefix("policy")))
+    return [policy for _, policy in ordered]
 
 
 def to_cedar(value: Any) -> Any:

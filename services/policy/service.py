@@ -1,67 +1,135 @@
-"""The policy service's adapter: decode, decide, publish. It keeps the policy set and the agent
-registry in memory and reloads both when their files change, announcing each load on `control`."""
+"""The policy service's adapter: proposals and human approvals in, decisions out.
+
+It keeps the policy bundle and the agent registry in memory, reloading them when their files
+change and announcing each load on `control`. Live-limit usage is shared by replicas in the
+store: a batch is decided inside one serialized transaction and published after it commits.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine
 
 from charter import agents as agent_files
-from charter import tools, topics
+from charter import serde, store, tools, topics
 from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock, new_id
 from charter.config import Settings
 from charter.consumer import Delivery
-from charter.events import ActionProposed, Event, PolicyReloaded
+from charter.errors import InvalidMessage
+from charter.events import ActionApproved, ActionProposed, Event, PolicyReloaded
+from charter.killswitch import ControlFollower, SwitchStore
 from charter.pipeline import Pipeline
 from charter.service import Parts
 from charter.topics import Topic
 from charter.watch import DirectoryWatcher
-from services.policy.decide import decide
-from services.policy.engine import PolicySet
+from services.policy import limits
+from services.policy import store as policy_store
+from services.policy.bundle import PATTERNS, PolicyBundle
+from services.policy.decide import Context, decide, revalidate
 
 log = logging.getLogger(__name__)
 NAME = "policy"
 
 
+class _Batch:
+    """The open transaction and usage snapshot one batch is decided in."""
+
+    def __init__(self, conn: Connection, usage: limits.Usage) -> None:
+        self.conn = conn
+        self.usage = usage
+
+
 class Policy:
-    def __init__(self, settings: Settings, bus: Bus, clock: Clock) -> None:
+    def __init__(self, settings: Settings, bus: Bus, engine: Engine, clock: Clock) -> None:
         self._settings = settings
         self._bus = bus
+        self._engine = engine
         self._clock = clock
         self.tools = tools.load(settings.tool_module_list())
         self.agents: Mapping[str, Agent] = agent_files.load(settings.agents_dir, self.tools)
-        self.policies = PolicySet.load(settings.policies_dir)
-        self._policy_files = DirectoryWatcher(settings.policies_dir, ("*.cedar",))
+        self.bundle = PolicyBundle.load(settings.policies_dir)
+        self._policy_files = DirectoryWatcher(settings.policies_dir, PATTERNS)
         self._agent_files = DirectoryWatcher(settings.agents_dir, ("*.yaml", "*.yml"))
+        self.control = ControlFollower(
+            settings, NAME, bus=bus, engine=engine, store=SwitchStore(engine, policy_store.switches)
+        )
+        self.pipeline = Pipeline(NAME, bus, self.handle, clock)
+        self._batch: _Batch | None = None
+
+    def context(self) -> Context:
+        return Context(self.bundle, self.agents, self.tools, self.control.switches)
+
+    async def handle_batch(self, deliveries: list[Delivery]) -> None:
+        now = self._clock.now()
+        with store.serialized(self._engine, policy_store.LOCK) as conn:
+            self._batch = _Batch(conn, self._usage_for(conn, deliveries, now))
+            try:
+                prepared = await self.pipeline.prepare_batch(deliveries)
+                policy_store.save_usage(conn, self._batch.usage, now)
+            finally:
+                self._batch = None
+        await self.pipeline.publish(prepared)
+
+    def _usage_for(self, conn: Connection, deliveries: Sequence[Delivery], now: datetime) -> limits.Usage:
+        counters: list[limits.CounterKey] = []
+        windows: list[limits.WindowKey] = []
+        for delivery in deliveries:
+            with contextlib.suppress(InvalidMessage):
+                event = serde.decode(delivery.value)
+                if isinstance(event, ActionProposed):
+                    keys, scopes = limits.keys_for(event, now)
+                    counters += keys
+                    windows += scopes
+        return policy_store.load_usage(conn, counters, windows, now)
 
     async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
-        if not isinstance(event, ActionProposed):
-            return []
-        return decide(event, self.policies, self.agents, self.tools, self._clock.now())
+        batch = self._batch
+        if batch is None:
+            raise RuntimeError("policy decisions happen inside a batch")
+        if isinstance(event, ActionApproved) and not event.executable:
+            return self._once(batch, event, lambda now: revalidate(event, self.context(), now))
+        if isinstance(event, ActionProposed):
+            return self._once(batch, event, lambda now: decide(event, self.context(), batch.usage, now))
+        return []
+
+    def _once(
+        self, batch: _Batch, event: Event, decision: Callable[[datetime], list[Event]]
+    ) -> Sequence[Event]:
+        """The recorded outputs for a redelivered event; else decide, and record."""
+        done = policy_store.inbox.outputs_of(batch.conn, event.event_id)
+        if done is not None:
+            return done
+        now = self._clock.now()
+        outputs = decision(now)
+        policy_store.inbox.record(batch.conn, event, outputs, now)
+        return outputs
 
     async def announce(self) -> None:
-        p = self.policies
-        if p.error:
-            log.error("policy set %s is invalid, every action will be denied: %s", p.hash[:12], p.error)
+        b = self.bundle
+        if b.error:
+            log.error("policy bundle %s is invalid, every action will be denied: %s", b.hash[:12], b.error)
         else:
             log.info(
-                "policy set %s loaded: %d policies from %s", p.hash[:12], len(p.infos), ", ".join(p.files)
+                "policy bundle %s loaded: %d policies from %s", b.hash[:12], len(b.infos), ", ".join(b.files)
             )
         await self._bus.publish(
             PolicyReloaded.create(
                 event_id=new_id(),
                 now=self._clock.now(),
                 tenant=self._settings.tenant,
-                correlation_id=p.hash,
-                policy_hash=p.hash,
-                policy_ids=sorted(p.infos),
-                files=list(p.files),
-                valid=p.error is None,
-                error=p.error,
+                correlation_id=b.hash,
+                policy_hash=b.hash,
+                policy_ids=sorted(b.infos),
+                files=list(b.files),
+                valid=b.error is None,
+                error=b.error,
             )
         )
 
@@ -79,16 +147,18 @@ class Policy:
                     self.agents = {}
                     log.error("agents invalid, denying every action until fixed: %s", exc)
             if self._policy_files.changed():
-                self.policies = PolicySet.load(self._settings.policies_dir)
+                self.bundle = PolicyBundle.load(self._settings.policies_dir)
                 await self.announce()
 
 
 async def build(settings: Settings, bus: Bus) -> Parts:
-    clock = SystemClock()
-    policy = Policy(settings, bus, clock)
-    pipeline = Pipeline(NAME, bus, policy.handle, clock)
+    engine = store.make_engine(settings.database_url_for(NAME))
+    policy_store.create(engine)
+    policy = Policy(settings, bus, engine, SystemClock())
     return Parts(
-        topics=[topics.name(settings, Topic.ACTIONS_PROPOSED)],
-        handle_batch=pipeline.process_batch,
+        topics=[topics.name(settings, Topic.ACTIONS_PROPOSED), topics.name(settings, Topic.ACTIONS_APPROVED)],
+        handle_batch=policy.handle_batch,
         background=[policy.watch],
+        control=policy.control,
+        close=engine.dispose,
     )

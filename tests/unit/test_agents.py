@@ -13,7 +13,7 @@ DEMO_TOOLS = tools.load(["charter.demo.tools"])
 
 def test_the_demo_agents_load() -> None:
     loaded = agents.load(REPO / "agents", DEMO_TOOLS)
-    assert set(loaded) == {"support-refunds", "it-access"}
+    assert set(loaded) == {"support-refunds", "it-access", "it-access-staging"}
     refunds = loaded["support-refunds"]
     assert [s.id for s in refunds.steps] == ["lookup", "refund", "notify"]
     assert refunds.roles == ["support"]

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, delete, update
 
 from charter import serde
 from charter.consumer import Delivery
+from charter.events import EVENT_TYPES
 from services.audit import store
 from services.audit.decide import GENESIS, Row, hash_of, verify
 from services.audit.service import entry_of
@@ -23,7 +24,7 @@ def _deliveries() -> list[Delivery]:
 def filled(engine: Engine) -> Engine:
     store.create(engine)
     with engine.begin() as conn:
-        assert store.append(conn, [entry_of(d) for d in _deliveries()], 1_000) == 14
+        assert store.append(conn, [entry_of(d) for d in _deliveries()], 1_000) == len(EVENT_TYPES)
     return engine
 
 
@@ -40,7 +41,7 @@ def test_an_untouched_log_verifies(filled: Engine) -> None:
 def test_duplicates_are_not_appended(filled: Engine) -> None:
     with filled.begin() as conn:
         assert store.append(conn, [entry_of(d) for d in _deliveries()], 2_000) == 0
-        assert store.count(conn) == 14
+        assert store.count(conn) == len(EVENT_TYPES)
 
 
 def test_undecodable_records_are_kept_as_evidence(filled: Engine) -> None:

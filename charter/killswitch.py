@@ -1,0 +1,181 @@
+"""Kill switches: an operator stops an agent, a tool, or everything, at once.
+
+`charter kill-switch on` publishes KillSwitchSet to `control`. Every service process follows
+`control` with a consumer group of its own (group + instance), so every replica sees every
+switch; it records the switch in its own store before acknowledging it, so the state survives
+a restart, and answers KillSwitchAcknowledged so the operator knows it is in force.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Boolean, Column, Connection, DateTime, Engine, MetaData, String, Table, Text, select
+
+from charter import topics
+from charter.bus import Bus
+from charter.clock import SystemClock, as_utc, derive_id
+from charter.config import Settings
+from charter.consumer import ConsumerLoop, Delivery
+from charter.errors import InvalidMessage
+from charter.events import KillSwitchAcknowledged, KillSwitchSet
+from charter.serde import decode
+from charter.store import upsert
+
+log = logging.getLogger(__name__)
+
+
+def switch_id(agent: str | None, tool: str | None) -> str:
+    """One id per scope, so `off` for a scope ends the `on` for it."""
+    return f"agent={agent or '*'},tool={tool or '*'}"
+
+
+@dataclass(frozen=True)
+class KillSwitch:
+    switch_id: str
+    agent: str | None
+    tool: str | None
+    reason: str
+    set_by: str
+    since: datetime
+
+    def matches(self, agent: str | None, tool: str | None) -> bool:
+        return (self.agent is None or self.agent == agent) and (self.tool is None or self.tool == tool)
+
+    def describe(self) -> str:
+        scope = " and ".join(f"{k} {v}" for k, v in (("agent", self.agent), ("tool", self.tool)) if v)
+        return f"kill switch on for {scope or 'every agent and tool'} (by {self.set_by}: {self.reason})"
+
+
+def matching(switches: Sequence[KillSwitch], agent: str | None, tool: str | None) -> KillSwitch | None:
+    return next((s for s in switches if s.matches(agent, tool)), None)
+
+
+def switches_table(metadata: MetaData, service: str) -> Table:
+    return Table(
+        f"{service}_kill_switches",
+        metadata,
+        Column("switch_id", String(400), primary_key=True),
+        Column("scope_agent", String(200)),
+        Column("scope_tool", String(200)),
+        Column("active", Boolean, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("set_by", String(200), nullable=False),
+        Column("changed_at", DateTime(timezone=True), nullable=False),
+    )
+
+
+class SwitchStore:
+    """A service's own record of the switches, changed only by newer events (last one wins)."""
+
+    def __init__(self, engine: Engine, table: Table) -> None:
+        self._engine = engine
+        self._table = table
+
+    def active(self) -> list[KillSwitch]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(self._table).where(self._table.c.active.is_(True))).mappings().all()
+        return [
+            KillSwitch(
+                r["switch_id"],
+                r["scope_agent"],
+                r["scope_tool"],
+                r["reason"],
+                r["set_by"],
+                as_utc(r["changed_at"]),
+            )
+            for r in rows
+        ]
+
+    def apply(self, conn: Connection, event: KillSwitchSet) -> bool:
+        """Record the change unless a newer one is already recorded. True if it changed."""
+        t = self._table
+        at = event.envelope.occurred_at
+        current = conn.execute(select(t.c.changed_at).where(t.c.switch_id == event.switch_id)).scalar()
+        if current is not None and as_utc(current) > at:
+            return False
+        upsert(
+            conn,
+            t,
+            {
+                "switch_id": event.switch_id,
+                "scope_agent": event.scope_agent,
+                "scope_tool": event.scope_tool,
+                "active": event.active,
+                "reason": event.reason,
+                "set_by": event.set_by,
+                "changed_at": at,
+            },
+            "switch_id",
+        )
+        return True
+
+
+OnChange = Callable[[KillSwitchSet], Awaitable[None]]
+
+
+class ControlFollower:
+    """Follows `control` for one service process: records kill switches, runs the service's own
+    reaction (cancelling runs, say), then acknowledges. Offsets commit after all of that."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: str,
+        *,
+        bus: Bus,
+        engine: Engine,
+        store: SwitchStore,
+        on_change: OnChange | None = None,
+    ) -> None:
+        self._settings = settings
+        self._service = service
+        self._bus = bus
+        self._store = store
+        self._engine = engine
+        self._on_change = on_change
+        self._clock = SystemClock()
+        self.switches: list[KillSwitch] = store.active()
+
+    def loop(self, on_assigned: Callable[[], None] = lambda: None) -> ConsumerLoop:
+        group = f"{self._settings.topic_prefix}{self._service}.control.{self._settings.instance}"
+        return ConsumerLoop(
+            self._settings,
+            group_id=group,
+            topics=[topics.name(self._settings, topics.Topic.CONTROL)],
+            handle_batch=self.handle_batch,
+            on_assigned=on_assigned,
+        )
+
+    async def handle_batch(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                event = decode(delivery.value)
+            except InvalidMessage:
+                continue  # the audit keeps it; the policy pipeline dead-letters nothing on control
+            if isinstance(event, KillSwitchSet):
+                await self._apply(event)
+
+    async def _apply(self, event: KillSwitchSet) -> None:
+        with self._engine.begin() as conn:
+            self._store.apply(conn, event)
+        self.switches = self._store.active()
+        if self._on_change is not None:
+            # Every time, not only on a change: a reaction cut short by a crash is redone,
+            # and reactions are idempotent by the switch event's id.
+            await self._on_change(event)
+        log.warning("kill switch %s %s: %s", event.switch_id, "ON" if event.active else "off", event.reason)
+        await self._bus.publish(
+            KillSwitchAcknowledged.caused_by(
+                event,
+                event_id=derive_id(event.event_id, f"ack:{self._service}:{self._settings.instance}"),
+                now=self._clock.now(),
+                switch_id=event.switch_id,
+                active=event.active,
+                service=self._service,
+                instance=self._settings.instance,
+            )
+        )
