@@ -67,6 +67,8 @@ def _decide(approval_id: str, user: str, *, approve: bool, note: str | None) -> 
         match = resolve_id([a.approval_id for a in store.find(conn, approval_id)], approval_id, "approval")
         approval = store.find(conn, match)[0]
     if approval.status != "pending":
+        if approval.status == "withdrawn":
+            raise ConfigError(f"approval {match[:8]} was withdrawn: {approval.note}")
         raise ConfigError(f"approval {match[:8]} is already {approval.status} by {approval.decided_by}")
 
     async def send() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from charter.tools import ToolContext
 
 FILE = "demo-ledger.jsonl"
+CALLS = "demo-calls.jsonl"
 
 
 def path(data_dir: Path) -> Path:
@@ -41,6 +42,22 @@ def record(ctx: ToolContext, kind: str, effect: dict[str, Any]) -> dict[str, Any
         f.write(json.dumps({**entry, "effect": effect}) + "\n")
         f.flush()
     return effect
+
+
+def called(ctx: ToolContext, tool: str, parameters: dict[str, Any]) -> None:
+    """Note that a tool was invoked at all, effect or not: the tool side's own count."""
+    ctx.data_dir.mkdir(parents=True, exist_ok=True)
+    line = {"tool": tool, "idempotency_key": ctx.idempotency_key, "run_id": ctx.run_id, "agent": ctx.agent}
+    with (ctx.data_dir / CALLS).open("a", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps({**line, "parameters": parameters, "at": time.time()}) + "\n")
+
+
+def calls(data_dir: Path) -> list[dict[str, Any]]:
+    p = data_dir / CALLS
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
 def entries(data_dir: Path) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ class Order(BaseModel):
 
 @tool(description="Look up an order in the shop.", cost_units=1, timeout_s=2.0, idempotent=True)
 def lookup_order(params: OrderRef, ctx: ToolContext) -> Order:
+    ledger.called(ctx, "lookup_order", params.model_dump())
     if params.order_id.startswith("Z-"):
         # The demo shop has no Z- orders: a way to see a tool fail.
         raise ToolError(f"no order {params.order_id}")
@@ -53,6 +54,7 @@ class Refund(BaseModel):
 
 @tool(description="Refund part or all of an order.", cost_units=5, timeout_s=5.0, idempotent=True)
 def issue_refund(params: RefundRequest, ctx: ToolContext) -> Refund:
+    ledger.called(ctx, "issue_refund", params.model_dump())
     refund_id = "rf-" + hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:10]
     effect = ledger.record(ctx, "refund", {"refund_id": refund_id, **params.model_dump(exclude={"reason"})})
     return Refund.model_validate(effect)
@@ -69,6 +71,7 @@ class Delivered(BaseModel):
 
 @tool(description="Send a customer a message.", cost_units=1, timeout_s=2.0, idempotent=True)
 def notify_customer(params: Notification, ctx: ToolContext) -> Delivered:
+    ledger.called(ctx, "notify_customer", params.model_dump())
     ledger.record(ctx, "notification", params.model_dump())
     return Delivered(delivered=True)
 
@@ -89,6 +92,7 @@ class Grant(BaseModel):
 
 @tool(description="Grant a user access to a system.", cost_units=2, timeout_s=5.0, idempotent=True)
 def grant_access(params: AccessRequest, ctx: ToolContext) -> Grant:
+    ledger.called(ctx, "grant_access", params.model_dump())
     grant_id = "gr-" + hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:10]
     effect = ledger.record(
         ctx, "grant", {"grant_id": grant_id, **params.model_dump(exclude={"target_environment"})}

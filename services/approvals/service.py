@@ -11,7 +11,8 @@ from charter.bus import Bus
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
-from charter.events import ApprovalGranted, ApprovalRejected, ApprovalRequested, Event
+from charter.describe import describe
+from charter.events import RUN_TERMINAL, ApprovalGranted, ApprovalRejected, ApprovalRequested, Event
 from charter.killswitch import ControlFollower, SwitchStore
 from charter.pipeline import Pipeline
 from charter.service import Parts
@@ -31,6 +32,12 @@ class Approvals:
         if isinstance(event, ApprovalRequested):
             with self._engine.begin() as conn:
                 approvals.add(conn, event)
+            return []
+        if isinstance(event, RUN_TERMINAL) and event.run_id:
+            # A run that ended (cancelled by a kill switch, say) has nothing left to approve.
+            why = f"run ended: {describe(event)}"
+            with self._engine.begin() as conn:
+                approvals.withdraw(conn, event.run_id, why, event.envelope.occurred_at)
             return []
         if not isinstance(event, ApprovalGranted | ApprovalRejected):
             return []
@@ -65,6 +72,7 @@ async def build(settings: Settings, bus: Bus) -> Parts:
         topics=[
             topics.name(settings, Topic.APPROVALS_REQUESTED),
             topics.name(settings, Topic.APPROVALS_DECIDED),
+            topics.name(settings, Topic.RUNS),
         ],
         handle_batch=pipeline.process_batch,
         control=ControlFollower(

@@ -115,6 +115,15 @@ def decide(
     )
 
 
+def withdraw(conn: Connection, run_id: str, note: str, at: datetime) -> None:
+    """Close the run's pending approvals: nobody can decide them any more."""
+    conn.execute(
+        update(approvals)
+        .where(approvals.c.run_id == run_id, approvals.c.status == "pending")
+        .values(status="withdrawn", decided_by="charter", note=note, decided_at=at)
+    )
+
+
 def listing(conn: Connection, status: str | None = "pending", limit: int = 200) -> list[Approval]:
     query = select(*(c for c in approvals.c if c.name != "request")).order_by(approvals.c.requested_at)
     if status:

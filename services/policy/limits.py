@@ -78,7 +78,7 @@ def count_proposal(proposed: ActionProposed, limits: AgentLimits, usage: Usage) 
         tool = proposed.action.tool
         return Breach(
             "loop",
-            f"loop: {tool} with the same parameters {int(repeats)} times in this run (limit {threshold})",
+            f"loop: {tool} with the same parameters {int(repeats)} times in this run (a loop at {threshold})",
         )
     if limits.max_steps is not None and steps > limits.max_steps:
         return Breach(

@@ -30,7 +30,7 @@ from charter.client import Client
 from charter.clock import derive_id
 from charter.config import Settings
 from charter.errors import ConfigError
-from charter.events import ApprovalRequested, Event, RunCompleted, RunFailed
+from charter.events import RUN_TERMINAL, ApprovalRequested, Event
 from charter.stack import readiness
 from charter.stack.harness import StackNotReady, StackProcess
 from charter.stack.kafka import LocalKafka
@@ -43,11 +43,14 @@ EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 def stack_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a stack in `home`, with its own copy of the agents and policies, so a
-    test may edit them without touching the repository's."""
+    """The environment of a stack in `home`, with its own copy of the agents and policies (and
+    the tests' own agents), so a test may edit them without touching the repository's."""
     config = home / "config"
     if not config.exists():
         shutil.copytree(REPO / "agents", config / "agents")
+        # Agents only the tests use, each with limits of its own (tests/e2e/agents).
+        for agent_file in (REPO / "tests" / "e2e" / "agents").glob("*.yaml"):
+            shutil.copy(agent_file, config / "agents" / agent_file.name)
         shutil.copytree(REPO / "policies", config / "policies")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
     env.update(
@@ -219,11 +222,10 @@ def wait_approval(stack: Stack, run: str, timeout: float = 30) -> ApprovalReques
         engine.dispose()
 
 
-def wait_run_end(stack: Stack, run: str, timeout: float = 30) -> RunCompleted | RunFailed:
-    end = wait_for(
-        stack, lambda e: isinstance(e, RunCompleted | RunFailed) and e.run_id == run, "runs", timeout=timeout
-    )
-    assert isinstance(end, RunCompleted | RunFailed)
+def wait_run_end(stack: Stack, run: str, timeout: float = 30) -> Event:
+    """The run's last event: completed, failed, cancelled or escalated."""
+    end = wait_for(stack, lambda e: isinstance(e, RUN_TERMINAL) and e.run_id == run, "runs", timeout=timeout)
+    assert isinstance(end, RUN_TERMINAL)
     return end
 
 

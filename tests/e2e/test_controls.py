@@ -1,0 +1,222 @@
+"""Policy controls on the real stack: live limits, the kill switch with its acknowledgements,
+and revalidation of an approval after the policy changed during the wait."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from charter.client import Client
+from charter.clock import derive_id
+from charter.demo import ledger
+from charter.events import (
+    ActionApproved,
+    ActionRejected,
+    PolicyReloaded,
+    RunCancelled,
+    RunCompleted,
+    RunEscalated,
+    RunFailed,
+)
+from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_for, wait_run_end
+from tests.factories import ACTION, DECISION
+
+pytestmark = pytest.mark.e2e
+
+
+def _refunds(stack: Stack, run: str) -> list[dict[str, object]]:
+    return [
+        e for e in ledger.entries(stack.settings.data_dir) if e["run_id"] == run and e["kind"] == "refund"
+    ]
+
+
+def _rejection(stack: Stack, run: str) -> ActionRejected:
+    rejected = [e for e in run_events(stack, run, "actions.rejected") if isinstance(e, ActionRejected)]
+    assert rejected, f"no rejection for run {run}"
+    return rejected[-1]
+
+
+def test_a_run_over_its_budget_is_denied_naming_the_limit(stack: Stack) -> None:
+    trigger = stack.publish("test.budget", {"order_id": "B-1001"})
+    run = run_id(trigger, "budget-tester")
+    end = wait_run_end(stack, run)
+    assert isinstance(end, RunFailed)
+    assert "budget_per_run" in end.reason
+    assert _rejection(stack, run).decision.limit == "budget_per_run"
+    assert _refunds(stack, run) == []
+
+
+def test_the_daily_budget_spans_runs(stack: Stack) -> None:
+    ends = []
+    for n in range(4):
+        trigger = stack.publish("test.daily", {"order_id": f"D-{1001 + n}"})
+        ends.append(wait_run_end(stack, run_id(trigger, "daily-tester")))
+    assert [type(e).__name__ for e in ends] == ["RunCompleted"] * 3 + ["RunFailed"]
+    assert isinstance(ends[-1], RunFailed)
+    assert "budget_per_day" in ends[-1].reason
+
+
+def test_the_rate_limit_stops_the_third_action_in_the_window(stack: Stack) -> None:
+    ends = []
+    for n in range(3):
+        trigger = stack.publish("test.rate", {"order_id": f"R-{2001 + n}"})
+        ends.append(wait_run_end(stack, run_id(trigger, "rate-tester")))
+    assert [type(e).__name__ for e in ends] == ["RunCompleted", "RunCompleted", "RunFailed"]
+    assert isinstance(ends[-1], RunFailed)
+    assert "rate_agent" in ends[-1].reason
+
+
+def test_a_loop_is_denied_and_the_run_escalated(stack: Stack) -> None:
+    trigger = stack.publish("test.loop", {"order_id": "L-1001"})
+    run = run_id(trigger, "loop-tester")
+    end = wait_run_end(stack, run)
+    assert isinstance(end, RunEscalated)
+    assert end.cause == "loop"
+    assert end.step == 2
+    assert _rejection(stack, run).decision.limit == "loop"
+    lookups = [c for c in ledger.calls(stack.settings.data_dir) if c["run_id"] == run]
+    assert len(lookups) == 2
+
+
+def test_the_kill_switch_denies_refuses_cancels_and_acknowledges(stack: Stack) -> None:
+    # A run waiting for a human when the switch goes on...
+    waiting = run_id(
+        stack.publish("support.refund_requested", {"order_id": "W-1001", "amount": 900}), "support-refunds"
+    )
+    request = wait_approval(stack, waiting)
+    out = stack.cli(
+        "kill-switch", "on", "--agent", "support-refunds", "--reason", "fraud investigation", "--as", "ops"
+    ).stdout
+    try:
+        # ...every service says it applied the switch,
+        for service in ("planner", "policy", "approvals", "executor", "audit"):
+            assert re.search(rf"^\s+{service}\s+\S+\s+applied after \d+ ms$", out, re.MULTILINE), out
+        # the waiting run is cancelled, and its approval withdrawn,
+        cancelled = wait_run_end(stack, waiting)
+        assert isinstance(cancelled, RunCancelled)
+        assert cancelled.reason == "fraud investigation"
+        refused = stack.cli("approvals", "approve", request.approval_id, "--as", "dana", check=False)
+        assert refused.returncode == 2
+        assert "withdrawn" in refused.stderr
+        # a new action is denied at once,
+        denied = wait_run_end(
+            stack,
+            run_id(
+                stack.publish("support.refund_requested", {"order_id": "W-1002", "amount": 10}),
+                "support-refunds",
+            ),
+        )
+        assert isinstance(denied, RunFailed)
+        assert "kill switch on for agent support-refunds" in denied.reason
+        # and an approved action still queued for the executor is refused, its tool never called.
+        approved = _queued_approval(stack)
+        asyncio.run(_send(stack, approved))
+        refusal = wait_for(
+            stack, lambda e: isinstance(e, ActionRejected) and e.run_id == approved.run_id, "actions.rejected"
+        )
+        assert isinstance(refusal, ActionRejected)
+        assert refusal.rejected_by == "kill-switch"
+        assert not [c for c in ledger.calls(stack.settings.data_dir) if c["run_id"] == approved.run_id]
+        # Other agents go on.
+        other = stack.publish(
+            "it.access_requested",
+            {"user": "kim", "system": "jira", "level": "read", "environment": "production"},
+        )
+        assert isinstance(wait_run_end(stack, run_id(other, "it-access")), RunCompleted)
+        assert "agent=support-refunds,tool=*" in stack.cli("kill-switch", "status").stdout
+    finally:
+        stack.cli("kill-switch", "off", "--agent", "support-refunds", "--reason", "cleared", "--as", "ops")
+    assert isinstance(
+        wait_run_end(
+            stack,
+            run_id(
+                stack.publish("support.refund_requested", {"order_id": "W-1003", "amount": 10}),
+                "support-refunds",
+            ),
+        ),
+        RunCompleted,
+    )
+    assert "no kill switch is on" in stack.cli("kill-switch", "status").stdout
+
+
+def _queued_approval(stack: Stack) -> ActionApproved:
+    """An ActionApproved as policy writes it, for a refund nobody has executed: what sits in
+    actions.approved when the switch goes on."""
+    run = derive_id(f"queued-{time.time()}", "run")
+    parameters = {"order_id": "W-1004", "amount": 10, "currency": "EUR"}
+    return ActionApproved.create(
+        event_id=derive_id(run, "approved"),
+        now=datetime.now(UTC),
+        tenant="default",
+        agent="support-refunds",
+        run_id=run,
+        correlation_id=run,
+        action=ACTION.model_copy(update={"parameters": parameters}),
+        decision=DECISION.model_copy(update={"outcome": "allow"}),
+        approved_by="policy",
+    )
+
+
+async def _send(stack: Stack, event: ActionApproved) -> None:
+    async with Client(stack.settings) as client:
+        await client.send(event)
+
+
+def test_a_kill_switch_on_a_tool_stops_only_that_tool(stack: Stack) -> None:
+    stack.cli("kill-switch", "on", "--tool", "issue_refund", "--reason", "ledger outage")
+    try:
+        refund = wait_run_end(
+            stack,
+            run_id(
+                stack.publish("support.refund_requested", {"order_id": "T-1001", "amount": 10}),
+                "support-refunds",
+            ),
+        )
+        assert isinstance(refund, RunFailed)
+        assert "kill switch on for tool issue_refund" in refund.reason
+        # The lookup before it ran: the switch covers the tool, not the agent.
+        assert isinstance(
+            wait_run_end(stack, run_id(stack.publish("test.daily", {"order_id": "T-1002"}), "daily-tester")),
+            RunCompleted | RunFailed,
+        )
+    finally:
+        stack.cli("kill-switch", "off", "--tool", "issue_refund", "--reason", "ledger back")
+
+
+def test_an_approval_is_decided_again_after_the_policy_changed_during_the_wait(stack: Stack) -> None:
+    run = run_id(
+        stack.publish("support.refund_requested", {"order_id": "V-3001", "amount": 2500}), "support-refunds"
+    )
+    request = wait_approval(stack, run)
+    freeze = stack.policies_dir / "freeze.cedar"
+    written = time.time()
+    freeze.write_text(
+        '@id("refund-freeze")\n@reason("refunds above 1,000 are frozen")\n'
+        'forbid (principal, action == Action::"issue_refund", resource)\n'
+        "when { context.parameters.amount > 1000 };\n"
+    )
+    try:
+        wait_for(
+            stack,
+            lambda e: (
+                isinstance(e, PolicyReloaded)
+                and "refund-freeze" in e.policy_ids
+                and e.envelope.occurred_at.timestamp() > written
+            ),
+            "control",
+        )
+        stack.cli("approvals", "approve", request.approval_id, "--as", "dana")
+        end = wait_run_end(stack, run)
+        assert isinstance(end, RunFailed)
+        rejection = _rejection(stack, run)
+        assert rejection.decision.policy_ids == ["refund-freeze"]
+        assert rejection.decision.previous_policy_hash == request.decision.policy_hash
+        assert rejection.decision.policy_hash != request.decision.policy_hash
+        assert "policy changed since approval" in rejection.decision.reasons[0]
+        assert _refunds(stack, run) == []
+    finally:
+        freeze.unlink()
