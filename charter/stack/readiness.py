@@ -1,6 +1,7 @@
-"""How a service tells the supervisor it is ready: a file per service, written once its
-consumer group has joined and its partitions are assigned. Files, not topics, so readiness
-works before (and regardless of) anything on the broker."""
+"""How a service tells the supervisor it is ready: a file per service replica, written once its
+consumer groups have joined and its partitions are assigned. Files, not topics, so readiness
+works before (and regardless of) anything on the broker. A replica is a service plus its
+CHARTER_INSTANCE, so a second replica started by hand does not pass for the first."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ def _dir(settings: Settings) -> Path:
     return settings.home / "run" / "ready"
 
 
+def _name(settings: Settings, service: str) -> str:
+    return f"{service}@{settings.instance}"
+
+
 def mark(settings: Settings, service: str) -> None:
     directory = _dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{service}.tmp"
+    tmp = directory / f".{_name(settings, service)}.tmp"
     tmp.write_text(f"{os.getpid()} {time.time()}\n")
-    tmp.replace(directory / service)
+    tmp.replace(directory / _name(settings, service))
 
 
 def clear(settings: Settings, service: str | None = None) -> None:
@@ -28,21 +33,22 @@ def clear(settings: Settings, service: str | None = None) -> None:
     if not directory.exists():
         return
     for path in directory.iterdir():
-        if service is None or path.name == service:
+        if service is None or path.name == _name(settings, service):
             path.unlink(missing_ok=True)
 
 
 def ready_pids(settings: Settings) -> dict[str, int]:
-    """Service name -> pid of the process that said it was ready."""
+    """Service name -> pid of this instance's process that said it was ready."""
     directory = _dir(settings)
     if not directory.exists():
         return {}
+    suffix = f"@{settings.instance}"
     out: dict[str, int] = {}
     for path in directory.iterdir():
-        if path.name.startswith("."):
+        if path.name.startswith(".") or not path.name.endswith(suffix):
             continue
         try:
-            out[path.name] = int(path.read_text().split()[0])
+            out[path.name.removesuffix(suffix)] = int(path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue
     return out

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -22,6 +25,7 @@ from charter.events import (
     RunEscalated,
     RunFailed,
 )
+from charter.stack import readiness
 from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_for, wait_run_end
 from tests.factories import ACTION, DECISION
 
@@ -220,3 +224,35 @@ def test_an_approval_is_decided_again_after_the_policy_changed_during_the_wait(s
         assert _refunds(stack, run) == []
     finally:
         freeze.unlink()
+
+
+def test_limits_hold_with_two_policy_replicas_in_one_group(stack: Stack) -> None:
+    """A second policy process joins the group and takes some partitions; the agent's daily
+    budget, shared through the store, is still spent exactly once."""
+    replica = stack.settings.model_copy(update={"instance": "replica-2"})
+    log = stack.home / "logs" / "policy-replica-2.log"
+    with (
+        log.open("wb") as out,
+        subprocess.Popen(
+            [sys.executable, "-m", "services.policy"],
+            env={**stack.env, "CHARTER_INSTANCE": "replica-2"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        ) as second,
+    ):
+        try:
+            deadline = time.monotonic() + 60
+            while "policy" not in readiness.ready_pids(replica):
+                assert second.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.2)
+            triggers = [stack.publish("test.replica", {"order_id": f"P-{5001 + n}"}) for n in range(12)]
+            ends = [wait_run_end(stack, run_id(t, "replica-tester"), timeout=60) for t in triggers]
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(20)
+    completed = [e for e in ends if isinstance(e, RunCompleted)]
+    refused = [e for e in ends if isinstance(e, RunFailed) and "budget_per_day" in e.reason]
+    assert (len(completed), len(refused)) == (4, 8)
+    # The replica really did take part: it owned some of the proposals' partitions.
+    assert re.search(r"partitions assigned: \[.*actions\.proposed", log.read_text())
