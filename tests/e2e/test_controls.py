@@ -4,12 +4,15 @@ and revalidation of an approval after the policy changed during the wait."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -256,3 +259,26 @@ def test_limits_hold_with_two_policy_replicas_in_one_group(stack: Stack) -> None
     assert (len(completed), len(refused)) == (4, 8)
     # The replica really did take part: it owned some of the proposals' partitions.
     assert re.search(r"partitions assigned: \[.*actions\.proposed", log.read_text())
+
+
+def test_what_if_replays_the_audit_log_through_candidate_policies(stack: Stack, tmp_path: Path) -> None:
+    for amount in (30, 80):
+        trigger = stack.publish("support.refund_requested", {"order_id": "F-1001", "amount": amount})
+        wait_run_end(stack, run_id(trigger, "support-refunds"))
+    time.sleep(1.0)  # the audit service appends asynchronously
+    candidate = tmp_path / "candidate"
+    shutil.copytree(stack.policies_dir, candidate)
+    cedar = candidate / "refunds.cedar"
+    cedar.write_text(
+        cedar.read_text()
+        .replace("amount <= 100 }", "amount <= 50 }")
+        .replace("amount > 100 &&", "amount > 50 &&")
+    )
+    out = tmp_path / "diff.json"
+    printed = stack.cli("policy", "what-if", str(candidate), "--out", str(out)).stdout
+    assert re.search(r"^allow\s+approval\s+\d+$", printed, re.MULTILINE), printed
+    report = json.loads(out.read_text())
+    assert report["transitions"]["allow -> approval"] >= 1
+    assert all(
+        c["tool"] == "issue_refund" and c["after_policies"] == ["refund-large"] for c in report["changes"]
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +11,15 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import REPO
+
 CLI = [sys.executable, "-m", "charter"]
 
 
-def charter(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+def charter(*args: str, home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
     env["CHARTER_HOME"] = str(home)
+    env.update(extra)
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
@@ -87,3 +91,24 @@ def test_the_contract_commands_exist() -> None:
         "replay",
     }
     assert expected <= paths
+
+
+def test_policy_check_and_test_on_the_shipped_policies(tmp_path: Path) -> None:
+    env = {"CHARTER_AGENTS_DIR": str(REPO / "agents"), "CHARTER_POLICIES_DIR": str(REPO / "policies")}
+    checked = charter("policy", "check", home=tmp_path, **env)
+    assert checked.returncode == 0, checked.stderr
+    assert "check against the schema of 4 tools" in checked.stdout
+    tested = charter("policy", "test", str(REPO / "policies" / "tests" / "cases.yaml"), home=tmp_path, **env)
+    assert tested.returncode == 0, tested.stdout
+    assert tested.stdout.strip().endswith("0 failed of 12")
+
+
+def test_policy_check_fails_naming_the_file_and_line(tmp_path: Path) -> None:
+    broken = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", broken)
+    (broken / "extra.cedar").write_text(
+        '\n\n@id("oops")\npermit (principal, action == Action::"nope", resource);\n'
+    )
+    result = charter("policy", "check", str(broken), home=tmp_path, CHARTER_AGENTS_DIR=str(REPO / "agents"))
+    assert result.returncode == 1
+    assert f"{broken / 'extra.cedar'}:3: oops: " in result.stdout

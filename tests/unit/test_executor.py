@@ -210,3 +210,18 @@ def test_an_unreachable_endpoint_is_retryable(ctx: ToolContext) -> None:
     with pytest.raises(ToolFailure) as err:
         asyncio.run(_call(spec, {"n": 4}, ctx, frozenset({"127.0.0.1"})))
     assert err.value.retryable
+
+
+def test_a_kill_switch_refusal_is_the_steps_one_outcome() -> None:
+    refusal = decide.refused(APPROVED, "kill switch on for agent support-refunds (by ops: fraud)", NOW)
+    assert refusal.rejected_by == "kill-switch"
+    assert refusal.decision.outcome == "deny"
+    assert refusal.decision.limit == "kill_switch"
+    assert refusal.event_id == decide.executed(APPROVED, {}, 1.0, 1, NOW).event_id
+
+
+def test_only_approvals_policy_decided_may_run() -> None:
+    human = APPROVED.model_copy(update={"approved_by": "dana", "revalidated": False})
+    assert not human.executable
+    assert human.model_copy(update={"revalidated": True}).executable
+    assert APPROVED.model_copy(update={"approved_by": "policy", "revalidated": False}).executable

@@ -6,17 +6,22 @@ import pytest
 
 from charter import agents, tools
 from charter.agents import Agent
+from charter.clock import new_id
 from charter.events import (
     ActionExecuted,
     ActionFailed,
     ActionProposed,
     ActionRejected,
     Decision,
+    KillSwitchSet,
+    RunCancelled,
     RunCompleted,
+    RunEscalated,
     RunFailed,
     RunStarted,
     TriggerReceived,
 )
+from charter.killswitch import switch_id
 from services.planner import decide
 from tests.conftest import REPO
 from tests.factories import trigger
@@ -208,3 +213,67 @@ def test_a_template_that_cannot_render_fails_the_run_as_a_plan_error() -> None:
 
 def test_a_filter_that_errors_does_not_match() -> None:
     assert not decide.matches(AGENTS["support-refunds"], trigger(order_id="A-1", amount="lots"))
+
+
+def _switch(active: bool = True, agent: str | None = None, tool: str | None = None) -> KillSwitchSet:
+    return KillSwitchSet.create(
+        event_id=new_id(),
+        now=NOW,
+        tenant="ops",
+        correlation_id="switch",
+        switch_id=switch_id(agent, tool),
+        scope_agent=agent,
+        scope_tool=tool,
+        active=active,
+        reason="fraud",
+        set_by="ops",
+    )
+
+
+def test_a_kill_switch_cancels_the_runs_it_covers() -> None:
+    refund = start(trigger(order_id="A-1", amount=40)).state
+    access = start(
+        trigger("it.access_requested", user="sam", system="wiki", level="read", environment="production")
+    ).state
+    [cancelled] = decide.on_kill_switch(_switch(agent="support-refunds"), [refund, access], NOW)
+    assert cancelled.state.run_id == refund.run_id
+    assert cancelled.state.status == "cancelled"
+    [event] = cancelled.outputs
+    assert isinstance(event, RunCancelled)
+    assert event.switch_id == "agent=support-refunds,tool=*"
+    # The run's own lineage, caused by the switch.
+    assert event.envelope.correlation_id == refund.trigger.envelope.correlation_id
+    assert event.envelope.tenant == refund.trigger.envelope.tenant
+    assert event.run_id == refund.run_id
+
+
+def test_a_tool_switch_cancels_only_runs_with_that_tool_ahead() -> None:
+    refund = start(trigger(order_id="A-1", amount=40)).state
+    past_refund = decide.RunState(refund.run_id, refund.agent, refund.trigger, "running", 2, {})
+    assert decide.on_kill_switch(_switch(tool="issue_refund"), [refund], NOW)
+    assert not decide.on_kill_switch(_switch(tool="issue_refund"), [past_refund], NOW)
+
+
+def test_a_switch_turned_off_or_a_finished_run_cancels_nothing() -> None:
+    refund = start(trigger(order_id="A-1", amount=40)).state
+    assert decide.on_kill_switch(_switch(active=False), [refund], NOW) == []
+    done = decide.RunState(refund.run_id, refund.agent, refund.trigger, "completed", 3, {})
+    assert decide.on_kill_switch(_switch(), [done], NOW) == []
+
+
+def test_a_loop_escalates_the_run_rather_than_failing_it() -> None:
+    transition = start(trigger(order_id="A-1", amount=40))
+    proposed = transition.outputs[1]
+    assert isinstance(proposed, ActionProposed)
+    decision = Decision(
+        outcome="deny", policy_ids=[], policy_hash="h", reasons=["loop: ..."], approval_roles=[], limit="loop"
+    )
+    rejected = ActionRejected.caused_by(
+        proposed, label="policy", now=NOW, action=proposed.action, decision=decision, rejected_by="policy"
+    )
+    step = decide.on_outcome(rejected, transition.state, NOW)
+    assert step is not None
+    [escalated] = step.outputs
+    assert isinstance(escalated, RunEscalated)
+    assert (escalated.cause, escalated.step) == ("loop", 0)
+    assert step.state.status == "escalated"

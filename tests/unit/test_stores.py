@@ -103,3 +103,15 @@ def test_executions_move_from_started_to_completed(engine: Engine) -> None:
         executions.save(conn, approved, 2, LATER, outcome)
     with engine.connect() as conn:
         assert executions.get(conn, key) == executor_decide.Execution("completed", 2, outcome)
+
+
+def test_a_run_that_ended_withdraws_its_pending_approvals(engine: Engine) -> None:
+    approvals.create(engine)
+    request = next(e for e in one_of_each() if isinstance(e, ApprovalRequested))
+    with engine.begin() as conn:
+        approvals.add(conn, request)
+        approvals.withdraw(conn, request.envelope.run_id or "", "run ended: cancelled", LATER)
+        approvals.decide(conn, request.approval_id, status="approved", by="dana", note=None, at=LATER)
+    with engine.connect() as conn:
+        [row] = approvals.listing(conn, None)
+    assert (row.status, row.decided_by, row.note) == ("withdrawn", "charter", "run ended: cancelled")
