@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench clean
+.PHONY: run test lint typecheck unit e2e postgres bench bench-policy clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -35,8 +35,20 @@ typecheck: $(STAMP)
 postgres:
 	@scripts/postgres.sh
 
-bench: $(STAMP)
-	$(BIN)/python bench/latency.py
+AGT := bench/.venv-agt
+
+$(AGT)/.installed:
+	$(PYTHON) -m venv $(AGT)
+	$(AGT)/bin/pip install --quiet agent-governance-toolkit-core==5.0.0
+	touch $@
+
+bench: $(STAMP) $(AGT)/.installed
+	$(BIN)/python bench/latency.py --broker tansu
+	$(BIN)/python bench/latency.py --broker kafka
+	$(BIN)/python bench/policy.py
+
+bench-policy: $(STAMP) $(AGT)/.installed
+	$(BIN)/python bench/policy.py
 
 clean:
-	rm -rf $(VENV) .charter .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(AGT) .charter .pytest_cache .mypy_cache .ruff_cache

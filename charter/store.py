@@ -96,6 +96,16 @@ def upsert(conn: Connection, table: Table, values: dict[str, Any], key: str | tu
     conn.execute(insert_(table).values(**values).on_conflict_do_update(index_elements=columns, set_=update))
 
 
+def upsert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: tuple[str, ...]) -> None:
+    """`upsert` for many rows of the same columns, as one statement executed many times."""
+    if not rows:
+        return
+    insert_ = pg_insert if conn.engine.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert_(table)
+    update = {c: stmt.excluded[c] for c in rows[0] if c not in key}
+    conn.execute(stmt.on_conflict_do_update(index_elements=list(key), set_=update), list(rows))
+
+
 def inbox_table(metadata: MetaData, service: str) -> Table:
     return Table(
         f"{service}_inbox",
@@ -123,6 +133,9 @@ class Inbox:
         return None if blob is None else _unpack(blob)
 
     def record(self, conn: Connection, event: Event, outputs: Sequence[Event], now: Any) -> None:
-        conn.execute(
-            insert(self.table).values(event_id=event.event_id, processed_at=now, outputs=_pack(outputs))
-        )
+        self.record_many(conn, [(event, outputs)], now)
+
+    def record_many(self, conn: Connection, done: Sequence[tuple[Event, Sequence[Event]]], now: Any) -> None:
+        if done:
+            rows = [{"event_id": e.event_id, "processed_at": now, "outputs": _pack(outs)} for e, outs in done]
+            conn.execute(insert(self.table), rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -31,7 +32,9 @@ def main() -> None:
     worker = faust.Worker(
         app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False
     )
-    worker.spinner = None  # a terminal spinner writes escape codes into the log file
+    worker.spinner = None
+    gc.collect()
+    gc.freeze()  # start-up's objects (agents, schemas) stay out of later collections  # a terminal spinner writes escape codes into the log file
     try:
         worker.execute_from_commandline()
     finally:

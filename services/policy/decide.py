@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from pydantic import ValidationError
 
@@ -57,22 +58,42 @@ class Ruling:
 
 
 def limits_for(ctx: Context, agent: Agent) -> AgentLimits:
-    file = ctx.bundle.limits
-    return combine(agent.limits, file.agents.get(agent.id, AgentLimits()), file.defaults)
+    return _limits(agent.limits, ctx.bundle.limits.agents.get(agent.id, _NONE), ctx.bundle.limits.defaults)
+
+
+_NONE = AgentLimits()
+
+
+@lru_cache(maxsize=1024)
+def _limits(own: AgentLimits, set_for_agent: AgentLimits, defaults: AgentLimits) -> AgentLimits:
+    # Limits are frozen models, so a policy bundle's combination is worked out once per agent.
+    return combine(own, set_for_agent, defaults)
+
+
+def binding(proposed: ActionProposed, ctx: Context) -> limits.Limits | None:
+    """The limits this proposal is held to, if its agent and tool exist."""
+    agent = ctx.agents.get(proposed.envelope.agent or "")
+    spec = ctx.tools.get(proposed.action.tool)
+    if agent is None or spec is None:
+        return None
+    return limits.Limits(limits_for(ctx, agent), ctx.bundle.limits.tools.get(spec.name), spec.cost_units)
+
+
+def usage_keys(proposed: ActionProposed, ctx: Context, now: datetime) -> list[limits.CounterKey]:
+    """The counters the decision on `proposed` may read or write: what a batch loads."""
+    held = binding(proposed, ctx)
+    return limits.keys_for(proposed, held, now) if held else []
 
 
 def decide(proposed: ActionProposed, ctx: Context, usage: limits.Usage, now: datetime) -> list[Event]:
     agent = ctx.agents.get(proposed.envelope.agent or "")
     ruling = _precheck(proposed.action, proposed.envelope.agent, ctx)
-    if ruling is None and agent is not None:
-        breach = limits.count_proposal(proposed, limits_for(ctx, agent), usage)
+    held = binding(proposed, ctx)
+    if ruling is None and agent is not None and held is not None:
+        breach = limits.count_proposal(proposed, held.agent, usage)
         ruling = _deny(breach.reason, limit=breach.limit) if breach else _cedar(proposed.action, agent, ctx)
         if ruling.outcome != "deny":
-            spec = ctx.tools[proposed.action.tool]
-            tool_limits = ctx.bundle.limits.tools.get(spec.name)
-            breach = limits.admit(
-                proposed, limits_for(ctx, agent), tool_limits, spec.cost_units, usage=usage, now=now
-            )
+            breach = limits.admit(proposed, held, usage=usage, now=now)
             if breach:
                 ruling = _deny(breach.reason, limit=breach.limit, policy_ids=ruling.policy_ids)
     ruling = ruling or _deny(f"unknown agent {proposed.envelope.agent!r}")

@@ -13,6 +13,7 @@ the resource catalog gives it), context `{parameters, environment}`.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,6 +22,7 @@ from typing import Any
 import cedarpy
 
 _I64 = 2**63
+_RECENT_RESOURCES = 4096
 
 
 @dataclass(frozen=True)
@@ -52,17 +54,34 @@ class Request:
 
 class CedarPolicies:
     """Every `*.cedar` file of a policy directory as one parsed set (raises ValueError if any
-    file does not parse, uses an id twice, or puts @approval on a forbid)."""
+    file does not parse, uses an id twice, or puts @approval on a forbid).
+
+    Cedar evaluates every policy it is given, so each tool gets the subset whose action scope
+    can match it (those scoped to it, and those scoped to any action). A policy scoped to other
+    actions can never be satisfied by this one, so the decision and its reasons are the same.
+    """
 
     def __init__(self, texts: Sequence[tuple[str, str]]) -> None:
-        self.infos, merged = _merge(texts)
-        self._set = cedarpy.PolicySet.from_json_str(json.dumps(merged))
-        self._principals: dict[tuple[str, tuple[str, ...], str], Any] = {}
+        self.infos, self._merged = _merge(texts)
+        # Parsed whole once, so that a set that does not load fails here, not at first use.
+        cedarpy.PolicySet.from_json_str(json.dumps(self._merged))
+        self._by_tool: dict[str, Any] = {}
+        self._principals: dict[tuple[Any, ...], Any] = {}
+        self._entities: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+
+    def _for_tool(self, tool: str) -> Any:
+        policies = self._by_tool.get(tool)
+        if policies is None:
+            static = {
+                pid: p for pid, p in self._merged["staticPolicies"].items() if _may_apply(p["action"], tool)
+            }
+            policies = cedarpy.PolicySet.from_json_str(json.dumps({**self._merged, "staticPolicies": static}))
+            self._by_tool[tool] = policies
+        return policies
 
     def _principal(self, request: Request) -> Any:
         """The agent's entities, parsed once per agent rather than once per request."""
-        attrs = json.dumps(dict(request.agent_attrs), sort_keys=True)
-        key = (request.agent, request.roles, attrs)
+        key = (request.agent, request.roles, *sorted(request.agent_attrs.items()))
         handle = self._principals.get(key)
         if handle is None:
             entities = [
@@ -77,25 +96,56 @@ class CedarPolicies:
             self._principals[key] = handle
         return handle
 
-    def evaluate(self, request: Request) -> Verdict:
+    def _with_resource(self, request: Request) -> Any:
+        """The agent's entities plus the resource's, kept for the most recent resources: the
+        steps of a run tend to work on the same target. (Parsed entities, never decisions.)"""
+        key = (
+            request.agent,
+            request.roles,
+            *sorted(request.agent_attrs.items()),
+            request.resource,
+            *sorted(request.resource_attrs.items()),
+        )
+        handle = self._entities.get(key)
+        if handle is not None:
+            self._entities.move_to_end(key)
+            return handle
         resource = {
             "uid": {"type": "Resource", "id": request.resource},
             "attrs": dict(request.resource_attrs),
             "parents": [],
         }
-        entities = self._principal(request).with_added_json_str(json.dumps([resource]))
+        handle = self._principal(request).with_added_json_str(json.dumps([resource]))
+        self._entities[key] = handle
+        if len(self._entities) > _RECENT_RESOURCES:
+            self._entities.popitem(last=False)
+        return handle
+
+    def evaluate(self, request: Request) -> Verdict:
+        entities = self._with_resource(request)
         result = cedarpy.is_authorized(
             {
                 "principal": {"type": "Agent", "id": request.agent},
                 "action": {"type": "Action", "id": request.tool},
                 "resource": {"type": "Resource", "id": request.resource},
-                "context": to_cedar(dict(request.context)),
+                "context": json.dumps(to_cedar(dict(request.context))),
             },
-            self._set,
+            self._for_tool(request.tool),
             entities,
         )
         diagnostics = result.diagnostics
         return Verdict(result.allowed, tuple(diagnostics.reasons), tuple(diagnostics.errors))
+
+
+def _may_apply(scope: dict[str, Any], tool: str) -> bool:
+    """Whether a policy's action scope can match `tool` (Charter defines no action groups, so
+    `action in Action::"x"` matches x alone)."""
+    op = scope.get("op")
+    if op == "==" or (op == "in" and "entity" in scope):
+        return bool(scope["entity"]["id"] == tool)
+    if op == "in" and "entities" in scope:
+        return any(e["id"] == tool for e in scope["entities"])
+    return True
 
 
 def _merge(texts: Sequence[tuple[str, str]]) -> tuple[dict[str, PolicyInfo], dict[str, Any]]:

@@ -5,32 +5,31 @@ the same parameters), whether it is allowed or not: a planner stuck in a loop is
 each attempt is denied. Budgets and rates are charged only when policy admits the action (it
 is allowed, or waits for a human), and an action that would exceed one is denied without
 being charged. A breach names the limit, so the denial can say which one was hit.
+
+Rates are sliding windows, estimated from two fixed windows (the current one, and the previous
+one weighted by how much of it the sliding window still covers), as production rate limiters
+do: two counters per scope, whatever the traffic, so replicas can share them cheaply.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from charter.events import ActionProposed, canonical_json
 from charter.limits import DEFAULT_LOOP_THRESHOLD, AgentLimits, Rate, ToolLimits
 
-# (kind, key, window), e.g. ("cost", run_id, "run"), ("cost", agent, "2026-11-22"), ("loop", run, signature)
+# (kind, key, window), e.g. ("cost", run_id, "run"), ("cost", agent, "2026-11-22"), ("loop", run, signature),
+# ("rate", "agent:support-refunds", "000029515800"): a rate's fixed window by its index.
 CounterKey = tuple[str, str, str]
-# (scope, key): ("agent", agent_id) or ("tool", tool_name); values are epoch seconds.
-WindowKey = tuple[str, str]
-RATE_HISTORY_S = 86_400.0
 
 
 @dataclass
 class Usage:
     counters: dict[CounterKey, float] = field(default_factory=dict)
-    calls: dict[WindowKey, list[float]] = field(default_factory=dict)
     # What changed, for the store to write back.
     touched: set[CounterKey] = field(default_factory=set)
-    new_calls: list[tuple[str, str, float]] = field(default_factory=list)
 
     def get(self, key: CounterKey) -> float:
         return self.counters.get(key, 0.0)
@@ -47,6 +46,15 @@ class Breach:
     reason: str
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What binds one proposal: its agent's limits, and its tool's."""
+
+    agent: AgentLimits
+    tool: ToolLimits | None
+    cost_units: int
+
+
 def day(now: datetime) -> str:
     return now.strftime("%Y-%m-%d")
 
@@ -56,16 +64,33 @@ def signature(proposed: ActionProposed) -> str:
     return hashlib.sha256(f"{action.tool}\0{canonical_json(action.parameters)}".encode()).hexdigest()[:32]
 
 
-def keys_for(proposed: ActionProposed, now: datetime) -> tuple[list[CounterKey], list[WindowKey]]:
-    """The counters and windows deciding this proposal may read or write."""
+def _window(rate: Rate, at: float) -> tuple[str, str, float]:
+    """The current and previous fixed windows' names, and how far into the current one `at` is."""
+    position = at / rate.per_seconds
+    index = int(position)
+    return f"{index:012d}", f"{index - 1:012d}", position - index
+
+
+def _rates(proposed: ActionProposed, limits: Limits) -> list[tuple[str, Rate | None, str]]:
+    return [
+        (f"agent:{proposed.envelope.agent or ''}", limits.agent.rate, "rate_agent"),
+        (f"tool:{proposed.action.tool}", limits.tool.rate if limits.tool else None, "rate_tool"),
+    ]
+
+
+def keys_for(proposed: ActionProposed, limits: Limits, now: datetime) -> list[CounterKey]:
+    """The counters deciding this proposal may read or write."""
     run = proposed.envelope.run_id or ""
     agent = proposed.envelope.agent or ""
-    tool = proposed.action.tool
     today = day(now)
-    counters = [(kind, run, "run") for kind in ("cost", "tokens", "llm_cost", "steps")]
-    counters += [(kind, agent, today) for kind in ("cost", "tokens", "llm_cost")]
-    counters += [("tool_cost", tool, today), ("loop", run, signature(proposed))]
-    return counters, [("agent", agent), ("tool", tool)]
+    keys = [(kind, run, "run") for kind in ("cost", "tokens", "llm_cost", "steps")]
+    keys += [(kind, agent, today) for kind in ("cost", "tokens", "llm_cost")]
+    keys += [("tool_cost", proposed.action.tool, today), ("loop", run, signature(proposed))]
+    for scope, rate, _ in _rates(proposed, limits):
+        if rate is not None:
+            current, previous, _ = _window(rate, now.timestamp())
+            keys += [("rate", scope, current), ("rate", scope, previous)]
+    return keys
 
 
 def count_proposal(proposed: ActionProposed, limits: AgentLimits, usage: Usage) -> Breach | None:
@@ -87,53 +112,38 @@ def count_proposal(proposed: ActionProposed, limits: AgentLimits, usage: Usage) 
     return None
 
 
-def admit(
-    proposed: ActionProposed,
-    limits: AgentLimits,
-    tool_limits: ToolLimits | None,
-    cost_units: int,
-    *,
-    usage: Usage,
-    now: datetime,
-) -> Breach | None:
+def admit(proposed: ActionProposed, limits: Limits, *, usage: Usage, now: datetime) -> Breach | None:
     """Charge an action policy admitted, unless that would exceed a budget or a rate."""
     run = proposed.envelope.run_id or ""
     agent = proposed.envelope.agent or ""
-    tool = proposed.action.tool
     today = day(now)
-    charges: Mapping[CounterKey, tuple[float, float | None, str]] = {
-        ("cost", run, "run"): (cost_units, limits.budget_per_run, "budget_per_run"),
-        ("cost", agent, today): (cost_units, limits.budget_per_day, "budget_per_day"),
-        ("tokens", run, "run"): (proposed.llm_tokens, limits.tokens_per_run, "tokens_per_run"),
-        ("tokens", agent, today): (proposed.llm_tokens, limits.tokens_per_day, "tokens_per_day"),
-        ("llm_cost", run, "run"): (proposed.llm_cost, limits.llm_cost_per_run, "llm_cost_per_run"),
-        ("llm_cost", agent, today): (proposed.llm_cost, limits.llm_cost_per_day, "llm_cost_per_day"),
-        ("tool_cost", tool, today): (
-            cost_units,
-            tool_limits.budget_per_day if tool_limits else None,
-            "tool_budget_per_day",
-        ),
-    }
-    for key, (amount, cap, name) in charges.items():
+    a, cost = limits.agent, limits.cost_units
+    tool_cap = limits.tool.budget_per_day if limits.tool else None
+    charges: list[tuple[CounterKey, float, float | None, str]] = [
+        (("cost", run, "run"), cost, a.budget_per_run, "budget_per_run"),
+        (("cost", agent, today), cost, a.budget_per_day, "budget_per_day"),
+        (("tokens", run, "run"), proposed.llm_tokens, a.tokens_per_run, "tokens_per_run"),
+        (("tokens", agent, today), proposed.llm_tokens, a.tokens_per_day, "tokens_per_day"),
+        (("llm_cost", run, "run"), proposed.llm_cost, a.llm_cost_per_run, "llm_cost_per_run"),
+        (("llm_cost", agent, today), proposed.llm_cost, a.llm_cost_per_day, "llm_cost_per_day"),
+        (("tool_cost", proposed.action.tool, today), cost, tool_cap, "tool_budget_per_day"),
+    ]
+    for key, amount, cap, name in charges:
         if cap is not None and usage.get(key) + amount > cap:
             return Breach(name, f"{name}: {usage.get(key):g} spent + {amount:g} would exceed {cap:g}")
     at = now.timestamp()
-    rates = [
-        (("agent", agent), limits.rate, "rate_agent"),
-        (("tool", tool), tool_limits.rate if tool_limits else None, "rate_tool"),
-    ]
-    for window, rate, name in rates:
-        if rate is not None and _recent(usage, window, rate, at) >= rate.count:
+    windows = []
+    for scope, rate, name in _rates(proposed, limits):
+        if rate is None:
+            continue
+        current, previous, elapsed = _window(rate, at)
+        recent = usage.get(("rate", scope, previous)) * (1 - elapsed) + usage.get(("rate", scope, current))
+        if recent + 1 > rate.count:
             return Breach(name, f"{name}: {rate.count} actions in {rate.per_seconds:g}s already")
-    for key, (amount, _, _) in charges.items():
+        windows.append(("rate", scope, current))
+    for key, amount, _, _ in charges:
         if amount:
             usage.add(key, amount)
-    for window, _, _ in rates:
-        usage.calls.setdefault(window, []).append(at)
-        usage.new_calls.append((*window, at))
+    for key in windows:
+        usage.add(key, 1)
     return None
-
-
-def _recent(usage: Usage, window: WindowKey, rate: Rate, at: float) -> int:
-    since = at - rate.per_seconds
-    return sum(1 for t in usage.calls.get(window, ()) if t > since)

@@ -32,18 +32,20 @@ from charter.watch import DirectoryWatcher
 from services.policy import limits
 from services.policy import store as policy_store
 from services.policy.bundle import PATTERNS, PolicyBundle
-from services.policy.decide import Context, decide, revalidate
+from services.policy.decide import Context, decide, revalidate, usage_keys
 
 log = logging.getLogger(__name__)
 NAME = "policy"
 
 
 class _Batch:
-    """The open transaction and usage snapshot one batch is decided in."""
+    """The open transaction and usage snapshot one batch is decided in, and its decisions,
+    recorded together when the batch ends."""
 
     def __init__(self, conn: Connection, usage: limits.Usage) -> None:
         self.conn = conn
         self.usage = usage
+        self.decided: dict[str, tuple[Event, list[Event]]] = {}
 
 
 class Policy:
@@ -72,22 +74,21 @@ class Policy:
             self._batch = _Batch(conn, self._usage_for(conn, deliveries, now))
             try:
                 prepared = await self.pipeline.prepare_batch(deliveries)
-                policy_store.save_usage(conn, self._batch.usage, now)
+                policy_store.save_usage(conn, self._batch.usage)
+                policy_store.inbox.record_many(conn, list(self._batch.decided.values()), now)
             finally:
                 self._batch = None
         await self.pipeline.publish(prepared)
 
     def _usage_for(self, conn: Connection, deliveries: Sequence[Delivery], now: datetime) -> limits.Usage:
-        counters: list[limits.CounterKey] = []
-        windows: list[limits.WindowKey] = []
+        keys: list[limits.CounterKey] = []
+        ctx = self.context()
         for delivery in deliveries:
             with contextlib.suppress(InvalidMessage):
                 event = serde.decode(delivery.value)
                 if isinstance(event, ActionProposed):
-                    keys, scopes = limits.keys_for(event, now)
-                    counters += keys
-                    windows += scopes
-        return policy_store.load_usage(conn, counters, windows, now)
+                    keys += usage_keys(event, ctx, now)
+        return policy_store.load_usage(conn, keys)
 
     async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
         batch = self._batch
@@ -102,13 +103,14 @@ class Policy:
     def _once(
         self, batch: _Batch, event: Event, decision: Callable[[datetime], list[Event]]
     ) -> Sequence[Event]:
-        """The recorded outputs for a redelivered event; else decide, and record."""
+        """The recorded outputs for a redelivered event; else decide (recorded at batch end)."""
+        if event.event_id in batch.decided:
+            return batch.decided[event.event_id][1]
         done = policy_store.inbox.outputs_of(batch.conn, event.event_id)
         if done is not None:
             return done
-        now = self._clock.now()
-        outputs = decision(now)
-        policy_store.inbox.record(batch.conn, event, outputs, now)
+        outputs = decision(self._clock.now())
+        batch.decided[event.event_id] = (event, outputs)
         return outputs
 
     async def announce(self) -> None:

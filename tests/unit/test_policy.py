@@ -329,20 +329,24 @@ def test_an_agent_cannot_loosen_what_security_sets(tmp_path: Path) -> None:
 
 
 def test_the_rate_limit_is_a_sliding_window(tmp_path: Path) -> None:
+    # Two per ten seconds. NOW is on a window boundary; the estimate counts the previous fixed
+    # window weighted by how much of it the sliding window still covers.
     ctx = _limited(tmp_path, "agents: {it-access: {rate: {count: 2, per_seconds: 10}}}")
     usage = Usage()
     systems = iter(["wiki", "jira", "crm", "build", "payroll-db"])
-    assert isinstance(decided(grant("read", next(systems), run="a"), ctx, usage, NOW), ActionApproved)
-    assert isinstance(
-        decided(grant("read", next(systems), run="b"), ctx, usage, NOW + timedelta(seconds=4)), ActionApproved
-    )
-    decision = denial(decided(grant("read", next(systems), run="c"), ctx, usage, NOW + timedelta(seconds=8)))
-    assert decision.limit == "rate_agent"
-    # Ten seconds after the first, one slot is free again.
-    assert isinstance(
-        decided(grant("read", next(systems), run="d"), ctx, usage, NOW + timedelta(seconds=10.5)),
-        ActionApproved,
-    )
+
+    def at(seconds: float) -> Event:
+        return decided(
+            grant("read", next(systems), run=f"r{seconds}"), ctx, usage, NOW + timedelta(seconds=seconds)
+        )
+
+    assert isinstance(at(0), ActionApproved)
+    assert isinstance(at(4), ActionApproved)
+    assert denial(at(8)).limit == "rate_agent"
+    # Just into the next window, the two are still most of the sliding window: 2 x 0.9 + 0.
+    assert denial(at(11)).limit == "rate_agent"
+    # Late in it, they have nearly slid out: 2 x 0.2 + 0 leaves room.
+    assert isinstance(at(18), ActionApproved)
 
 
 def test_a_tool_rate_limit_spans_agents(tmp_path: Path) -> None:

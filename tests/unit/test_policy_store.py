@@ -4,7 +4,6 @@ transactions really serialize (two processes, read-modify-write, no lost update)
 from __future__ import annotations
 
 import multiprocessing
-from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select, update
 
@@ -12,35 +11,38 @@ from charter.store import make_engine, serialized
 from services.policy import store
 from services.policy.limits import Usage
 
-NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
 
-
-def test_usage_round_trips_and_old_calls_are_pruned(engine: Engine) -> None:
+def test_usage_round_trips_and_old_rate_windows_are_dropped(engine: Engine) -> None:
     store.create(engine)
     usage = Usage()
     usage.add(("cost", "run-1", "run"), 5)
     usage.add(("cost", "agent-a", "2026-11-22"), 7.5)
-    old = (NOW - timedelta(days=2)).timestamp()
-    usage.new_calls += [("agent", "agent-a", old), ("agent", "agent-a", NOW.timestamp())]
+    for window in ("000000000007", "000000000008"):
+        usage.add(("rate", "agent:agent-a", window), 3)
     with engine.begin() as conn:
-        store.save_usage(conn, usage, NOW)
+        store.save_usage(conn, usage)
     more = Usage()
-    more.add(("cost", "run-1", "run"), 0)
-    more.counters[("cost", "run-1", "run")] = 9
-    more.new_calls.append(("agent", "agent-a", NOW.timestamp() + 1))
+    more.counters[("cost", "run-1", "run")] = 8
+    more.add(("cost", "run-1", "run"), 1)
+    more.add(("rate", "agent:agent-a", "000000000009"), 1)
     with engine.begin() as conn:
-        store.save_usage(conn, more, NOW)
+        store.save_usage(conn, more)
+    wanted = [
+        ("cost", "run-1", "run"),
+        ("cost", "agent-a", "2026-11-22"),
+        ("cost", "nope", "run"),
+        *(("rate", "agent:agent-a", f"{w:012d}") for w in (7, 8, 9)),
+    ]
     with engine.connect() as conn:
-        loaded = store.load_usage(
-            conn,
-            [("cost", "run-1", "run"), ("cost", "agent-a", "2026-11-22"), ("cost", "nope", "run")],
-            [("agent", "agent-a")],
-            NOW,
-        )
+        loaded = store.load_usage(conn, wanted)
         assert store.counter_value(conn, "cost", "agent-a", "2026-11-22") == 7.5
-    assert loaded.counters == {("cost", "run-1", "run"): 9, ("cost", "agent-a", "2026-11-22"): 7.5}
-    # The two-day-old call is gone; the two recent ones remain.
-    assert sorted(loaded.calls[("agent", "agent-a")]) == [NOW.timestamp(), NOW.timestamp() + 1]
+    # Window 7 is older than the previous window of 9: gone. 8 and 9 remain.
+    assert loaded.counters == {
+        ("cost", "run-1", "run"): 9,
+        ("cost", "agent-a", "2026-11-22"): 7.5,
+        ("rate", "agent:agent-a", "000000000008"): 3,
+        ("rate", "agent:agent-a", "000000000009"): 1,
+    }
 
 
 _meta = MetaData()
