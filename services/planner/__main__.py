@@ -32,9 +32,9 @@ def main() -> None:
     worker = faust.Worker(
         app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False
     )
-    worker.spinner = None
+    worker.spinner = None  # a terminal spinner writes escape codes into the log file
     gc.collect()
-    gc.freeze()  # start-up's objects (agents, schemas) stay out of later collections  # a terminal spinner writes escape codes into the log file
+    gc.freeze()  # start-up's objects (agents, schemas) stay out of later collections
     try:
         worker.execute_from_commandline()
     finally:
