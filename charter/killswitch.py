@@ -8,18 +8,20 @@ a restart, and answers KillSwitchAcknowledged so the operator knows it is in for
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import Boolean, Column, Connection, DateTime, Engine, MetaData, String, Table, Text, select
 
-from charter import topics
+from charter import broker, topics
 from charter.bus import Bus
 from charter.clock import SystemClock, as_utc, derive_id
 from charter.config import Settings
-from charter.consumer import ConsumerLoop, Delivery
 from charter.errors import InvalidMessage
 from charter.events import KillSwitchAcknowledged, KillSwitchSet
 from charter.serde import decode
@@ -91,7 +93,8 @@ class SwitchStore:
         ]
 
     def apply(self, conn: Connection, event: KillSwitchSet) -> bool:
-        """Record the change unless a newer one is already recorded. True if it changed."""
+        """Record the change unless a newer one is already recorded. True if the event is the
+        switch's current state (newly recorded, or recorded already)."""
         t = self._table
         at = event.envelope.occurred_at
         current = conn.execute(select(t.c.changed_at).where(t.c.switch_id == event.switch_id)).scalar()
@@ -119,7 +122,13 @@ OnChange = Callable[[KillSwitchSet], Awaitable[None]]
 
 class ControlFollower:
     """Follows `control` for one service process: records kill switches, runs the service's own
-    reaction (cancelling runs, say), then acknowledges. Offsets commit after all of that."""
+    reaction (cancelling runs, say), then acknowledges.
+
+    It joins no consumer group: every replica must see every switch, and a group would split
+    the partitions among them. It reads `control` from the beginning at each start instead;
+    applying a switch is idempotent (the latest change wins), and reactions are deduplicated by
+    the switch event's id, so reading history again changes nothing that was done.
+    """
 
     def __init__(
         self,
@@ -140,32 +149,41 @@ class ControlFollower:
         self._clock = SystemClock()
         self.switches: list[KillSwitch] = store.active()
 
-    def loop(self, on_assigned: Callable[[], None] = lambda: None) -> ConsumerLoop:
-        group = f"{self._settings.topic_prefix}{self._service}.control.{self._settings.instance}"
-        return ConsumerLoop(
-            self._settings,
-            group_id=group,
-            topics=[topics.name(self._settings, topics.Topic.CONTROL)],
-            handle_batch=self.handle_batch,
-            on_assigned=on_assigned,
-        )
+    async def run(self, stop: asyncio.Event, on_assigned: Callable[[], None] = lambda: None) -> None:
+        name = topics.name(self._settings, topics.Topic.CONTROL)
+        consumer = AIOKafkaConsumer(**broker.consumer_kwargs(self._settings))
+        await consumer.start()
+        try:
+            admin_partitions = consumer.partitions_for_topic(name) or await _partitions(self._settings, name)
+            parts = [TopicPartition(name, p) for p in sorted(admin_partitions)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            on_assigned()
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100)
+                for records in batch.values():
+                    for record in records:
+                        await self._handle(record.value)
+        finally:
+            await consumer.stop()
 
-    async def handle_batch(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            try:
-                event = decode(delivery.value)
-            except InvalidMessage:
-                continue  # the audit keeps it; the policy pipeline dead-letters nothing on control
-            if isinstance(event, KillSwitchSet):
-                await self._apply(event)
+    async def _handle(self, value: bytes) -> None:
+        try:
+            event = decode(value)
+        except InvalidMessage:
+            return  # the audit keeps it; control carries nothing a service must act on besides switches
+        if isinstance(event, KillSwitchSet):
+            await self._apply(event)
 
     async def _apply(self, event: KillSwitchSet) -> None:
         with self._engine.begin() as conn:
-            self._store.apply(conn, event)
+            current = self._store.apply(conn, event)
         self.switches = self._store.active()
+        if not current:
+            return  # history read again at start: a later change already holds
         if self._on_change is not None:
-            # Every time, not only on a change: a reaction cut short by a crash is redone,
-            # and reactions are idempotent by the switch event's id.
+            # Not only on a change: a reaction cut short by a crash is redone, and reactions
+            # are idempotent by the switch event's id.
             await self._on_change(event)
         log.warning("kill switch %s %s: %s", event.switch_id, "ON" if event.active else "off", event.reason)
         await self._bus.publish(
@@ -179,3 +197,13 @@ class ControlFollower:
                 instance=self._settings.instance,
             )
         )
+
+
+async def _partitions(settings: Settings, name: str) -> set[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap())
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([name])
+    finally:
+        await admin.close()
+    return {p["partition"] for p in described["partitions"]}

@@ -78,8 +78,8 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
     tasks = [asyncio.create_task(loop.run(stop), name=f"{name}-consumer")]
     if parts.control is not None:
         assigned["control"] = False
-        control = parts.control.loop(on_assigned=lambda: joined("control"))
-        tasks.append(asyncio.create_task(control.run(stop), name=f"{name}-control"))
+        following = parts.control.run(stop, on_assigned=lambda: joined("control"))
+        tasks.append(asyncio.create_task(following, name=f"{name}-control"))
     tasks += [asyncio.create_task(task(stop), name=f"{name}-{task.__name__}") for task in parts.background]
     try:
         # The first task to fail takes the process down; the supervisor restarts it.

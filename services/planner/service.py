@@ -159,7 +159,7 @@ class Runtime:
 
     async def follow_control(self) -> None:
         await self.start_bus()
-        await self.control.loop(on_assigned=lambda: self.joined("control")).run(self.stopping)
+        await self.control.run(self.stopping, on_assigned=lambda: self.joined("control"))
 
 
 def build_app(settings: Settings) -> faust.App:

@@ -73,8 +73,13 @@ def test_a_large_refund_waits_is_approved_through_the_cli_and_executes_once(stac
     asyncio.run(sneak())
     later = stack.publish("support.refund_requested", {"order_id": "S-2003", "amount": 10})
     wait_run_end(stack, run_id(later, "support-refunds"))
-    approved = [e for e in run_events(stack, run, "actions.approved") if e.action.tool == "issue_refund"]  # type: ignore[attr-defined]
-    assert [e.approved_by for e in approved] == ["dana"]  # type: ignore[attr-defined]
+    approved = [
+        e
+        for e in run_events(stack, run, "actions.approved")
+        if isinstance(e, ActionApproved) and e.action.tool == "issue_refund"
+    ]
+    # Dana's approval, then policy's revalidation of it; mallory's came too late to count.
+    assert [(e.approved_by, e.revalidated) for e in approved] == [("dana", False), ("dana", True)]
     executed = [e for e in run_events(stack, run, "actions.results") if isinstance(e, ActionExecuted)]
     assert [e.action.tool for e in executed].count("issue_refund") == 1
     assert len(_refunds(stack, run)) == 1
