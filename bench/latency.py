@@ -4,7 +4,7 @@
 
 Starts `charter up` `--starts` times in fresh homes and reports the time to ready each time.
 On the last stack it publishes `--runs` small refunds one after another (three governed
-actions each: 15 Kafka hops through five processes) and reports, as medians and p90:
+actions each: 10 Kafka hops through three services) and reports, as medians and p90:
   - pipeline: the trigger's occurred_at to RunCompleted's occurred_at (the services' own clocks);
   - client: publish call to the RunCompleted arriving at a subscriber (adds the client's hops).
 Results go to bench/results/latency-<broker>.json. On Kafka every hop is a transaction (outputs

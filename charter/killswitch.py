@@ -28,6 +28,7 @@ from charter.serde import decode
 from charter.store import upsert
 
 log = logging.getLogger(__name__)
+CONTROL_FETCH_WAIT_MS = 200
 
 
 def switch_id(agent: str | None, tool: str | None) -> str:
@@ -151,7 +152,11 @@ class ControlFollower:
 
     async def run(self, stop: asyncio.Event, on_assigned: Callable[[], None] = lambda: None) -> None:
         name = topics.name(self._settings, topics.Topic.CONTROL)
-        consumer = AIOKafkaConsumer(**broker.consumer_kwargs(self._settings))
+        # A switch must be in force within a second, not within a hop: a longer fetch wait keeps
+        # five idle followers from polling the broker fifty times a second each.
+        consumer = AIOKafkaConsumer(
+            **{**broker.consumer_kwargs(self._settings), "fetch_max_wait_ms": CONTROL_FETCH_WAIT_MS}
+        )
         await consumer.start()
         try:
             admin_partitions = consumer.partitions_for_topic(name) or await _partitions(self._settings, name)
