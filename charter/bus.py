@@ -52,6 +52,7 @@ class Bus:
         self._producer: AIOKafkaProducer | None = None
         self._txn_lock = asyncio.Lock()
         self._in_txn = False
+        self._sent_in_txn = 0
 
     @property
     def transactional(self) -> bool:
@@ -75,10 +76,16 @@ class Bus:
             return
         async with self._txn_lock, self._producer.transaction():
             self._in_txn = True
+            self._sent_in_txn = 0
             try:
                 yield
             finally:
                 self._in_txn = False
+
+    @property
+    def sent_in_transaction(self) -> int:
+        """How many records the open transaction has sent so far."""
+        return self._sent_in_txn
 
     async def send_offsets(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
         """Commit consumed offsets as part of the open transaction."""
@@ -99,6 +106,8 @@ class Bus:
         if self._producer is None:
             raise RuntimeError("Bus.send before Bus.start")
         out = route(self.settings, event)
+        if self._in_txn:
+            self._sent_in_txn += 1
         future: asyncio.Future[Any] = await self._producer.send(
             out.topic, out.value, key=out.key, headers=telemetry.inject()
         )

@@ -94,13 +94,21 @@ class ConsumerLoop:
             for r in records
         ]
         try:
+            wrote = False
             if self._txn_bus is not None:
                 async with self._txn_bus.transaction():
                     await self._handle_batch(deliveries)
-                    next_offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-                    await self._txn_bus.send_offsets(next_offsets, self._group_id)
+                    wrote = self._txn_bus.sent_in_transaction > 0
+                    if wrote:
+                        next_offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                        await self._txn_bus.send_offsets(next_offsets, self._group_id)
             else:
                 await self._handle_batch(deliveries)
+            if not wrote:
+                # Nothing was sent, so there is nothing the offsets must commit atomically with:
+                # an empty transaction ends without a round trip, and a plain commit is one
+                # request where a transactional one is three. (Kafka orders the two kinds of
+                # offset commit by their position in the log, so neither overwrites a newer one.)
                 offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
                 await consumer.commit(offsets)
         except CommitFailedError as exc:

@@ -9,12 +9,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from charter import serde, topics
 from charter.client import Client
@@ -158,3 +160,50 @@ def test_a_subscription_from_a_time_sees_a_transaction_that_commits_meanwhile(st
         return received.event.event_id if received.event else None
 
     assert asyncio.run(go()) == "race-1"
+
+
+def _left_unread(stack: Stack, service: str, topic_names: list[str]) -> int:
+    """Records a service's group has yet to commit past, read as its own consumer would."""
+
+    async def go() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.bootstrap())
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=stack.settings.bootstrap(),
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+        )
+        await admin.start()
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group_id(stack.settings, service))
+            parts = [TopicPartition(t, p) for t in topic_names for p in range(stack.settings.partitions)]
+            consumer.assign(parts)
+            for tp in parts:
+                if tp in committed:
+                    consumer.seek(tp, committed[tp].offset)
+                else:
+                    await consumer.seek_to_beginning(tp)
+            left = 0
+            while batch := await consumer.getmany(timeout_ms=1000):
+                left += sum(len(records) for records in batch.values())
+            return left
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def test_batches_that_send_nothing_still_commit_their_offsets(stack: Stack) -> None:
+    """The policy service reads back its own allowed decisions (only human approvals need it)
+    and sends nothing for them: such batches commit their offsets outside a transaction, between
+    batches that commit theirs inside one. Neither kind may overwrite the other: once the run is
+    over, the group has nothing left to read."""
+    trigger = stack.publish("support.refund_requested", {"order_id": "X-1003", "amount": 20})
+    assert isinstance(wait_run_end(stack, run_id(trigger, "support-refunds")), RunCompleted)
+    read = (topics.Topic.ACTIONS_PROPOSED, topics.Topic.ACTIONS_APPROVED)
+    names = [topics.name(stack.settings, t) for t in read]
+    deadline = time.monotonic() + 10
+    while (left := _left_unread(stack, "policy", names)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == 0
