@@ -31,10 +31,21 @@ class WriterSchema:
     parsed: Any
     fingerprint: bytes
     canonical: str
+    # False for a version kept only so that events it wrote can still be read.
+    current: bool = True
+
+
+def _fingerprint(parsed: Any) -> tuple[bytes, str]:
+    # The fingerprint is of the whole schema, named types written out where first used, as
+    # every Avro implementation computes it; not of the bare reference "charter.Envelope".
+    canonical = to_parsing_canonical_form(expand_schema(parsed))
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")), canonical
 
 
 class SchemaSet:
-    """The `.avsc` files of one directory: named types in `types/`, one event type per file."""
+    """The `.avsc` files of one directory: named types in `types/`, one event type per file,
+    and in `versions/` every earlier version of each, whole, named `<Name>.<fingerprint>.avsc`
+    (scripts/schema_versions.py writes them), read through the current one."""
 
     def __init__(self, directory: Path) -> None:
         named: dict[str, Any] = {}
@@ -44,17 +55,17 @@ class SchemaSet:
         self.by_fingerprint: dict[bytes, WriterSchema] = {}
         for path in sorted(directory.glob("*.avsc")):
             parsed = parse_schema(json.loads(path.read_text()), named_schemas=dict(named))
-            # The fingerprint is of the whole schema, named types written out where first used,
-            # as every Avro implementation computes it; not of the bare reference "charter.Envelope".
-            canonical = to_parsing_canonical_form(expand_schema(parsed))
-            schema = WriterSchema(
-                name=path.stem,
-                parsed=parsed,
-                fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
-                canonical=canonical,
-            )
+            fp, canonical = _fingerprint(parsed)
+            schema = WriterSchema(name=path.stem, parsed=parsed, fingerprint=fp, canonical=canonical)
             self.by_name[schema.name] = schema
             self.by_fingerprint[schema.fingerprint] = schema
+        for path in sorted((directory / "versions").glob("*.avsc")):
+            name, _, _ = path.name.partition(".")
+            if name not in self.by_name:
+                continue  # an event type no longer written or read
+            parsed = parse_schema(json.loads(path.read_text()))
+            fp, canonical = _fingerprint(parsed)
+            self.by_fingerprint.setdefault(fp, WriterSchema(name, parsed, fp, canonical, current=False))
 
 
 @cache
@@ -86,7 +97,9 @@ def decode(data: bytes) -> Event:
     schema = writer_schema(data)
     body = io.BytesIO(data[_HEADER_LEN:])
     try:
-        record = fastavro.schemaless_reader(body, schema.parsed, None)
+        # An older writer's record is resolved into the current schema (defaults filled in).
+        reader = None if schema.current else schemas().by_name[schema.name].parsed
+        record = fastavro.schemaless_reader(body, schema.parsed, reader)
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise UndecodableRecord(f"{schema.name} body does not decode: {exc}") from exc
     if body.tell() != len(data) - _HEADER_LEN:

@@ -1,0 +1,92 @@
+"""Keep every committed version of every event schema readable.
+
+    .venv/bin/python scripts/schema_versions.py          # writes what is missing
+    .venv/bin/python scripts/schema_versions.py --check  # exits 1 if anything is missing
+
+An event on a topic or in the audit log names its writer schema by fingerprint. Once a schema
+changes, the old fingerprint must still resolve, so each version that was ever committed is
+kept, whole (named types written in), as `schemas/versions/<Name>.<fingerprint>.avsc`; the
+decoder reads old events with the current schema through Avro's schema resolution.
+Run it after committing a schema change (the unit tests fail until it has been run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing_canonical_form
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMAS = "schemas"
+VERSIONS = REPO / SCHEMAS / "versions"
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
+
+
+def _files_at(commit: str, folder: str) -> list[str]:
+    listed = _git("ls-tree", "--name-only", f"{commit}:{folder}")
+    return [n for n in listed.stdout.split() if n.endswith(".avsc")] if listed.returncode == 0 else []
+
+
+def _read_at(commit: str, path: str) -> str:
+    return _git("show", f"{commit}:{path}").stdout
+
+
+def _clean(value: Any) -> Any:
+    """fastavro's bookkeeping keys out: the schema as written."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if not k.startswith("__")}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def versions_at(commit: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each event schema at `commit`: name -> (fingerprint hex, whole schema)."""
+    named: dict[str, Any] = {}
+    for name in _files_at(commit, f"{SCHEMAS}/types"):
+        parse_schema(json.loads(_read_at(commit, f"{SCHEMAS}/types/{name}")), named_schemas=named)
+    out = {}
+    for name in _files_at(commit, SCHEMAS):
+        parsed = parse_schema(json.loads(_read_at(commit, f"{SCHEMAS}/{name}")), named_schemas=dict(named))
+        whole = _clean(expand_schema(parsed))
+        canonical = to_parsing_canonical_form(parse_schema(whole))
+        out[name.removesuffix(".avsc")] = (fingerprint(canonical, "CRC-64-AVRO"), whole)
+    return out
+
+
+def committed_versions() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every version of every schema in the history: file name -> (name, whole schema)."""
+    commits = _git("log", "--format=%H", "--", SCHEMAS).stdout.split()
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for commit in commits:
+        for name, (fp, whole) in versions_at(commit).items():
+            found.setdefault(f"{name}.{fp}.avsc", (name, whole))
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="Report what is missing; write nothing.")
+    args = parser.parse_args()
+    missing = {f: v for f, v in committed_versions().items() if not (VERSIONS / f).exists()}
+    if args.check:
+        for file in sorted(missing):
+            print(f"missing: {SCHEMAS}/versions/{file}")
+        return 1 if missing else 0
+    VERSIONS.mkdir(exist_ok=True)
+    for file, (_, whole) in sorted(missing.items()):
+        (VERSIONS / file).write_text(json.dumps(whole, indent=2) + "\n")
+        print(f"wrote {SCHEMAS}/versions/{file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
