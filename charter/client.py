@@ -24,7 +24,7 @@ from charter.bus import Bus
 from charter.clock import SystemClock, new_id
 from charter.config import Settings
 from charter.errors import ConfigError, InvalidMessage
-from charter.events import ApprovalGranted, ApprovalRejected, Event, TriggerReceived
+from charter.events import Event, TriggerReceived
 
 # How long a read waits for more records before deciding it has reached the end. Needed because
 # Tansu under-reports end offsets (BROKER.md): "past the reported end" is not proof of "at the end".
@@ -105,40 +105,6 @@ class Client:
         )
         await self.send(trigger)
         return trigger
-
-    async def approve(
-        self, approval_id: str, *, approver: str, run_id: str, comment: str | None = None
-    ) -> None:
-        """Approve an approval the approvals service has recorded (`charter approvals list` shows
-        it). A decision on an approval it does not know is dead-lettered, not held."""
-        await self._decide(ApprovalGranted, approval_id, approver, run_id, comment=comment)
-
-    async def reject(
-        self, approval_id: str, *, approver: str, run_id: str, reason: str | None = None
-    ) -> None:
-        """Reject a recorded approval; the run ends."""
-        await self._decide(ApprovalRejected, approval_id, approver, run_id, reason=reason)
-
-    async def _decide(
-        self,
-        kind: type[ApprovalGranted | ApprovalRejected],
-        approval_id: str,
-        approver: str,
-        run_id: str,
-        **note: Any,
-    ) -> None:
-        await self.send(
-            kind.create(
-                event_id=new_id(),
-                now=self._clock.now(),
-                tenant=self.settings.tenant,
-                run_id=run_id,
-                correlation_id=approval_id,
-                approval_id=approval_id,
-                approver=approver,
-                **note,
-            )
-        )
 
     async def subscribe(self, *names: str, since: datetime | None = None) -> AsyncGenerator[Received, None]:
         """Follow topics (`runs`, `actions.results`, ...; all when none given) from `since`

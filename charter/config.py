@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from charter.errors import ConfigError
@@ -49,6 +49,24 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_message_bytes: int = Field(1_000_000, ge=1024)
     trace_exporter: Literal["none", "console", "file"] = "file"
+    keys_dir: Path | None = Field(None, description="Signing keys (PEM); unset means <home>/keys.")
+    # The HTTP API and console, served by the approvals service.
+    api_host: str = Field("127.0.0.1", description="Address the API and console listen on.")
+    api_port: int = Field(8470, ge=1, le=65535, description="Port of the API and console.")
+    public_url: str | None = Field(
+        None, description="The console's address in links; unset: http://host:port."
+    )
+    api_url: str | None = Field(None, description="The API the CLI talks to; unset: the running stack's.")
+    token: SecretStr | None = Field(None, description="The CLI's API token.")
+    users_file: Path = Field(Path("users.yaml"), description="Users and their roles.")
+    oidc_issuer: str | None = Field(None, description="Accept JWTs from this OpenID Connect issuer.")
+    oidc_audience: str | None = Field(None, description="The audience those JWTs must name.")
+    oidc_jwks_url: str | None = Field(None, description="The JWKS; unset: <issuer>/.well-known/jwks.json.")
+    oidc_user_claim: str = Field("preferred_username", description="The JWT claim naming the user.")
+    oidc_roles_claim: str = Field("roles", description="The JWT claim listing roles (dots for nesting).")
+    approval_timeout_s: float = Field(86_400, gt=0, description="An approval not decided by then expires.")
+    webhook_url: str | None = Field(None, description="Called on approvals requested, runs escalated.")
+    webhook_secret: SecretStr | None = Field(None, description="Signs webhook bodies (HMAC-SHA256).")
     log_level: str = "INFO"
 
     @property
@@ -62,6 +80,23 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
+
+    @property
+    def keys(self) -> Path:
+        return self.keys_dir if self.keys_dir is not None else self.home / "keys"
+
+    @property
+    def console_url(self) -> str:
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    def api(self) -> str:
+        """The API to call: the configured one, else the one `charter up` is running."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        try:
+            return str(json.loads(self.stack_file.read_text())["api_url"])
+        except (FileNotFoundError, KeyError, ValueError):
+            return f"http://{self.api_host}:{self.api_port}"
 
     @property
     def broker_kind(self) -> BrokerKind:

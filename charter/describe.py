@@ -42,11 +42,23 @@ def describe(event: ev.Event) -> str:  # noqa: C901, PLR0912 - one branch per ev
             return f"{event.action.tool} rejected by {event.rejected_by}: {_why(event.decision)}"
         case ev.ApprovalRequested():
             roles = " or ".join(event.decision.approval_roles)
-            return f"{event.action.tool} waits for approval by {roles} [approval {event.approval_id[:8]}]"
+            n = event.decision.approvals_required
+            who = f"{n} people in {roles}" if n > 1 else roles
+            return f"{event.action.tool} waits for approval by {who} [approval {event.approval_id[:8]}]"
         case ev.ApprovalGranted():
             return f"approval {event.approval_id[:8]} granted by {event.approver}"
         case ev.ApprovalRejected():
             return f"approval {event.approval_id[:8]} rejected by {event.approver}: {event.reason or '-'}"
+        case ev.ApprovalAmended():
+            return (
+                f"approval {event.approval_id[:8]} amended by {event.approver}: "
+                f"{_short(event.parameters)} goes back to policy"
+            )
+        case ev.ApprovalExpired():
+            return f"approval {event.approval_id[:8]} expired without a decision"
+        case ev.ApprovalRefused():
+            who = event.approver or "someone"
+            return f"{who} may not {event.attempted} approval {event.approval_id[:8]}: {event.reason}"
         case ev.ActionExecuted():
             return f"{event.action.tool} executed in {event.duration_ms:.1f} ms: {_short(event.result)}"
         case ev.ActionFailed():

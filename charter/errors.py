@@ -4,7 +4,9 @@
     ├── InvalidMessage          bad input: never retried; the record goes to <topic>.dlq with the reason
     │   ├── UndecodableRecord   not Avro single-object bytes, or bytes that do not decode
     │   ├── UnknownSchema       a fingerprint this build does not know
-    │   └── InvalidEvent        decodes, but breaks a rule (bad JSON, unknown approval, ...)
+    │   ├── InvalidEvent        decodes, but breaks a rule (bad JSON, unknown approval, ...)
+    │   └── ForgedEvent         claims authority it cannot prove: no valid signature of the
+    │                           service that alone may write it (see charter.signing)
     ├── TransientError          the world hiccupped (a locked database, a slow dependency):
     │                           retried under RetryPolicy, then dead-lettered with the last error
     └── ConfigError             bad settings, agent or policy files: the process stops with one line
@@ -37,6 +39,10 @@ class UnknownSchema(InvalidMessage):
 
 
 class InvalidEvent(InvalidMessage):
+    pass
+
+
+class ForgedEvent(InvalidMessage):
     pass
 
 

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, SerializationInfo
 
 from charter.clock import derive_id
 
@@ -31,10 +31,17 @@ def _load_json_object(value: Any) -> Any:
     return value
 
 
+def _dump_json_object(value: dict[str, Any], info: SerializationInfo) -> Any:
+    # Avro carries these as JSON text; the API (context {"objects": True}) shows them as objects.
+    if isinstance(info.context, dict) and info.context.get("objects"):
+        return value
+    return canonical_json(value)
+
+
 JsonObject = Annotated[
     dict[str, Any],
     BeforeValidator(_load_json_object),
-    PlainSerializer(canonical_json, return_type=str),
+    PlainSerializer(_dump_json_object),
 ]
 
 
@@ -72,6 +79,13 @@ class Decision(_Frozen):
     approval_roles: list[str]
     limit: str | None = None
     previous_policy_hash: str | None = None
+    approvals_required: int = 1
+    approval_timeout_s: float | None = None
+
+
+class Approver(_Frozen):
+    user: str
+    roles: list[str]
 
 
 E = TypeVar("E", bound="Event")
@@ -159,6 +173,7 @@ class RunStarted(Event):
     trigger_name: str
     environment: str
     steps: int
+    triggered_by: str | None = None
 
 
 class RunCompleted(Event):
@@ -188,6 +203,9 @@ class ActionProposed(Event):
     action: Action
     llm_tokens: int = 0
     llm_cost: float = 0.0
+    triggered_by: str | None = None
+    amended_by: str | None = None
+    amends: str | None = None
 
 
 class ActionApproved(Event):
@@ -195,6 +213,9 @@ class ActionApproved(Event):
     decision: Decision
     approved_by: str
     revalidated: bool = False
+    approval_id: str | None = None
+    approvers: list[Approver] = []
+    signature: str | None = None
 
     @property
     def executable(self) -> bool:
@@ -212,18 +233,56 @@ class ApprovalRequested(Event):
     approval_id: str
     action: Action
     decision: Decision
+    action_hash: str | None = None
+    agent_owner: str | None = None
+    triggered_by: str | None = None
+    amended_by: str | None = None
 
 
 class ApprovalGranted(Event):
     approval_id: str
     approver: str
+    approver_email: str | None = None
     comment: str | None = None
+    action_hash: str | None = None
+    approver_roles: list[str] = []
+    signature: str | None = None
 
 
 class ApprovalRejected(Event):
     approval_id: str
     approver: str
+    approver_email: str | None = None
     reason: str | None = None
+    action_hash: str | None = None
+    approver_roles: list[str] = []
+    signature: str | None = None
+
+
+class ApprovalAmended(Event):
+    approval_id: str
+    approver: str
+    approver_email: str | None = None
+    parameters: JsonObject
+    comment: str | None = None
+    action_hash: str | None = None
+    approver_roles: list[str] = []
+    signature: str | None = None
+
+
+class ApprovalExpired(Event):
+    approval_id: str
+    requested_at: datetime
+    signature: str | None = None
+
+
+class ApprovalRefused(Event):
+    approval_id: str
+    approver: str | None = None
+    attempted: str
+    code: str
+    reason: str
+    decision_event_id: str
 
 
 class ActionExecuted(Event):
@@ -293,6 +352,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ApprovalRequested,
         ApprovalGranted,
         ApprovalRejected,
+        ApprovalAmended,
+        ApprovalExpired,
+        ApprovalRefused,
         ActionExecuted,
         ActionFailed,
         DeadLettered,

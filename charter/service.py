@@ -36,6 +36,8 @@ class Parts:
     transactional: bool = True
     # Follows `control` (kill switches); the service is ready only once this has joined too.
     control: ControlFollower | None = None
+    # More things the service must have done before it is ready (say, an HTTP server listening).
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
 
 
 Factory = Callable[[Settings, Bus], Awaitable[Parts]]
@@ -55,7 +57,11 @@ def service_bus(settings: Settings, service: str) -> Bus:
 async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.Event) -> None:
     bus = service_bus(settings, name)
     await bus.start()
-    parts = await factory(settings, bus)
+    try:
+        parts = await factory(settings, bus)
+    except BaseException:
+        await bus.stop()
+        raise
     # What start-up loaded (policies, agents, schemas) lives as long as the process: keep it
     # out of the collector's generations, which shortens every later collection.
     gc.collect()
@@ -81,6 +87,9 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
         following = parts.control.run(stop, on_assigned=lambda: joined("control"))
         tasks.append(asyncio.create_task(following, name=f"{name}-control"))
     tasks += [asyncio.create_task(task(stop), name=f"{name}-{task.__name__}") for task in parts.background]
+    for gate, event in parts.gates.items():
+        assigned[gate] = False
+        tasks.append(asyncio.create_task(_gate(gate, event, joined), name=f"{name}-{gate}-ready"))
     try:
         # The first task to fail takes the process down; the supervisor restarts it.
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -91,6 +100,11 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
         await asyncio.gather(*tasks, return_exceptions=True)
         parts.close()
         await bus.stop()
+
+
+async def _gate(gate: str, event: asyncio.Event, joined: Callable[[str], None]) -> None:
+    await event.wait()
+    joined(gate)
 
 
 def run(name: str, factory: Factory) -> None:

@@ -28,12 +28,14 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from charter import serde
+from charter.errors import ConfigError
 from charter.events import Event
 
 
@@ -86,6 +88,21 @@ def _file_lock(path: Path | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def create_checked(engine: Engine, metadata: MetaData) -> None:
+    """Create the tables that do not exist, and refuse to run on a table an older version made
+    without a column this one needs: a clear stop at start rather than errors mid-run."""
+    metadata.create_all(engine)
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise ConfigError(
+                f"table {table.name} in {engine.url.render_as_string(hide_password=True)} was made by an "
+                f"older Charter and lacks {', '.join(missing)}: move that store aside and start again"
+            )
 
 
 def upsert(conn: Connection, table: Table, values: dict[str, Any], key: str | tuple[str, ...]) -> None:

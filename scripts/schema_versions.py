@@ -4,10 +4,11 @@
     .venv/bin/python scripts/schema_versions.py --check  # exits 1 if anything is missing
 
 An event on a topic or in the audit log names its writer schema by fingerprint. Once a schema
-changes, the old fingerprint must still resolve, so each version that was ever committed is
-kept, whole (named types written in), as `schemas/versions/<Name>.<fingerprint>.avsc`; the
-decoder reads old events with the current schema through Avro's schema resolution.
-Run it after committing a schema change (the unit tests fail until it has been run).
+changes, the old fingerprint must still resolve, so each version that was ever committed, and
+the one in the working tree, is kept whole (named types written in) as
+`schemas/versions/<Name>.<fingerprint>.avsc`; the decoder reads old events with the current
+schema through Avro's schema resolution. Run it with every schema change, and commit what it
+writes with the change (the unit tests fail until then).
 """
 
 from __future__ import annotations
@@ -30,12 +31,17 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
 
 
-def _files_at(commit: str, folder: str) -> list[str]:
+def _files_at(commit: str | None, folder: str) -> list[str]:
+    """The .avsc files in a folder at a commit, or in the working tree (None)."""
+    if commit is None:
+        return sorted(p.name for p in (REPO / folder).glob("*.avsc"))
     listed = _git("ls-tree", "--name-only", f"{commit}:{folder}")
     return [n for n in listed.stdout.split() if n.endswith(".avsc")] if listed.returncode == 0 else []
 
 
-def _read_at(commit: str, path: str) -> str:
+def _read_at(commit: str | None, path: str) -> str:
+    if commit is None:
+        return (REPO / path).read_text()
     return _git("show", f"{commit}:{path}").stdout
 
 
@@ -48,8 +54,8 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def versions_at(commit: str) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Each event schema at `commit`: name -> (fingerprint hex, whole schema)."""
+def versions_at(commit: str | None) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each event schema at `commit` (None: the working tree): name -> (fingerprint, schema)."""
     named: dict[str, Any] = {}
     for name in _files_at(commit, f"{SCHEMAS}/types"):
         parse_schema(json.loads(_read_at(commit, f"{SCHEMAS}/types/{name}")), named_schemas=named)
@@ -62,9 +68,10 @@ def versions_at(commit: str) -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
-def committed_versions() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Every version of every schema in the history: file name -> (name, whole schema)."""
-    commits = _git("log", "--format=%H", "--", SCHEMAS).stdout.split()
+def all_versions() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every version of every schema, in the history and in the working tree:
+    file name -> (name, whole schema)."""
+    commits: list[str | None] = [None, *_git("log", "--format=%H", "--", SCHEMAS).stdout.split()]
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     for commit in commits:
         for name, (fp, whole) in versions_at(commit).items():
@@ -76,15 +83,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="Report what is missing; write nothing.")
     args = parser.parse_args()
-    missing = {f: v for f, v in committed_versions().items() if not (VERSIONS / f).exists()}
+    versions = all_versions()
+    missing = {f: v for f, v in versions.items() if not (VERSIONS / f).exists()}
+    # A version written for a working tree that was never committed is no version at all.
+    stray = sorted(p.name for p in VERSIONS.glob("*.avsc") if p.name not in versions)
     if args.check:
         for file in sorted(missing):
             print(f"missing: {SCHEMAS}/versions/{file}")
-        return 1 if missing else 0
+        for file in stray:
+            print(f"not a version of any schema: {SCHEMAS}/versions/{file}")
+        return 1 if missing or stray else 0
     VERSIONS.mkdir(exist_ok=True)
     for file, (_, whole) in sorted(missing.items()):
         (VERSIONS / file).write_text(json.dumps(whole, indent=2) + "\n")
         print(f"wrote {SCHEMAS}/versions/{file}")
+    for file in stray:
+        (VERSIONS / file).unlink()
+        print(f"removed {SCHEMAS}/versions/{file}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """What `charter up --demo` shows: five business events, and how each run they start ends.
 
 A small refund runs unattended; a large one waits for finance, and the demo approves it the
-way a person would with `charter approvals approve`; a refund over the limit and production
-admin access are denied by policy; read access is granted.
+way a person would with `charter approvals approve`: through the HTTP API, with a token issued
+to dana of finance; a refund over the limit and production admin access are denied by policy;
+read access is granted.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from charter import events as ev
+from charter.api_client import ApiCallFailed, ApiClient
 from charter.client import Client
 from charter.describe import describe
-from charter.store import make_engine
-from services.approvals import store as approvals
 
 DEMO_APPROVER = "dana"
 
@@ -51,7 +51,9 @@ class RunOutcome:
         return None if self.ended_at is None else (self.ended_at - self.triggered_at).total_seconds()
 
 
-async def run(client: Client, say: Callable[[str], None], timeout_s: float = 60.0) -> list[RunOutcome]:
+async def run(
+    client: Client, api: ApiClient, say: Callable[[str], None], timeout_s: float = 60.0
+) -> list[RunOutcome]:
     since = datetime.now(UTC)
     triggers: dict[str, ev.TriggerReceived] = {}
     for name, data in EVENTS:
@@ -76,7 +78,7 @@ async def run(client: Client, say: Callable[[str], None], timeout_s: float = 60.
                         trigger.envelope.occurred_at,
                     )
                 elif event is not None and event.run_id in runs:
-                    await _follow(client, runs[event.run_id], event, say)
+                    await _follow(api, runs[event.run_id], event, say)
                 if len(runs) == len(EVENTS) and all(r.ended_at is not None for r in runs.values()):
                     break
     except TimeoutError:
@@ -84,28 +86,26 @@ async def run(client: Client, say: Callable[[str], None], timeout_s: float = 60.
     return list(runs.values())
 
 
-async def _recorded(client: Client, approval_id: str, timeout_s: float = 10.0) -> None:
-    engine = make_engine(client.settings.database_url_for("approvals"))
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                with engine.connect() as conn:
-                    if approvals.request_of(conn, approval_id)[1] == "pending":
-                        return
-                await asyncio.sleep(0.02)
-    finally:
-        engine.dispose()
+async def _recorded(api: ApiClient, approval_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The approval as the API shows it, once the approvals service has recorded it."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                return await asyncio.to_thread(api.approval, approval_id)
+            except ApiCallFailed as exc:
+                if exc.status != 404:
+                    raise
+            await asyncio.sleep(0.02)
 
 
-async def _follow(client: Client, outcome: RunOutcome, event: ev.Event, say: Callable[[str], None]) -> None:
+async def _follow(api: ApiClient, outcome: RunOutcome, event: ev.Event, say: Callable[[str], None]) -> None:
     if isinstance(event, ev.ApprovalRequested):
         outcome.approvals.append(event.approval_id)
         say(f"run {outcome.run_id[:8]}: {describe(event)}")
-        # A person approves what `charter approvals list` shows, that is what the approvals
-        # service has recorded; a decision that overtakes its request is dead-lettered.
-        await _recorded(client, event.approval_id)
-        say(f"run {outcome.run_id[:8]}: approving as {DEMO_APPROVER}, as `charter approvals approve` would")
-        await client.approve(event.approval_id, approver=DEMO_APPROVER, run_id=outcome.run_id, comment="demo")
+        # A person approves what `charter approvals show` displays, bound to its action hash.
+        shown = (await _recorded(api, event.approval_id))["approval"]
+        say(f"run {outcome.run_id[:8]}: {DEMO_APPROVER} approves it through the API, as CLI and console do")
+        await asyncio.to_thread(api.approve, event.approval_id, shown["action_hash"], "demo")
     elif isinstance(event, ev.RunCompleted | ev.RunFailed):
         outcome.ended_at = event.envelope.occurred_at
         outcome.outcome = "completed" if isinstance(event, ev.RunCompleted) else "failed"

@@ -13,19 +13,23 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from charter import broker, topics
+from charter import broker, signing, topics
+from charter.api_client import ApiClient
 from charter.client import Client
 from charter.config import BrokerKind, Settings
 from charter.demo import scenario
 from charter.errors import ConfigError
+from charter.identity import tokens
 from charter.stack import readiness
 from charter.stack.embedded import EmbeddedBroker
 from charter.stack.kafka import LocalKafka
 from charter.stack.supervisor import SERVICES, Supervisor, service_argv
+from charter.store import make_engine
 
 READY_TIMEOUT_S = 60.0
 Say = Callable[[str], None]
@@ -83,6 +87,8 @@ def service_env(settings: Settings) -> dict[str, str]:
             "CHARTER_BROKER": settings.broker_kind,
             "CHARTER_AGENTS_DIR": str(settings.agents_dir.resolve()),
             "CHARTER_POLICIES_DIR": str(settings.policies_dir.resolve()),
+            "CHARTER_USERS_FILE": str(settings.users_file.resolve()),
+            "CHARTER_KEYS_DIR": str(settings.keys.resolve()),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -119,6 +125,9 @@ def up(
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     readiness.clear(settings)
+    created_keys = signing.ensure_keys(settings.keys)
+    if created_keys:
+        say(f"signing keys created for {', '.join(created_keys)} in {settings.keys}/")
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -144,6 +153,7 @@ def up(
             return 1
         say(f"ready in {time.monotonic() - t0:.1f}s ({took:.1f}s for the five services to join their groups)")
         say(f"logs: {settings.logs_dir}/  stores: {settings.data_dir}/")
+        say(f"console: {settings.console_url}/console  API: {_api_url(settings)}/v1")
         if demo:
             _demo(settings, say)
         if once:
@@ -159,10 +169,31 @@ def up(
         _shutdown(settings, supervisor, local, say)
 
 
+def _demo_token(settings: Settings) -> str:
+    """A short-lived token for the demo's approver, issued as `charter tokens create` would."""
+    engine = make_engine(settings.database_url_for("approvals"))
+    try:
+        tokens.create(engine)
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            _, secret = tokens.issue(
+                conn,
+                user_id=scenario.DEMO_APPROVER,
+                roles=["finance"],
+                now=now,
+                expires_at=now + timedelta(hours=1),
+                description="charter up --demo",
+            )
+        return secret
+    finally:
+        engine.dispose()
+
+
 def _demo(settings: Settings, say: Say) -> None:
     async def go() -> list[scenario.RunOutcome]:
-        async with Client(settings, source="demo") as client:
-            return await scenario.run(client, say)
+        with ApiClient(_api_url(settings), _demo_token(settings)) as api:
+            async with Client(settings, source="demo") as client:
+                return await scenario.run(client, api, say)
 
     outcomes = asyncio.run(go())
     say("")
@@ -175,6 +206,10 @@ def _demo(settings: Settings, say: Say) -> None:
     say("see one run's timeline with: charter run show <id>")
 
 
+def _api_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}"
+
+
 def _write_stack_file(settings: Settings, local: LocalBroker | None) -> None:
     settings.stack_file.write_text(
         json.dumps(
@@ -184,6 +219,7 @@ def _write_stack_file(settings: Settings, local: LocalBroker | None) -> None:
                 "broker": settings.broker_kind,
                 "broker_pid": local.pid if local else None,
                 "logs": str(settings.logs_dir.resolve()),
+                "api_url": _api_url(settings),
                 "started_at": time.time(),
             }
         )

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 import httpx
 from sqlalchemy import Engine
 
-from charter import store, tools, topics
+from charter import signing, store, tools, topics
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
-from charter.errors import RetryPolicy
+from charter.errors import ForgedEvent, RetryPolicy
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
 from charter.killswitch import ControlFollower, SwitchStore, matching
 from charter.pipeline import Pipeline
@@ -40,6 +40,7 @@ class Executor:
         self._registry = registry
         self._clock = clock
         self._switches = switches
+        self._policy_key = signing.Verifier.load(settings.keys, "policy")
         self._http = httpx.AsyncClient(follow_redirects=False)
         self._allowed_hosts = settings.allowed_hosts()
 
@@ -50,6 +51,9 @@ class Executor:
         # A human's approval runs only once policy has decided it again (revalidated).
         if not isinstance(event, ActionApproved) or not event.executable:
             return []
+        if not self._policy_key.verify(event):
+            # Whoever wrote it to the topic, the policy service did not decide it.
+            raise ForgedEvent(f"approval {event.event_id} is not signed by the policy service; not executed")
         key = decide.idempotency_key(event)
         spec = self._registry.get(event.action.tool)
         with self._engine.begin() as conn:

@@ -36,6 +36,8 @@ from charter.templating import TemplateFailure, evaluate, render
 
 log = logging.getLogger(__name__)
 
+# Rejections that end a run as escalated to a human rather than failed.
+ESCALATE = frozenset({"loop", "approval_expired"})
 Status = Literal["running", "completed", "failed", "cancelled", "escalated"]
 Outcome = ActionExecuted | ActionFailed | ActionRejected
 
@@ -102,6 +104,7 @@ def on_trigger(
             trigger_name=trigger.name,
             environment=agent.environment,
             steps=len(agent.steps),
+            triggered_by=trigger.submitted_by,
         )
         next_state, outputs = _propose(state, started, now)
         transitions.append(Transition(next_state, [started, *outputs]))
@@ -132,13 +135,14 @@ def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Trans
         reason = f"{outcome.action.tool} failed: {outcome.error}"
         return _fail(state, outcome, "action_failed", reason, now)
     reasons = "; ".join(outcome.decision.reasons) or "no reason given"
-    if outcome.decision.limit == "loop":
-        # A loop is not a verdict on the work: a human looks at it and decides what comes next.
+    if outcome.decision.limit in ESCALATE:
+        # A loop, or an approval nobody gave in time, is not a verdict on the work: a human
+        # looks at it and decides what comes next.
         escalated = RunEscalated.caused_by(
             outcome,
             event_id=derive_id(state.run_id, "escalated"),
             now=now,
-            cause="loop",
+            cause=outcome.decision.limit,
             reason=reasons,
             step=state.step_index,
         )
@@ -215,6 +219,7 @@ def _propose(state: RunState, cause: Event, now: datetime) -> tuple[RunState, li
         agent=state.agent.id,
         run_id=state.run_id,
         action=action,
+        triggered_by=state.trigger.submitted_by,
     )
     return state, [proposed]
 

@@ -8,6 +8,8 @@ the budgets and rates. A denial by a limit names the limit.
 
 A human's approval is not a bypass: `revalidate` decides the approved action again against the
 current bundle and kill switches before it may run, and the decision names both policy hashes.
+It also checks that the approval is genuine (signed by the approvals service), used once, and
+still enough: as many distinct approvers, holding the roles policy names now, as it asks now.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from functools import lru_cache
 from pydantic import ValidationError
 
 from charter.agents import Agent
+from charter.binding import action_hash
 from charter.clock import derive_id
 from charter.events import (
     Action,
@@ -32,6 +35,7 @@ from charter.events import (
 )
 from charter.killswitch import KillSwitch, matching
 from charter.limits import AgentLimits, combine
+from charter.signing import Verifier
 from charter.tools import ToolSpec
 from services.policy import limits
 from services.policy.bundle import PolicyBundle
@@ -46,6 +50,8 @@ class Context:
     agents: Mapping[str, Agent]
     tools: Mapping[str, ToolSpec]
     switches: Sequence[KillSwitch] = ()
+    # The approvals service's public key: without it no human approval can be accepted.
+    approvals_key: Verifier | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class Ruling:
     reasons: list[str]
     roles: list[str]
     limit: str | None = None
+    quorum: int = 1
+    expires_s: float | None = None
 
 
 def limits_for(ctx: Context, agent: Agent) -> AgentLimits:
@@ -97,23 +105,20 @@ def decide(proposed: ActionProposed, ctx: Context, usage: limits.Usage, now: dat
             if breach:
                 ruling = _deny(breach.reason, limit=breach.limit, policy_ids=ruling.policy_ids)
     ruling = ruling or _deny(f"unknown agent {proposed.envelope.agent!r}")
-    return [_outcome(proposed, proposed.action, ruling, ctx.bundle.hash, now)]
+    return [_outcome(proposed, proposed.action, ruling, ctx, now)]
 
 
-def revalidate(approved: ActionApproved, ctx: Context, now: datetime) -> list[Event]:
+def revalidate(approved: ActionApproved, ctx: Context, now: datetime, *, used: bool = False) -> list[Event]:
     """Decide a human-approved action again, as policy stands now; limits were charged when it
-    was first proposed and are not charged twice."""
+    was first proposed and are not charged twice. `used`: its approval already let an action
+    through once."""
     previous = approved.decision.policy_hash
     agent = ctx.agents.get(approved.envelope.agent or "")
-    ruling = _precheck(approved.action, approved.envelope.agent, ctx)
+    ruling = _genuine(approved, ctx, used) or _precheck(approved.action, approved.envelope.agent, ctx)
     if ruling is None and agent is not None:
         ruling = _cedar(approved.action, agent, ctx)
-        if ruling.outcome == "approval" and not set(ruling.roles) <= set(approved.decision.approval_roles):
-            ruling = _deny(
-                f"policy now requires approval by {' or '.join(ruling.roles)}, "
-                f"not {' or '.join(approved.decision.approval_roles)}",
-                policy_ids=ruling.policy_ids,
-            )
+        if ruling.outcome == "approval":
+            ruling = _enough(approved, ruling)
     ruling = ruling or _deny(f"unknown agent {approved.envelope.agent!r}")
     changed = (
         f" (policy changed since approval: {previous[:12]} -> {ctx.bundle.hash[:12]})"
@@ -128,6 +133,7 @@ def revalidate(approved: ActionApproved, ctx: Context, now: datetime) -> list[Ev
         approval_roles=approved.decision.approval_roles,
         limit=ruling.limit,
         previous_policy_hash=previous,
+        approvals_required=approved.decision.approvals_required,
     )
     event_id = derive_id(approved.event_id, "revalidated")
     if ruling.outcome == "deny":
@@ -150,8 +156,36 @@ def revalidate(approved: ActionApproved, ctx: Context, now: datetime) -> list[Ev
             decision=decision,
             approved_by=approved.approved_by,
             revalidated=True,
+            approval_id=approved.approval_id,
+            approvers=approved.approvers,
         )
     ]
+
+
+def _genuine(approved: ActionApproved, ctx: Context, used: bool) -> Ruling | None:
+    """A denial if the approval did not come from the approvals service, or was used before."""
+    if ctx.approvals_key is None:
+        return _deny("no approvals public key is configured: no human approval can be verified")
+    if not ctx.approvals_key.verify(approved):
+        return _deny("the approval's signature does not verify: it did not come from the approvals service")
+    if not approved.approval_id or not approved.approvers:
+        return _deny("the approval names no approval id or approvers")
+    if used:
+        return _deny(f"approval {approved.approval_id} was already used; an approval lets one action through")
+    return None
+
+
+def _enough(approved: ActionApproved, ruling: Ruling) -> Ruling:
+    """The ruling if the approvers satisfy policy as it stands now, else a denial saying why."""
+    qualified = {a.user for a in approved.approvers if set(a.roles) & set(ruling.roles)}
+    if len(qualified) >= ruling.quorum:
+        return ruling
+    roles = " or ".join(ruling.roles)
+    return _deny(
+        f"policy now requires {ruling.quorum} approval(s) by {roles}; "
+        f"this action has {len(qualified)} ({', '.join(sorted(qualified)) or 'none qualified'})",
+        policy_ids=ruling.policy_ids,
+    )
 
 
 def _precheck(action: Action, agent_id: str | None, ctx: Context) -> Ruling | None:
@@ -219,9 +253,15 @@ def _cedar(action: Action, agent: Agent, ctx: Context) -> Ruling:
             reasons or [f"no policy permits {action.tool} for agent {agent.id}"],
             [],
         )
-    roles = sorted({r for pid in verdict.policy_ids for r in bundle.infos[pid].approval_roles})
+    infos = [bundle.infos[pid] for pid in verdict.policy_ids]
+    roles = sorted({r for info in infos for r in info.approval_roles})
+    # Several permits asking for approval: the largest quorum stands.
+    quorum = max((info.quorum for info in infos if info.approval_roles), default=1)
+    # ...and the shortest deadline.
+    expires = min((i.expires_s for i in infos if i.approval_roles and i.expires_s), default=None)
     reasons = [_explain(bundle, pid, "permitted by") for pid in verdict.policy_ids]
-    return Ruling("approval" if roles else "allow", verdict.policy_ids, reasons, roles)
+    outcome = "approval" if roles else "allow"
+    return Ruling(outcome, verdict.policy_ids, reasons, roles, quorum=quorum, expires_s=expires)
 
 
 def _deny(reason: str, *, limit: str | None = None, policy_ids: tuple[str, ...] = ()) -> Ruling:
@@ -232,15 +272,19 @@ def _explain(bundle: PolicyBundle, policy_id: str, verb: str) -> str:
     info = bundle.infos.get(policy_id)
     text = f"{verb} {policy_id}"
     if info and info.approval_roles:
-        text += f" with approval by {' or '.join(info.approval_roles)}"
+        who = " or ".join(info.approval_roles)
+        text += (
+            f" with approval by {info.quorum} people in {who}"
+            if info.quorum > 1
+            else f" with approval by {who}"
+        )
     if info and info.reason:
         text += f": {info.reason}"
     return text
 
 
-def _outcome(
-    proposed: ActionProposed, action: Action, ruling: Ruling, policy_hash: str, now: datetime
-) -> Event:
+def _outcome(proposed: ActionProposed, action: Action, ruling: Ruling, ctx: Context, now: datetime) -> Event:
+    policy_hash = ctx.bundle.hash
     decision = Decision(
         outcome=ruling.outcome,
         policy_ids=list(ruling.policy_ids),
@@ -248,6 +292,8 @@ def _outcome(
         reasons=ruling.reasons,
         approval_roles=ruling.roles,
         limit=ruling.limit,
+        approvals_required=ruling.quorum,
+        approval_timeout_s=ruling.expires_s,
     )
     if ruling.outcome == "deny":
         return ActionRejected.caused_by(
@@ -261,6 +307,10 @@ def _outcome(
             approval_id=derive_id(proposed.event_id, "approval"),
             action=action,
             decision=decision,
+            action_hash=action_hash(action, proposed.envelope.run_id or "", policy_hash),
+            agent_owner=agent.owner if (agent := ctx.agents.get(proposed.envelope.agent or "")) else None,
+            triggered_by=proposed.triggered_by,
+            amended_by=proposed.amended_by,
         )
     return ActionApproved.caused_by(
         proposed, label="policy", now=now, action=action, decision=decision, approved_by="policy"

@@ -2,7 +2,9 @@
 
 Policies are named by their `@id("...")` annotation, or `file.cedar#N` without one, and those
 names are what decisions report. `@approval("role")` on a permit means the action may run only
-once a human holding that role approves it (several roles: `@approval("finance,it-security")`).
+once a human holding that role approves it (several roles: `@approval("finance,it-security")`);
+`@quorum("2")` beside it asks for that many distinct approvers, and `@expires("30m")` (s, m, h or
+d) for a decision sooner than the approvals service's default deadline.
 `@reason("...")` gives the sentence a decision shows for that policy.
 
 A request maps as: principal `Agent::"<id>"` (member of its roles, with `owner` and
@@ -13,6 +15,7 @@ the resource catalog gives it), context `{parameters, environment}`.
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ class PolicyInfo:
     effect: str
     approval_roles: tuple[str, ...]
     reason: str | None
+    quorum: int = 1
+    expires_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -161,9 +166,41 @@ def _merge(texts: Sequence[tuple[str, str]]) -> tuple[dict[str, PolicyInfo], dic
             roles = tuple(r.strip() for r in annotations.get("approval", "").split(",") if r.strip())
             if roles and policy["effect"] != "permit":
                 raise ValueError(f"{name}: @approval on {policy_id!r} only makes sense on a permit")
-            infos[policy_id] = PolicyInfo(policy_id, name, policy["effect"], roles, annotations.get("reason"))
+            quorum = _quorum(name, policy_id, annotations.get("quorum"), roles)
+            expires = _expires(name, policy_id, annotations.get("expires"), roles)
+            infos[policy_id] = PolicyInfo(
+                policy_id, name, policy["effect"], roles, annotations.get("reason"), quorum, expires
+            )
             static[policy_id] = policy
     return infos, {"staticPolicies": static, "templates": {}, "templateLinks": []}
+
+
+def _quorum(name: str, policy_id: str, value: str | None, roles: tuple[str, ...]) -> int:
+    if value is None:
+        return 1
+    if not roles:
+        raise ValueError(f"{name}: @quorum on {policy_id!r} needs @approval beside it")
+    if not value.strip().isdigit() or not 1 <= int(value) <= 20:
+        raise ValueError(
+            f"{name}: @quorum on {policy_id!r} must be a whole number from 1 to 20, not {value!r}"
+        )
+    return int(value)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _expires(name: str, policy_id: str, value: str | None, roles: tuple[str, ...]) -> float | None:
+    if value is None:
+        return None
+    if not roles:
+        raise ValueError(f"{name}: @expires on {policy_id!r} needs @approval beside it")
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", value)
+    if match is None or int(match[1]) == 0:
+        raise ValueError(
+            f"{name}: @expires on {policy_id!r} takes a duration such as 90s, 30m, 4h or 2d, not {value!r}"
+        )
+    return float(int(match[1]) * _UNITS[match[2]])
 
 
 def parse_file(name: str, text: str) -> list[dict[str, Any]]:

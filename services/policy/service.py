@@ -3,6 +3,7 @@
 It keeps the policy bundle and the agent registry in memory, reloading them when their files
 change and announcing each load on `control`. Live-limit usage is shared by replicas in the
 store: a batch is decided inside one serialized transaction and published after it commits.
+Every executable approval it sends is signed with its key; the executor runs nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine
 
 from charter import agents as agent_files
-from charter import serde, store, tools, topics
+from charter import serde, signing, store, tools, topics
 from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock, new_id
@@ -46,6 +47,7 @@ class _Batch:
         self.conn = conn
         self.usage = usage
         self.decided: dict[str, tuple[Event, list[Event]]] = {}
+        self.used: set[str] = set()
 
 
 class Policy:
@@ -64,9 +66,11 @@ class Policy:
         )
         self.pipeline = Pipeline(NAME, bus, self.handle, clock)
         self._batch: _Batch | None = None
+        self._signer = signing.Signer.load(settings.keys, "policy")
+        self._approvals_key = signing.Verifier.load(settings.keys, "approvals")
 
     def context(self) -> Context:
-        return Context(self.bundle, self.agents, self.tools, self.control.switches)
+        return Context(self.bundle, self.agents, self.tools, self.control.switches, self._approvals_key)
 
     async def handle_batch(self, deliveries: list[Delivery]) -> None:
         now = self._clock.now()
@@ -95,7 +99,7 @@ class Policy:
         if batch is None:
             raise RuntimeError("policy decisions happen inside a batch")
         if isinstance(event, ActionApproved) and not event.executable:
-            return self._once(batch, event, lambda now: revalidate(event, self.context(), now))
+            return self._once(batch, event, lambda now: self._revalidate(batch, event, now))
         if isinstance(event, ActionProposed):
             return self._once(batch, event, lambda now: decide(event, self.context(), batch.usage, now))
         return []
@@ -109,8 +113,19 @@ class Policy:
         done = policy_store.inbox.outputs_of(batch.conn, event.event_id)
         if done is not None:
             return done
-        outputs = decision(self._clock.now())
+        outputs = [
+            self._signer.sign(o) if isinstance(o, ActionApproved) else o for o in decision(self._clock.now())
+        ]
         batch.decided[event.event_id] = (event, outputs)
+        return outputs
+
+    def _revalidate(self, batch: _Batch, approved: ActionApproved, now: datetime) -> list[Event]:
+        approval = approved.approval_id or ""
+        used = approval in batch.used or policy_store.approval_used(batch.conn, approval)
+        outputs = revalidate(approved, self.context(), now, used=used)
+        if approval and any(isinstance(o, ActionApproved) for o in outputs):
+            batch.used.add(approval)
+            policy_store.use_approval(batch.conn, approval, approved.event_id, now)
         return outputs
 
     async def announce(self) -> None:

@@ -8,8 +8,22 @@ changed and the inbox records of its decisions together.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
-from sqlalchemy import Column, Connection, Engine, Float, MetaData, String, Table, delete, select, tuple_
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    delete,
+    insert,
+    select,
+    tuple_,
+)
 
 from charter.killswitch import switches_table
 from charter.store import Inbox, inbox_table, upsert_many
@@ -23,6 +37,14 @@ counters = Table(
     Column("key", String(200), primary_key=True),
     Column("window", String(80), primary_key=True),
     Column("value", Float, nullable=False),
+)
+# Each human approval lets one action through: the approvals already used, and by which event.
+used_approvals = Table(
+    "policy_used_approvals",
+    metadata,
+    Column("approval_id", String(64), primary_key=True),
+    Column("event_id", String(64), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=False),
 )
 inbox = Inbox(inbox_table(metadata, "policy"))
 switches = switches_table(metadata, "policy")
@@ -65,3 +87,12 @@ def counter_value(conn: Connection, kind: str, key: str, window: str) -> float:
         counters.c.kind == kind, counters.c.key == key, counters.c.window == window
     )
     return float(conn.execute(query).scalar() or 0.0)
+
+
+def approval_used(conn: Connection, approval_id: str) -> bool:
+    query = select(used_approvals.c.approval_id).where(used_approvals.c.approval_id == approval_id)
+    return conn.execute(query).first() is not None
+
+
+def use_approval(conn: Connection, approval_id: str, event_id: str, at: datetime) -> None:
+    conn.execute(insert(used_approvals).values(approval_id=approval_id, event_id=event_id, used_at=at))

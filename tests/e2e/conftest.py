@@ -14,14 +14,17 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -39,6 +42,7 @@ from services.approvals import store as approvals
 from tests.conftest import REPO
 
 READY_TIMEOUT_S = 60
+T = TypeVar("T")
 EPOCH = datetime.fromtimestamp(0, UTC)
 
 
@@ -52,15 +56,25 @@ def stack_env(home: Path, **extra: str) -> dict[str, str]:
         for agent_file in (REPO / "tests" / "e2e" / "agents").glob("*.yaml"):
             shutil.copy(agent_file, config / "agents" / agent_file.name)
         shutil.copytree(REPO / "policies", config / "policies")
+        shutil.copy(REPO / "users.yaml", config / "users.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
     env.update(
         CHARTER_HOME=str(home),
         CHARTER_AGENTS_DIR=str(config / "agents"),
         CHARTER_POLICIES_DIR=str(config / "policies"),
+        CHARTER_USERS_FILE=str(config / "users.yaml"),
+        CHARTER_API_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a stack's API (several stacks run at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 BROKERS = [
@@ -117,6 +131,10 @@ def broker_env(request: pytest.FixtureRequest, kind: str) -> dict[str, str]:
 
 
 class Stack(StackProcess):
+    def __init__(self, home: Path, env: dict[str, str], *args: str) -> None:
+        super().__init__(home, env, *args)
+        self._tokens: dict[tuple[str, tuple[str, ...]], str] = {}
+
     @property
     def settings(self) -> Settings:
         """The stack's settings, as its processes read them from their environment."""
@@ -133,12 +151,18 @@ class Stack(StackProcess):
     def policies_dir(self) -> Path:
         return self.home / "config" / "policies"
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['CHARTER_API_PORT']}"
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60, token: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "charter", *args],
             capture_output=True,
             text=True,
-            env=self.env,
+            env={**self.env, "CHARTER_TOKEN": token} if token else self.env,
             timeout=timeout,
             check=False,
         )
@@ -154,6 +178,20 @@ class Stack(StackProcess):
         match = re.search(r"as event (\S+)", out)
         assert match, out
         return match.group(1)
+
+    def token(self, user: str, *roles: str) -> str:
+        """An API token for a user of the users file (scoped to `roles`, or all of theirs),
+        issued with `charter tokens create` as an administrator would."""
+        key = (user, roles)
+        if key not in self._tokens:
+            scope = [arg for role in roles for arg in ("--role", role)]
+            out = self.cli("tokens", "create", "--user", user, *scope).stdout
+            self._tokens[key] = out.strip().splitlines()[-1]
+        return self._tokens[key]
+
+    def as_user(self, user: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The CLI with that user's token, as they would run it."""
+        return self.cli(*args, check=check, token=self.token(user))
 
     def service_pid(self, name: str) -> int:
         return readiness.ready_pids(self.settings)[name]
@@ -180,6 +218,13 @@ def stack(
             running.stop()
 
 
+def in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """asyncio.run in a thread of its own, so a test that runs an event loop already (the
+    browser test, through Playwright's sync API) can wait for events too."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
 def run_id(trigger_id: str, agent: str) -> str:
     """What the planner will call the run this trigger starts for this agent."""
     return derive_id(trigger_id, f"run:{agent}")
@@ -199,27 +244,65 @@ def wait_for(stack: Stack, predicate: Callable[[Event], bool], *topics: str, tim
                     return received.event
         raise AssertionError("subscription ended")
 
-    return asyncio.run(go())
+    return in_thread(go)
 
 
 def wait_approval(stack: Stack, run: str, timeout: float = 30) -> ApprovalRequested:
-    """The run's approval request, once the approvals service has recorded it as pending, which
-    is when a person could see it in `charter approvals list`."""
+    """The run's first approval request, once the approvals service has recorded it as pending,
+    which is when a person could see it in `charter approvals list`."""
     request = wait_for(
         stack, lambda e: isinstance(e, ApprovalRequested) and e.run_id == run, "approvals.requested"
     )
     assert isinstance(request, ApprovalRequested)
+    return wait_pending(stack, request, timeout)
+
+
+def wait_pending(stack: Stack, request: ApprovalRequested, timeout: float = 30) -> ApprovalRequested:
+    """`request`, once the approvals service has recorded it as pending."""
     engine = make_engine(stack.settings.database_url_for("approvals"))
     deadline = time.monotonic() + timeout
     try:
         while True:
             with engine.connect() as conn:
-                if approvals.request_of(conn, request.approval_id)[1] == "pending":
+                found = approvals.pending_of(conn, request.approval_id)
+                if found is not None and found.status == "pending":
                     return request
             assert time.monotonic() < deadline, f"approval {request.approval_id} never recorded"
             time.sleep(0.02)
     finally:
         engine.dispose()
+
+
+def approve_when_up(stack: Stack, approval_id: str, user: str = "dana", timeout: float = 30) -> None:
+    """Approve through the CLI once the API answers again (after a restart of the approvals
+    service), checking first that the approval is still listed as pending."""
+    deadline = time.monotonic() + timeout
+    while (listed := stack.as_user(user, "approvals", "list", check=False)).returncode != 0:
+        assert "cannot reach the API" in listed.stderr, listed.stderr
+        assert time.monotonic() < deadline, f"the API did not come back: {listed.stderr}"
+        time.sleep(0.2)
+    assert approval_id[:8] in listed.stdout, listed.stdout
+    out = stack.as_user(user, "approvals", "approve", approval_id).stdout
+    assert f"approved by {user}" in out, out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def wait_restarted(stack: Stack, name: str, old_pid: int, timeout: float = 45) -> int:
+    """Wait until a new process of `name` has joined its group; return its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = stack.service_pid(name)
+        if pid != old_pid and alive(pid):
+            return pid
+        time.sleep(0.2)
+    raise AssertionError(f"{name} was not restarted within {timeout}s:\n{stack.text()}")
 
 
 def wait_run_end(stack: Stack, run: str, timeout: float = 30) -> Event:
@@ -241,4 +324,4 @@ def run_events(stack: Stack, run: str, *topics: str) -> list[Event]:
                         found.append(received.event)
         return found
 
-    return asyncio.run(go())
+    return in_thread(go)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from charter import signing
 from charter.client import Client
 from charter.clock import derive_id
 from charter.demo import ledger
@@ -106,7 +107,7 @@ def test_the_kill_switch_denies_refuses_cancels_and_acknowledges(stack: Stack) -
         cancelled = wait_run_end(stack, waiting)
         assert isinstance(cancelled, RunCancelled)
         assert cancelled.reason == "fraud investigation"
-        refused = stack.cli("approvals", "approve", request.approval_id, "--as", "dana", check=False)
+        refused = stack.as_user("dana", "approvals", "approve", request.approval_id, check=False)
         assert refused.returncode == 2
         assert "withdrawn" in refused.stderr
         # a new action is denied at once,
@@ -151,11 +152,11 @@ def test_the_kill_switch_denies_refuses_cancels_and_acknowledges(stack: Stack) -
 
 
 def _queued_approval(stack: Stack) -> ActionApproved:
-    """An ActionApproved as policy writes it, for a refund nobody has executed: what sits in
-    actions.approved when the switch goes on."""
+    """An ActionApproved as policy writes it (signed with its key), for a refund nobody has
+    executed: what sits in actions.approved when the switch goes on."""
     run = derive_id(f"queued-{time.time()}", "run")
     parameters = {"order_id": "W-1004", "amount": 10, "currency": "EUR"}
-    return ActionApproved.create(
+    approved = ActionApproved.create(
         event_id=derive_id(run, "approved"),
         now=datetime.now(UTC),
         tenant="default",
@@ -166,6 +167,7 @@ def _queued_approval(stack: Stack) -> ActionApproved:
         decision=DECISION.model_copy(update={"outcome": "allow"}),
         approved_by="policy",
     )
+    return signing.Signer.load(stack.settings.keys, "policy").sign(approved)
 
 
 async def _send(stack: Stack, event: ActionApproved) -> None:
@@ -216,7 +218,7 @@ def test_an_approval_is_decided_again_after_the_policy_changed_during_the_wait(s
             ),
             "control",
         )
-        stack.cli("approvals", "approve", request.approval_id, "--as", "dana")
+        stack.as_user("dana", "approvals", "approve", request.approval_id)
         end = wait_run_end(stack, run)
         assert isinstance(end, RunFailed)
         rejection = _rejection(stack, run)

@@ -38,7 +38,8 @@ def _check(out: str) -> None:
         and line.split()[2] in ("completed", "failed", "running")
     ]
     assert sorted(outcomes) == ["completed", "completed", "completed", "failed", "failed"], out
-    assert "approving as dana" in out
+    assert "dana approves it through the API" in out
+    assert "console: http://127.0.0.1:" in out
     assert "forbidden by refund-over-limit" in out
     assert "forbidden by no-production-admin" in out
     assert "stopped in" in out

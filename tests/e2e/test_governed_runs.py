@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from charter.client import Client
+from charter.clock import new_id
 from charter.demo import ledger
 from charter.events import (
     ActionApproved,
     ActionExecuted,
     ActionProposed,
+    ApprovalGranted,
     ApprovalRequested,
+    DeadLettered,
+    Event,
     RunCompleted,
     RunFailed,
 )
-from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_run_end
+from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_for, wait_run_end
 
 pytestmark = pytest.mark.e2e
 
@@ -49,47 +54,64 @@ def test_a_large_refund_waits_is_approved_through_the_cli_and_executes_once(stac
     assert request.decision.approval_roles == ["finance"]
     assert _refunds(stack, run) == []
 
-    listed = stack.cli("approvals", "list").stdout
+    listed = stack.as_user("dana", "approvals", "list").stdout
     assert request.approval_id[:8] in listed
     assert "finance" in listed
 
-    out = stack.cli(
-        "approvals", "approve", request.approval_id[:8], "--as", "dana", "--comment", "checked"
-    ).stdout
-    assert "approved by dana" in out
+    out = stack.as_user("dana", "approvals", "approve", request.approval_id[:8], "--comment", "checked")
+    assert "approved by dana" in out.stdout
     end = wait_run_end(stack, run)
     assert isinstance(end, RunCompleted)
 
-    # A second decision on the same approval changes nothing: the CLI refuses it...
-    again = stack.cli("approvals", "approve", request.approval_id[:8], "--as", "eve", check=False)
+    # A second decision on the same approval changes nothing: the API refuses it...
+    again = stack.as_user("lee", "approvals", "approve", request.approval_id[:8], check=False)
     assert again.returncode == 2
-    assert "already approved by dana" in again.stderr
+    assert "is already approved" in again.stderr
+    assert "HTTP 409 not_pending" in again.stderr
 
-    # ...and so does the service, for a decision published around the CLI.
-    async def sneak() -> None:
-        async with Client(stack.settings) as client:
-            await client.approve(request.approval_id, approver="mallory", run_id=run)
-
-    asyncio.run(sneak())
-    later = stack.publish("support.refund_requested", {"order_id": "S-2003", "amount": 10})
-    wait_run_end(stack, run_id(later, "support-refunds"))
+    # ...and the service dead-letters a decision published around the API, unsigned.
+    forged = ApprovalGranted.create(
+        event_id=new_id(),
+        now=datetime.now(UTC),
+        tenant=stack.settings.tenant,
+        run_id=run,
+        correlation_id=request.approval_id,
+        approval_id=request.approval_id,
+        approver="mallory",
+        action_hash=request.action_hash,
+        approver_roles=["finance"],
+    )
+    asyncio.run(_send(stack, forged))
+    dead = wait_for(
+        stack,
+        lambda e: isinstance(e, DeadLettered) and forged.event_id in e.reason,
+        "approvals.decided.dlq",
+    )
+    assert isinstance(dead, DeadLettered)
+    assert "not signed by the approvals service" in dead.reason
     approved = [
         e
         for e in run_events(stack, run, "actions.approved")
         if isinstance(e, ActionApproved) and e.action.tool == "issue_refund"
     ]
-    # Dana's approval, then policy's revalidation of it; mallory's came too late to count.
+    # Dana's approval, then policy's revalidation of it, signed by policy.
     assert [(e.approved_by, e.revalidated) for e in approved] == [("dana", False), ("dana", True)]
+    assert approved[1].signature
     executed = [e for e in run_events(stack, run, "actions.results") if isinstance(e, ActionExecuted)]
     assert [e.action.tool for e in executed].count("issue_refund") == 1
     assert len(_refunds(stack, run)) == 1
+
+
+async def _send(stack: Stack, event: Event) -> None:
+    async with Client(stack.settings) as client:
+        await client.send(event)
 
 
 def test_a_rejected_approval_ends_the_run_without_executing(stack: Stack) -> None:
     trigger = stack.publish("support.refund_requested", {"order_id": "S-3003", "amount": 800})
     run = run_id(trigger, "support-refunds")
     request = wait_approval(stack, run)
-    stack.cli("approvals", "reject", request.approval_id, "--as", "dana", "--reason", "not eligible")
+    stack.as_user("dana", "approvals", "reject", request.approval_id, "--reason", "not eligible")
     end = wait_run_end(stack, run)
     assert isinstance(end, RunFailed)
     assert end.cause == "action_rejected"

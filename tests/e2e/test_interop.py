@@ -13,13 +13,14 @@ import pytest
 
 from charter import topics
 from charter.client import Client
-from charter.events import EVENT_TYPES, DeadLettered, RunCompleted, RunFailed
+from charter.events import EVENT_TYPES, ApprovalRequested, DeadLettered, RunCompleted, RunFailed
 from tests.conftest import REPO
-from tests.e2e.conftest import Stack, run_id, wait_approval, wait_for, wait_run_end
+from tests.e2e.conftest import Stack, run_id, wait_approval, wait_for, wait_pending, wait_run_end
 from tests.e2e.test_bad_input import _produce_raw
 
 pytestmark = pytest.mark.e2e
 PROJECT = REPO / "tests" / "interop"
+REFUNDS = "support-refunds"
 
 
 @pytest.fixture(scope="session")
@@ -39,25 +40,28 @@ def java_reader() -> list[str]:
 def _every_event_type(stack: Stack) -> None:
     """Drive the stack until it has written one event of every type."""
     small = stack.publish("support.refund_requested", {"order_id": "J-1001", "amount": 20})
+    # ApprovalExpired (and KillSwitchSet, ControlApplied) come from tests that run on this stack
+    # first: test_approvals.py and test_controls.py.
     approved = stack.publish("support.refund_requested", {"order_id": "J-1002", "amount": 700})
     rejected = stack.publish("support.refund_requested", {"order_id": "J-1003", "amount": 800})
     failing = stack.publish("support.refund_requested", {"order_id": "Z-1004", "amount": 20})
-    stack.cli(
-        "approvals",
-        "approve",
-        wait_approval(stack, run_id(approved, "support-refunds")).approval_id,
-        "--as",
-        "dana",
+    first = wait_approval(stack, run_id(approved, REFUNDS)).approval_id
+    stack.as_user("dana", "approvals", "approve", first, "--set", "amount=650")  # ApprovalAmended
+    assert stack.as_user("dana", "approvals", "approve", first, check=False).returncode == 2  # ...Refused
+    amended = wait_for(
+        stack,
+        lambda e: (
+            isinstance(e, ApprovalRequested)
+            and e.run_id == run_id(approved, REFUNDS)
+            and e.amended_by is not None
+        ),
+        "approvals.requested",
     )
-    stack.cli(
-        "approvals",
-        "reject",
-        wait_approval(stack, run_id(rejected, "support-refunds")).approval_id,
-        "--as",
-        "dana",
-    )
+    assert isinstance(amended, ApprovalRequested)
+    stack.as_user("lee", "approvals", "approve", wait_pending(stack, amended).approval_id)
+    stack.as_user("dana", "approvals", "reject", wait_approval(stack, run_id(rejected, REFUNDS)).approval_id)
     for trigger in (small, approved, rejected, failing):
-        assert isinstance(wait_run_end(stack, run_id(trigger, "support-refunds")), RunCompleted | RunFailed)
+        assert isinstance(wait_run_end(stack, run_id(trigger, REFUNDS)), RunCompleted | RunFailed)
     _produce_raw(stack, b"not avro at all", b"interop-garbage")
     wait_for(stack, lambda e: isinstance(e, DeadLettered) and e.key == b"interop-garbage", "triggers.dlq")
 

@@ -10,13 +10,23 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from charter.demo import ledger
 from charter.events import RunCompleted
-from tests.e2e.conftest import Stack, broker_env, run_events, run_id, start_stack, wait_approval, wait_run_end
+from tests.e2e.conftest import (
+    Stack,
+    alive,
+    approve_when_up,
+    broker_env,
+    run_events,
+    run_id,
+    start_stack,
+    wait_approval,
+    wait_restarted,
+    wait_run_end,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,25 +43,6 @@ def own_stack(
     finally:
         if stack.proc.poll() is None:
             stack.proc.kill()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
-def _restarted(stack: Stack, name: str, old_pid: int, timeout: float = 45) -> int:
-    """Wait until a new process of `name` has joined its group; return its pid."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid = stack.service_pid(name)
-        if pid != old_pid and _alive(pid):
-            return pid
-        time.sleep(0.2)
-    raise AssertionError(f"{name} was not restarted within {timeout}s:\n{stack.text()}")
 
 
 def test_up_reports_ready_within_15_seconds(own_stack: Stack) -> None:
@@ -78,9 +69,14 @@ def test_a_run_waiting_for_approval_survives_a_killed_stateful_service(
     request = wait_approval(own_stack, run)
     old = own_stack.service_pid(service)
     os.kill(old, signal.SIGKILL)
-    # Decided while the service is down (or coming back): nothing may be lost either way.
-    own_stack.cli("approvals", "approve", request.approval_id, "--as", "dana", check=False)
-    _restarted(own_stack, service, old)
+    if service == "approvals":
+        # It serves the API: once it is back, the approval is still pending, and is decided.
+        wait_restarted(own_stack, service, old)
+        approve_when_up(own_stack, request.approval_id)
+    else:
+        # Decided while the service is down (or coming back): nothing may be lost either way.
+        own_stack.as_user("dana", "approvals", "approve", request.approval_id)
+        wait_restarted(own_stack, service, old)
     end = wait_run_end(own_stack, run, timeout=60)
     assert isinstance(end, RunCompleted)
     assert end.steps_completed == 3
@@ -97,7 +93,7 @@ def test_the_audit_log_is_whole_after_its_service_is_killed(own_stack: Stack) ->
     trigger = own_stack.publish("support.refund_requested", {"order_id": "K-3003", "amount": 25})
     run = run_id(trigger, "support-refunds")
     assert isinstance(wait_run_end(own_stack, run, timeout=45), RunCompleted)
-    _restarted(own_stack, "audit", old)
+    wait_restarted(own_stack, "audit", old)
     on_topics = {
         e.event_id
         for e in run_events(own_stack, run, "runs", "actions.proposed", "actions.approved", "actions.results")
@@ -123,5 +119,5 @@ def test_stop_takes_everything_down_within_10_seconds(own_stack: Stack) -> None:
     assert own_stack.proc.returncode == 0
     # On Kafka the stack started no broker (the session's is shared); on Tansu it did.
     assert (broker_pid is None) == (own_stack.broker == "kafka")
-    assert not [p for p in [*pids, broker_pid] if p and _alive(p)]
+    assert not [p for p in [*pids, broker_pid] if p and alive(p)]
     assert not own_stack.settings.stack_file.exists()

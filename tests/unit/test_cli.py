@@ -19,6 +19,7 @@ CLI = [sys.executable, "-m", "charter"]
 def charter(*args: str, home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
     env["CHARTER_HOME"] = str(home)
+    env["CHARTER_USERS_FILE"] = str(REPO / "users.yaml")
     env.update(extra)
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
 
@@ -37,8 +38,13 @@ def charter(*args: str, home: Path, **extra: str) -> subprocess.CompletedProcess
         (["replay", "--topic", "runs", "--from-offset", "-1"], "greater than or equal to 0"),
         (["runs"], "no audit store"),
         (["run", "show", "abcd"], "no audit store"),
-        (["approvals", "list"], "no approvals store"),
-        (["approvals", "approve", "abcd"], "Missing option"),
+        (["approvals", "list"], "no API token: set CHARTER_TOKEN"),
+        (["approvals", "approve", "abcd"], "no API token"),
+        (["approvals", "list", "--status", "nope"], "--status must be one of"),
+        (["tokens", "create", "--user", "nobody"], "no user 'nobody'"),
+        (["tokens", "create", "--user", "dana", "--role", "admin"], "dana does not hold admin"),
+        (["tokens", "create", "--user", "dana", "--expires-in", "soon"], "--expires-in takes"),
+        (["tokens", "revoke", "nope"], "no active token nope"),
         (["audit", "verify"], "no audit store"),
     ],
 )
@@ -89,6 +95,8 @@ def test_the_contract_commands_exist() -> None:
         "approvals reject",
         "audit verify",
         "replay",
+        "tokens create",
+        "tokens revoke",
     }
     assert expected <= paths
 

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from charter import agents, tools
+from charter.binding import action_hash
 from charter.clock import derive_id
 from charter.events import (
     Action,
@@ -17,10 +19,12 @@ from charter.events import (
     ActionProposed,
     ActionRejected,
     ApprovalRequested,
+    Approver,
     Decision,
     Event,
 )
 from charter.killswitch import KillSwitch, switch_id
+from charter.signing import Signer, Verifier
 from services.policy.bundle import PolicyBundle
 from services.policy.decide import Context, decide, revalidate
 from services.policy.engine import to_cedar
@@ -31,7 +35,11 @@ NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
 TOOLS = tools.load(["charter.demo.tools"])
 AGENTS = agents.load(REPO / "agents", TOOLS)
 BUNDLE = PolicyBundle.load(REPO / "policies")
-CTX = Context(BUNDLE, AGENTS, TOOLS)
+# The approvals service's key pair: it signs human approvals, policy checks them.
+_APPROVALS_KEY = Ed25519PrivateKey.generate()
+APPROVALS = Signer(_APPROVALS_KEY)
+APPROVALS_KEY = Verifier(_APPROVALS_KEY.public_key())
+CTX = Context(BUNDLE, AGENTS, TOOLS, approvals_key=APPROVALS_KEY)
 RESOURCES = {
     "issue_refund": "order/A-1001",
     "lookup_order": "order/A-1001",
@@ -408,12 +416,30 @@ def test_a_kill_switch_denies_what_it_covers(agent: str | None, tool: str | None
         assert isinstance(out, ActionApproved)
 
 
-def _human_approved(event: ActionProposed, ctx: Context = CTX) -> ActionApproved:
+def _human_approved(
+    event: ActionProposed, ctx: Context = CTX, approvers: tuple[tuple[str, str], ...] = (("dana", "finance"),)
+) -> ActionApproved:
+    """What the approvals service sends once people approved: signed with its key."""
     request = decided(event, ctx)
     assert isinstance(request, ApprovalRequested)
-    return ActionApproved.caused_by(
-        request, label="human", now=NOW, action=request.action, decision=request.decision, approved_by="dana"
+    approved = ActionApproved.caused_by(
+        request,
+        label="human",
+        now=NOW,
+        action=request.action,
+        decision=request.decision,
+        approved_by=",".join(u for u, _ in approvers),
+        approval_id=request.approval_id,
+        approvers=[Approver(user=u, roles=[r]) for u, r in approvers],
     )
+    return APPROVALS.sign(approved)
+
+
+def _with(tmp_path: Path, cedar: str, switches: list[KillSwitch] | None = None) -> Context:
+    return Context(_bundle(tmp_path, cedar), AGENTS, TOOLS, switches or [], APPROVALS_KEY)
+
+
+REFUNDS = (REPO / "policies" / "refunds.cedar").read_text()
 
 
 def test_a_human_approval_is_decided_again_before_it_may_run() -> None:
@@ -423,17 +449,18 @@ def test_a_human_approval_is_decided_again_before_it_may_run() -> None:
     assert isinstance(out, ActionApproved)
     assert out.executable
     assert out.approved_by == "dana"
+    assert (out.approval_id, out.approvers) == (approved.approval_id, approved.approvers)
     assert out.decision.previous_policy_hash == BUNDLE.hash
     assert out.event_id == only(revalidate(approved, CTX, NOW)).event_id
 
 
 def test_revalidation_after_a_policy_change_denies_and_shows_both_hashes(tmp_path: Path) -> None:
     approved = _human_approved(refund(2500))
-    stricter = (REPO / "policies" / "refunds.cedar").read_text() + (
+    stricter = REFUNDS + (
         '\n@id("refund-freeze") forbid (principal, action == Action::"issue_refund", resource) '
         "when { context.parameters.amount > 1000 };\n"
     )
-    ctx = Context(_bundle(tmp_path, stricter), AGENTS, TOOLS)
+    ctx = _with(tmp_path, stricter)
     decision = denial(only(revalidate(approved, ctx, NOW)))
     assert decision.policy_ids == ["refund-freeze"]
     assert decision.previous_policy_hash == BUNDLE.hash
@@ -443,17 +470,95 @@ def test_revalidation_after_a_policy_change_denies_and_shows_both_hashes(tmp_pat
 
 def test_revalidation_refuses_an_approval_by_a_role_policy_no_longer_accepts(tmp_path: Path) -> None:
     approved = _human_approved(refund(2500))
-    moved = (
-        (REPO / "policies" / "refunds.cedar").read_text().replace('@approval("finance")', '@approval("cfo")')
+    ctx = _with(tmp_path, REFUNDS.replace('@approval("finance")', '@approval("cfo")'))
+    reason = denial(only(revalidate(approved, ctx, NOW))).reasons[0]
+    assert "policy now requires 1 approval(s) by cfo; this action has 0" in reason
+
+
+def test_revalidation_refuses_fewer_approvers_than_policy_now_asks_for(tmp_path: Path) -> None:
+    ctx = _with(tmp_path, REFUNDS.replace('@approval("finance")', '@approval("finance")\n@quorum("2")'))
+    one = _human_approved(refund(2500), ctx)
+    assert (
+        "requires 2 approval(s) by finance; this action has 1 (dana)"
+        in denial(only(revalidate(one, ctx, NOW))).reasons[0]
     )
-    ctx = Context(_bundle(tmp_path, moved), AGENTS, TOOLS)
-    assert "now requires approval by cfo" in denial(only(revalidate(approved, ctx, NOW))).reasons[0]
+    two = _human_approved(refund(2500), ctx, (("dana", "finance"), ("lee", "finance")))
+    assert isinstance(only(revalidate(two, ctx, NOW)), ActionApproved)
 
 
 def test_revalidation_honours_a_kill_switch_set_during_the_wait() -> None:
     approved = _human_approved(refund(2500))
-    ctx = Context(BUNDLE, AGENTS, TOOLS, [_switch("support-refunds")])
+    ctx = Context(BUNDLE, AGENTS, TOOLS, [_switch("support-refunds")], APPROVALS_KEY)
     assert denial(only(revalidate(approved, ctx, NOW))).limit == "kill_switch"
+
+
+def test_an_approval_not_signed_by_the_approvals_service_is_refused() -> None:
+    genuine = _human_approved(refund(2500))
+    unsigned = genuine.model_copy(update={"signature": None})
+    forged = Signer(Ed25519PrivateKey.generate()).sign(genuine)
+    # A genuine signature does not carry over to other parameters or another approver.
+    tampered = genuine.model_copy(
+        update={"action": genuine.action.model_copy(update={"parameters": {"amount": 9}})}
+    )
+    reassigned = genuine.model_copy(update={"approvers": [Approver(user="mallory", roles=["finance"])]})
+    for event in (unsigned, forged, tampered, reassigned):
+        assert "signature does not verify" in denial(only(revalidate(event, CTX, NOW))).reasons[0]
+
+
+def test_without_the_approvals_key_no_human_approval_passes() -> None:
+    approved = _human_approved(refund(2500))
+    reason = denial(only(revalidate(approved, Context(BUNDLE, AGENTS, TOOLS), NOW))).reasons[0]
+    assert "no approvals public key" in reason
+
+
+def test_an_approval_lets_one_action_through() -> None:
+    approved = _human_approved(refund(2500))
+    assert "already used" in denial(only(revalidate(approved, CTX, NOW, used=True))).reasons[0]
+
+
+def test_a_quorum_on_a_permit_is_asked_for(tmp_path: Path) -> None:
+    ctx = _with(tmp_path, REFUNDS.replace('@approval("finance")', '@approval("finance")\n@quorum("2")'))
+    request = decided(refund(2500), ctx)
+    assert isinstance(request, ApprovalRequested)
+    assert request.decision.approvals_required == 2
+    assert "with approval by 2 people in finance" in request.decision.reasons[0]
+
+
+def test_a_policy_may_ask_for_a_decision_sooner(tmp_path: Path) -> None:
+    ctx = _with(tmp_path, REFUNDS.replace('@approval("finance")', '@approval("finance")\n@expires("30m")'))
+    request = decided(refund(2500), ctx)
+    assert isinstance(request, ApprovalRequested)
+    assert request.decision.approval_timeout_s == 1800
+    default = decided(refund(2500))
+    assert isinstance(default, ApprovalRequested)
+    assert default.decision.approval_timeout_s is None
+
+
+@pytest.mark.parametrize(
+    ("annotations", "error"),
+    [
+        ('@quorum("2")', "needs @approval"),
+        ('@approval("finance")\n@quorum("0")', "whole number from 1 to 20"),
+        ('@approval("finance")\n@quorum("two")', "whole number from 1 to 20"),
+        ('@expires("1h")', "needs @approval"),
+        ('@approval("finance")\n@expires("soon")', "such as 90s, 30m, 4h or 2d"),
+        ('@approval("finance")\n@expires("0s")', "such as 90s, 30m, 4h or 2d"),
+    ],
+)
+def test_a_bad_quorum_or_deadline_makes_the_bundle_invalid(
+    tmp_path: Path, annotations: str, error: str
+) -> None:
+    text = f'{annotations}\npermit (principal, action == Action::"issue_refund", resource);\n'
+    bundle = _bundle(tmp_path, text)
+    assert bundle.error is not None
+    assert error in bundle.error
+
+
+def test_an_approval_request_carries_its_binding_and_who_may_not_approve() -> None:
+    request = decided(refund(2500).model_copy(update={"triggered_by": "kim"}))
+    assert isinstance(request, ApprovalRequested)
+    assert request.action_hash == action_hash(request.action, request.envelope.run_id or "", BUNDLE.hash)
+    assert (request.agent_owner, request.triggered_by) == ("maria.lopez@example.com", "kim")
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 
 from charter import agents, tools
-from charter.events import ActionApproved, ApprovalRequested
+from charter.events import ActionApproved, ApprovalRequested, Approver
 from services.approvals import store as approvals
+from services.approvals.decide import Pending
 from services.executor import decide as executor_decide
 from services.executor import store as executions
 from services.planner import decide as planner_decide
@@ -65,23 +67,48 @@ def test_a_rolled_back_transaction_records_nothing(engine: Engine) -> None:
 def test_approvals_are_added_once_and_decided_once(engine: Engine) -> None:
     approvals.create(engine)
     request = next(e for e in one_of_each() if isinstance(e, ApprovalRequested))
+    expires = NOW + timedelta(hours=24)
     with engine.begin() as conn:
-        approvals.add(conn, request)
-        approvals.add(conn, request)
+        assert approvals.add(conn, request, expires)
+        assert not approvals.add(conn, request, expires)
     with engine.connect() as conn:
         [pending] = approvals.listing(conn)
-        assert pending.status == "pending"
-        assert pending.roles == "finance"
-        assert approvals.request_of(conn, request.approval_id) == (request, "pending")
+        assert (pending.status, pending.roles, pending.quorum) == ("pending", "finance", 2)
+        assert pending.action_hash == request.action_hash
+        assert approvals.pending_of(conn, request.approval_id) == Pending(request, "pending", expires, [])
         assert [a.approval_id for a in approvals.find(conn, request.approval_id[:3])] == [request.approval_id]
+        assert approvals.listing(conn, roles=["it-security"]) == []
+        assert approvals.due(conn, expires) == [
+            (request.approval_id, pending.run_id, request.envelope.occurred_at)
+        ]
     with engine.begin() as conn:
-        approvals.decide(conn, request.approval_id, status="approved", by="dana", note=None, at=LATER)
-        approvals.decide(conn, request.approval_id, status="rejected", by="eve", note=None, at=LATER)
+        common: dict[str, Any] = {"approval_id": request.approval_id, "attempted": "approve", "at": LATER}
+        common["roles"] = ["finance"]
+        approvals.record_decision(
+            conn, decision_event_id="d1", approver="dana", outcome="counted", code=None, reason=None, **common
+        )
+        approvals.record_decision(
+            conn, decision_event_id="d2", approver="maria", outcome="refused", code="separation_of_duties",
+            reason="owner", **common,
+        )  # fmt: skip
+    with engine.connect() as conn:
+        # Only counted approvals count toward the quorum.
+        counted = approvals.pending_of(conn, request.approval_id)
+        assert counted is not None
+        assert counted.approvals == [Approver(user="dana", roles=["finance"])]
+        refused = approvals.decision_of(conn, "d2")
+        assert refused is not None
+        assert refused.code == "separation_of_duties"
+    with engine.begin() as conn:
+        approvals.settle(conn, request.approval_id, status="approved", by="dana,lee", note=None, at=LATER)
+        approvals.settle(conn, request.approval_id, status="rejected", by="eve", note=None, at=LATER)
     with engine.connect() as conn:
         assert approvals.listing(conn) == []
         [decided] = approvals.listing(conn, None)
-        assert (decided.status, decided.decided_by) == ("approved", "dana")
-        assert approvals.request_of(conn, "nope") == (None, "unknown")
+        assert (decided.status, decided.decided_by) == ("approved", "dana,lee")
+        assert approvals.pending_of(conn, "nope") is None
+        assert approvals.due(conn, expires) == []
+        assert approvals.counts(conn)["approved"] == 1
 
 
 def test_find_treats_wildcards_literally(engine: Engine) -> None:
@@ -109,9 +136,9 @@ def test_a_run_that_ended_withdraws_its_pending_approvals(engine: Engine) -> Non
     approvals.create(engine)
     request = next(e for e in one_of_each() if isinstance(e, ApprovalRequested))
     with engine.begin() as conn:
-        approvals.add(conn, request)
+        approvals.add(conn, request, NOW + timedelta(hours=1))
         approvals.withdraw(conn, request.envelope.run_id or "", "run ended: cancelled", LATER)
-        approvals.decide(conn, request.approval_id, status="approved", by="dana", note=None, at=LATER)
+        approvals.settle(conn, request.approval_id, status="approved", by="dana", note=None, at=LATER)
     with engine.connect() as conn:
         [row] = approvals.listing(conn, None)
     assert (row.status, row.decided_by, row.note) == ("withdrawn", "charter", "run ended: cancelled")

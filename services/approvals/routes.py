@@ -1,0 +1,362 @@
+"""The `/v1` API: business events in; runs, approvals and the audit log out; decisions on
+approvals; API tokens. Roles decide who may call what (charter.identity.roles)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy import Connection
+
+from charter import broker
+from charter.clock import new_id
+from charter.events import TriggerReceived
+from charter.identity import tokens
+from charter.identity.principal import Principal
+from charter.identity.roles import Permission, approver_roles
+from services.approvals import store
+from services.approvals.api import ApiContext, ApiError, context, principal, require
+from services.approvals.api_models import (
+    ApprovalDetail,
+    ApprovalList,
+    ApproveIn,
+    DecisionResult,
+    ErrorBody,
+    EventAccepted,
+    EventIn,
+    Health,
+    Me,
+    RejectIn,
+    RunDetail,
+    RunList,
+    RunSummary,
+    TimelineItem,
+    TokenIn,
+    TokenIssued,
+    TokenList,
+    TokenOut,
+    Verification,
+)
+from services.approvals.submit import approval_out, decision_out, load, submit
+from services.audit import store as audit
+from services.audit import views
+from services.audit.decide import verify
+
+Ctx = Annotated[ApiContext, Depends(context)]
+STATUSES = "|".join(("all", *store.STATUSES))
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    # 400: a body that is not JSON at all; 422: JSON that breaks the model.
+    documented = {401, 403, 422, *codes}
+    return {code: {"model": ErrorBody} for code in sorted(documented)}
+
+
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/health", response_model=Health, responses=_errors())
+def health(ctx: Ctx, _who: Annotated[Principal, Depends(principal)]) -> Health:
+    with ctx.engine.connect() as conn:
+        pending = store.counts(conn)["pending"]
+    return Health(
+        status="ok",
+        service="approvals",
+        instance=ctx.settings.instance,
+        broker=broker.capabilities(ctx.settings).kind,
+        pending_approvals=pending,
+    )
+
+
+@router.get("/metrics", responses=_errors(), response_class=Response)
+def metrics(ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.READ_METRICS))]) -> Response:
+    return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/me", response_model=Me, responses=_errors())
+def me(who: Annotated[Principal, Depends(principal)]) -> Me:
+    return Me(user=who.user, email=who.email, roles=sorted(who.roles), via=who.via, token_id=who.token_id)
+
+
+@router.post("/events", status_code=202, response_model=EventAccepted, responses=_errors(400, 413))
+async def publish_event(
+    body: EventIn, request: Request, ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.PUBLISH))]
+) -> EventAccepted:
+    """Publish a business event (a trigger); the runs it starts name the caller as submitter."""
+    size = len(json.dumps(body.data))
+    if size > ctx.settings.max_message_bytes // 2:
+        raise ApiError(
+            413,
+            "too_large",
+            f"event data is {size} bytes; the limit is {ctx.settings.max_message_bytes // 2}",
+        )
+    event_id = new_id()
+    trigger = TriggerReceived.create(
+        event_id=event_id,
+        now=ctx.clock.now(),
+        tenant=ctx.settings.tenant,
+        correlation_id=event_id,
+        name=body.name,
+        data=body.data,
+        source="api",
+        submitted_by=who.user,
+    )
+    await ctx.bus.publish(trigger)
+    return EventAccepted(event_id=event_id, name=body.name, submitted_by=who.user)
+
+
+def _visible_runs(conn: Connection, who: Principal) -> set[str] | None:
+    """The runs a caller may read: all (None), or for a plain approver those with approvals
+    their roles may decide."""
+    if who.may(Permission.READ_ALL_APPROVALS):
+        return None
+    return {
+        a.run_id for a in store.listing(conn, None, limit=10_000, roles=sorted(approver_roles(who.roles)))
+    }
+
+
+def _summary(s: views.Summary) -> RunSummary:
+    return RunSummary(
+        run_id=s.run_id,
+        agent=s.agent,
+        trigger=s.trigger,
+        started=s.started,
+        status=s.status,
+        last=s.last,
+        triggered_by=s.triggered_by,
+    )
+
+
+def _timeline(entries: list[views.Entry]) -> list[TimelineItem]:
+    return [
+        TimelineItem(
+            seq=e.seq,
+            occurred_at=e.occurred_at,
+            event_type=e.event_type,
+            topic=e.topic,
+            text=e.text,
+            event=views.as_json(e.event) if e.event else None,
+        )
+        for e in entries
+    ]
+
+
+@router.get("/runs", response_model=RunList, responses=_errors())
+def list_runs(
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(require(Permission.READ_RUNS))],
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> RunList:
+    with ctx.engine.connect() as conn:
+        visible = _visible_runs(conn, who)
+    with ctx.audit_engine.connect() as conn:
+        summaries = views.recent(conn, limit=limit if visible is None else 10_000)
+    shown = [s for s in summaries if visible is None or s.run_id in visible][:limit]
+    return RunList(runs=[_summary(s) for s in shown])
+
+
+def run_detail(ctx: ApiContext, who: Principal, run_id: str) -> RunDetail:
+    with ctx.engine.connect() as conn:
+        visible = _visible_runs(conn, who)
+    with ctx.audit_engine.connect() as conn:
+        entries = views.timeline(conn, run_id)
+        trigger = views.trigger_of(conn, entries)
+    if not entries or (visible is not None and run_id not in visible):
+        raise ApiError(404, "not_found", f"no run {run_id}")
+    return RunDetail(
+        run=_summary(views.summarize(run_id, entries)),
+        trigger=views.as_json(trigger) if trigger else None,
+        timeline=_timeline(entries),
+    )
+
+
+@router.get("/runs/{run_id}", response_model=RunDetail, responses=_errors(404))
+def get_run(
+    run_id: str, ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.READ_RUNS))]
+) -> RunDetail:
+    return run_detail(ctx, who, run_id)
+
+
+@router.get("/approvals", response_model=ApprovalList, responses=_errors())
+def list_approvals(
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(require(Permission.READ_APPROVALS))],
+    status: Annotated[str, Query(pattern=f"^({STATUSES})$")] = "pending",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> ApprovalList:
+    """Approvals, oldest first: all of them for operators, auditors and admins; for an
+    approver, those one of their roles may decide."""
+    roles = None if who.may(Permission.READ_ALL_APPROVALS) else sorted(approver_roles(who.roles))
+    with ctx.engine.connect() as conn:
+        rows = store.listing(conn, None if status == "all" else status, limit=limit, roles=roles)
+    return ApprovalList(approvals=[approval_out(a) for a in rows])
+
+
+def approval_detail(ctx: ApiContext, approval_id: str) -> ApprovalDetail:
+    with ctx.engine.connect() as conn:
+        approval, request = load(conn, approval_id)
+        decisions = store.decisions_of(conn, approval_id)
+    with ctx.audit_engine.connect() as conn:
+        entries = views.timeline(conn, approval.run_id)
+        trigger = views.trigger_of(conn, entries)
+    return ApprovalDetail(
+        approval=approval_out(approval),
+        policy_ids=request.decision.policy_ids,
+        policy_hash=request.decision.policy_hash,
+        agent_owner=request.agent_owner,
+        triggered_by=request.triggered_by,
+        amended_by=request.amended_by,
+        decisions=[decision_out(d) for d in decisions],
+        trigger=views.as_json(trigger) if trigger else None,
+        run=_summary(views.summarize(approval.run_id, entries)) if entries else None,
+        timeline=_timeline(entries),
+    )
+
+
+@router.get("/approvals/{approval_id}", response_model=ApprovalDetail, responses=_errors(404))
+def get_approval(
+    approval_id: str, ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.READ_APPROVALS))]
+) -> ApprovalDetail:
+    """One approval with everything needed to decide it: the action, why policy asked, the
+    business event, the run so far, and the decisions made on it."""
+    return approval_detail(ctx, approval_id)
+
+
+@router.post(
+    "/approvals/{approval_id}/approve",
+    response_model=DecisionResult,
+    responses={**_errors(400, 404, 409), 202: {"model": DecisionResult}},
+)
+async def approve(
+    approval_id: str,
+    body: ApproveIn,
+    response: Response,
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(require(Permission.DECIDE))],
+) -> DecisionResult:
+    """Approve the action bound to `action_hash`; with `parameters`, approve an edited action
+    instead, which goes back to policy as a new proposal."""
+    status, result = await submit(
+        ctx, who, approval_id, "approve", body.action_hash, comment=body.comment, parameters=body.parameters
+    )
+    response.status_code = status
+    return result
+
+
+@router.post(
+    "/approvals/{approval_id}/reject",
+    response_model=DecisionResult,
+    responses={**_errors(400, 404, 409), 202: {"model": DecisionResult}},
+)
+async def reject(
+    approval_id: str,
+    body: RejectIn,
+    response: Response,
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(require(Permission.DECIDE))],
+) -> DecisionResult:
+    """Reject the action bound to `action_hash`; its run ends."""
+    status, result = await submit(ctx, who, approval_id, "reject", body.action_hash, reason=body.reason)
+    response.status_code = status
+    return result
+
+
+@router.get("/audit/verify", response_model=Verification, responses=_errors())
+def audit_verify(
+    ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.READ_AUDIT))]
+) -> Verification:
+    """Recompute the audit log's hash chain; name the first broken row."""
+    with ctx.audit_engine.connect() as conn:
+        result = verify(audit.rows(conn))
+    return Verification(
+        ok=result.ok,
+        rows=result.rows,
+        head=result.head.hex(),
+        broken_seq=result.broken_seq,
+        problem=result.problem,
+    )
+
+
+@router.get(
+    "/audit/export",
+    responses={
+        **_errors(),
+        200: {"content": {"application/x-ndjson": {}}, "description": "One record a line."},
+    },
+    response_class=StreamingResponse,
+)
+def audit_export(
+    ctx: Ctx,
+    _who: Annotated[Principal, Depends(require(Permission.READ_AUDIT))],
+    run_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> StreamingResponse:
+    """Audit records in chain order, as JSON lines: chain hashes, raw bytes and decoded event."""
+
+    def lines() -> Iterator[bytes]:
+        with ctx.audit_engine.connect() as conn:
+            for record in views.export(conn, run_id=run_id, since=since, until=until):
+                yield (json.dumps(record, sort_keys=True) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def _token_out(t: tokens.Token, now: datetime) -> dict[str, Any]:
+    return {
+        "token_id": t.token_id,
+        "user": t.user_id,
+        "roles": list(t.roles),
+        "description": t.description,
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "revoked_at": t.revoked_at,
+        "last_used_at": t.last_used_at,
+        "state": t.state(now),
+    }
+
+
+@router.get("/tokens", response_model=TokenList, responses=_errors())
+def list_tokens(
+    ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]
+) -> TokenList:
+    now = ctx.clock.now()
+    with ctx.engine.connect() as conn:
+        return TokenList(tokens=[TokenOut(**_token_out(t, now)) for t in tokens.listing(conn)])
+
+
+@router.post("/tokens", status_code=201, response_model=TokenIssued, responses=_errors(400))
+def issue_token(
+    body: TokenIn, ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]
+) -> TokenIssued:
+    """Issue a token to a user in the users file, scoped to some of their roles."""
+    user = ctx.users.current().get(body.user)
+    if user is None:
+        raise ApiError(422, "invalid", f"no user {body.user!r} in the users file")
+    roles = body.roles if body.roles is not None else user.roles
+    extra = sorted(set(roles) - set(user.roles))
+    if extra:
+        raise ApiError(422, "invalid", f"{user.id} does not hold {', '.join(extra)}")
+    if not roles:
+        raise ApiError(422, "invalid", "a token needs at least one role")
+    now = ctx.clock.now()
+    expires = now + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+    with ctx.engine.begin() as conn:
+        record, secret = tokens.issue(
+            conn, user_id=user.id, roles=roles, now=now, expires_at=expires, description=body.description
+        )
+    return TokenIssued(**_token_out(record, now), token=secret)
+
+
+@router.delete("/tokens/{token_id}", status_code=204, responses=_errors(404))
+def revoke_token(
+    token_id: str, ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]
+) -> Response:
+    with ctx.engine.begin() as conn:
+        if not tokens.revoke(conn, token_id, ctx.clock.now()):
+            raise ApiError(404, "not_found", f"no active token {token_id}")
+    return Response(status_code=204)

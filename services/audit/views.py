@@ -1,0 +1,164 @@
+"""What people read from the audit log: runs with their status, a run's timeline, and exports.
+Shared by the CLI, the HTTP API and the console, so all three tell the same story."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from charter import events as ev
+from charter import serde
+from charter.clock import as_utc
+from charter.describe import describe
+from charter.errors import InvalidMessage
+from services.audit import store
+from services.audit.store import Recorded, log_table
+
+TERMINAL = ("completed", "failed", "cancelled", "escalated")
+
+
+@dataclass
+class Summary:
+    run_id: str
+    agent: str = "-"
+    trigger: str = "-"
+    started: datetime | None = None
+    status: str = "unknown"
+    last: str = ""
+    triggered_by: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    occurred_at: datetime | None
+    event_type: str
+    topic: str
+    text: str
+    event: ev.Event | None
+
+
+def _status(event: ev.Event, current: str) -> str:
+    if current in TERMINAL:
+        return current
+    match event:
+        case ev.ApprovalRequested():
+            return "awaiting approval"
+        case ev.RunCompleted():
+            return "completed"
+        case ev.RunFailed():
+            return "failed"
+        case ev.RunCancelled():
+            return "cancelled"
+        case ev.RunEscalated():
+            return "escalated"
+        case ev.RunStarted() | ev.ActionProposed() | ev.ActionApproved() | ev.ActionExecuted():
+            return "running"
+    return current
+
+
+def causal(recorded: Recorded) -> tuple[datetime, int]:
+    """Order by when things happened; the audit sequence (arrival order) breaks ties."""
+    at = as_utc(recorded.occurred_at) if recorded.occurred_at else datetime.max.replace(tzinfo=UTC)
+    return at, recorded.seq
+
+
+def summarize(run_id: str, entries: list[Entry]) -> Summary:
+    summary = Summary(run_id)
+    for entry in entries:
+        event = entry.event
+        if event is None:
+            continue
+        if isinstance(event, ev.RunStarted):
+            summary.agent = event.envelope.agent or "-"
+            summary.trigger = event.trigger_name
+            summary.started = entry.occurred_at
+            summary.triggered_by = event.triggered_by
+        summary.status = _status(event, summary.status)
+        summary.last = entry.text
+    return summary
+
+
+def timeline(conn: Connection, run_id: str) -> list[Entry]:
+    out = []
+    for r in sorted(store.timeline(conn, run_id), key=causal):
+        try:
+            event: ev.Event | None = serde.decode(r.value)
+            text = describe(event) if event else ""
+        except InvalidMessage as exc:
+            event, text = None, f"(undecodable: {exc})"
+        at = as_utc(r.occurred_at) if r.occurred_at else None
+        out.append(Entry(r.seq, at, r.event_type, r.topic, text, event))
+    return out
+
+
+def trigger_of(conn: Connection, entries: list[Entry]) -> ev.TriggerReceived | None:
+    """The business event that started a run (recorded under no run id of its own)."""
+    started = next((e.event for e in entries if isinstance(e.event, ev.RunStarted)), None)
+    if not isinstance(started, ev.RunStarted):
+        return None
+    value = conn.execute(
+        select(log_table.c.value).where(log_table.c.event_id == started.trigger_event_id)
+    ).scalar()
+    if value is None:
+        return None
+    try:
+        trigger = serde.decode(value)
+    except InvalidMessage:
+        return None
+    return trigger if isinstance(trigger, ev.TriggerReceived) else None
+
+
+def recent(conn: Connection, limit: int = 20, prefix: str = "") -> list[Summary]:
+    return [summarize(run_id, timeline(conn, run_id)) for run_id in store.run_ids(conn, prefix, limit)]
+
+
+def as_json(event: ev.Event) -> dict[str, Any]:
+    return dict(event.model_dump(mode="json", context={"objects": True}))
+
+
+def export(
+    conn: Connection,
+    *,
+    run_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Audit records in chain order, each with its chain hashes, decoded where it decodes."""
+    query = select(log_table).order_by(log_table.c.seq)
+    if run_id:
+        query = query.where(log_table.c.run_id == run_id)
+    if since:
+        query = query.where(log_table.c.occurred_at >= since)
+    if until:
+        query = query.where(log_table.c.occurred_at < until)
+    for row in conn.execute(query.execution_options(yield_per=1000)):
+        try:
+            event: dict[str, Any] | None = as_json(serde.decode(row.value))
+        except InvalidMessage:
+            event = None
+        yield {
+            "seq": row.seq,
+            "event_id": row.event_id,
+            "event_type": row.event_type,
+            "run_id": row.run_id,
+            "agent": row.agent,
+            "topic": row.topic,
+            "partition": row.partition,
+            "offset": row.offset,
+            "occurred_at": as_utc(row.occurred_at).isoformat() if row.occurred_at else None,
+            "recorded_at_us": row.recorded_at_us,
+            "prev_hash": bytes(row.prev_hash).hex(),
+            "hash": bytes(row.hash).hex(),
+            "value_b64": base64.b64encode(row.value).decode(),
+            "event": event,
+        }
