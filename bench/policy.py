@@ -5,8 +5,8 @@
 
 For 10 and 100 policies, Charter's path is: Avro decode of an ActionProposed, the decision
 (registry and segmentation checks, Cedar, live limits and their accounting), Avro encode of
-the outcome. The toolkit's is its in-process PolicyEngine.evaluate on the same rules
-(bench/agt_runner.py). Both cycle through the same four actions (allow, approval, deny,
+the outcome, signed (Ed25519) when it is an ActionApproved. The toolkit's is its in-process
+PolicyEngine.evaluate on the same rules (bench/agt_runner.py). Both cycle through the same four actions (allow, approval, deny,
 allow) and must agree on every outcome. Results: bench/results/policy.json.
 
 Three more figures, for honesty: Charter's decision alone (no Avro, which the toolkit's figure
@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import cedarpy
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from charter import agents, serde, tools
+from charter import agents, serde, signing, tools
 from charter.clock import derive_id
-from charter.events import Action, ActionProposed, Event
+from charter.events import Action, ActionApproved, ActionProposed, Event
 from charter.store import make_engine, serialized
 from services.policy import limits
 from services.policy import store as policy_store
@@ -132,10 +133,13 @@ def timed(fn: Callable[[bytes], object], inputs: Sequence[bytes], warmup: int) -
 def charter_path(ctx: Context, inputs: Sequence[bytes], warmup: int) -> tuple[dict[str, float], list[str]]:
     usage = limits.Usage()
     now = datetime.now(UTC)
+    # The service signs every ActionApproved it sends (Ed25519), so the path includes it.
+    signer = signing.Signer(Ed25519PrivateKey.generate())
 
     def one(data: bytes) -> list[bytes]:
         event = serde.decode(data)
-        return [serde.encode(out) for out in decide(event, ctx, usage, now)]  # type: ignore[arg-type]
+        outputs = decide(event, ctx, usage, now)  # type: ignore[arg-type]
+        return [serde.encode(signer.sign(o) if isinstance(o, ActionApproved) else o) for o in outputs]
 
     outcomes = [outcome(decide(serde.decode(d), ctx, limits.Usage(), now)[0]) for d in inputs[:4]]  # type: ignore[arg-type]
     return timed(one, inputs, warmup), outcomes

@@ -46,7 +46,8 @@ JsonObject = Annotated[
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Bytes (a dead letter's original record) show as base64 in JSON: they are rarely UTF-8.
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64")
 
 
 class Envelope(_Frozen):

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from charter.clock import derive_id
 from charter.errors import InvalidEvent
@@ -128,17 +129,8 @@ def on_expired(expired: ApprovalExpired, pending: Pending | None, now: datetime)
         f"approval expired after {_duration(waited.total_seconds())} without a decision by {roles}; "
         "nothing is ever approved by default"
     )
-    decision = request.decision.model_copy(
-        update={"outcome": "deny", "reasons": [reason], "limit": "approval_expired"}
-    )
-    rejected = ActionRejected.caused_by(
-        expired,
-        lineage=request,
-        label="expired",
-        now=now,
-        action=request.action,
-        decision=Decision.model_validate(decision.model_dump()),
-        rejected_by="charter",
+    rejected = _rejection(
+        expired, request, now, label="expired", reason=reason, by="charter", limit="approval_expired"
     )
     return Verdict([rejected], status="expired", decided_by=["charter"])
 
@@ -209,17 +201,28 @@ def _qualifying(decision: HumanDecision, request: ApprovalRequested) -> list[str
 
 def _rejected(decision: ApprovalRejected, request: ApprovalRequested, now: datetime) -> Verdict:
     why = f"rejected by {decision.approver}" + (f": {decision.reason}" if decision.reason else "")
-    rejected = request.decision.model_copy(update={"outcome": "deny", "reasons": [why]})
-    out = ActionRejected.caused_by(
-        decision,
-        lineage=request,
-        label="rejected",
-        now=now,
-        action=request.action,
-        decision=Decision.model_validate(rejected.model_dump()),
-        rejected_by=decision.approver,
-    )
+    out = _rejection(decision, request, now, label="rejected", reason=why, by=decision.approver)
     return Verdict([out], status="rejected", decided_by=[decision.approver])
+
+
+def _rejection(
+    cause: Event,
+    request: ApprovalRequested,
+    now: datetime,
+    *,
+    label: str,
+    reason: str,
+    by: str,
+    limit: str | None = None,
+) -> ActionRejected:
+    """The requested action, rejected for `reason` by `by`."""
+    update: dict[str, Any] = {"outcome": "deny", "reasons": [reason]}
+    if limit is not None:
+        update["limit"] = limit
+    decision = Decision.model_validate(request.decision.model_copy(update=update).model_dump())
+    return ActionRejected.caused_by(
+        cause, lineage=request, label=label, now=now, action=request.action, decision=decision, rejected_by=by
+    )
 
 
 def _amended(decision: ApprovalAmended, request: ApprovalRequested, now: datetime) -> Verdict:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
 from charter import serde
 from charter.errors import UndecodableRecord, UnknownSchema
-from charter.events import EVENT_TYPES, TriggerReceived
+from charter.events import EVENT_TYPES, DeadLettered, TriggerReceived
+from services.audit.views import as_json
 from tests.factories import one_of_each
 
 
@@ -75,3 +79,14 @@ def test_json_field_that_is_not_an_object_is_undecodable() -> None:
     assert bad != data
     with pytest.raises(UndecodableRecord, match="fails validation"):
         serde.decode(bad)
+
+
+@pytest.mark.parametrize("event", one_of_each(), ids=lambda e: type(e).__name__)
+def test_every_event_shows_as_json_for_the_api_and_the_cli(event: object) -> None:
+    """A dead letter's bytes are rarely UTF-8; they show as base64, JSON fields as objects."""
+    shown = as_json(event)  # type: ignore[arg-type]
+    json.dumps(shown)
+    if isinstance(event, DeadLettered):
+        assert shown["value"] == base64.b64encode(event.value).decode()
+    if isinstance(event, TriggerReceived):
+        assert shown["data"] == event.data
