@@ -16,6 +16,7 @@ from charter.client import Client
 from charter.events import EVENT_TYPES, ApprovalRequested, DeadLettered, RunCompleted, RunFailed
 from tests.conftest import REPO
 from tests.e2e.conftest import Stack, run_id, wait_approval, wait_for, wait_pending, wait_run_end
+from tests.e2e.test_approvals import DEADLINE, policy
 from tests.e2e.test_bad_input import _produce_raw
 
 pytestmark = pytest.mark.e2e
@@ -40,8 +41,6 @@ def java_reader() -> list[str]:
 def _every_event_type(stack: Stack) -> None:
     """Drive the stack until it has written one event of every type."""
     small = stack.publish("support.refund_requested", {"order_id": "J-1001", "amount": 20})
-    # ApprovalExpired (and KillSwitchSet, ControlApplied) come from tests that run on this stack
-    # first: test_approvals.py and test_controls.py.
     approved = stack.publish("support.refund_requested", {"order_id": "J-1002", "amount": 700})
     rejected = stack.publish("support.refund_requested", {"order_id": "J-1003", "amount": 800})
     failing = stack.publish("support.refund_requested", {"order_id": "Z-1004", "amount": 20})
@@ -60,6 +59,18 @@ def _every_event_type(stack: Stack) -> None:
     assert isinstance(amended, ApprovalRequested)
     stack.as_user("lee", "approvals", "approve", wait_pending(stack, amended).approval_id)
     stack.as_user("dana", "approvals", "reject", wait_approval(stack, run_id(rejected, REFUNDS)).approval_id)
+    with policy(stack, "deadline.cedar", DEADLINE):  # ApprovalExpired
+        expired = stack.publish("support.refund_requested", {"order_id": "J-1005", "amount": 1313})
+        wait_run_end(stack, run_id(expired, REFUNDS))
+    # A kill switch on an agent whose run waits: KillSwitchSet, its acknowledgements, RunCancelled.
+    held = stack.publish("support.refund_requested", {"order_id": "J-1006", "amount": 950})
+    waiting = run_id(held, REFUNDS)
+    wait_approval(stack, waiting)
+    stack.cli("kill-switch", "on", "--agent", REFUNDS, "--reason", "interop")
+    try:
+        wait_run_end(stack, waiting)
+    finally:
+        stack.cli("kill-switch", "off", "--agent", REFUNDS, "--reason", "interop done")
     for trigger in (small, approved, rejected, failing):
         assert isinstance(wait_run_end(stack, run_id(trigger, REFUNDS)), RunCompleted | RunFailed)
     _produce_raw(stack, b"not avro at all", b"interop-garbage")
