@@ -198,28 +198,16 @@ class _Reader:
 
 
 def _received(record: Any) -> Received:
-    headers = tuple(record.headers or ())
+    event: Event | None = None
+    error: str | None = None
     try:
-        return Received(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.key,
-            record.timestamp,
-            headers,
-            serde.decode(record.value),
-        )
+        event = serde.decode(record.value)
     except InvalidMessage as exc:
-        return Received(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.key,
-            record.timestamp,
-            headers,
-            None,
-            str(exc),
-        )
+        error = str(exc)
+    headers = tuple(record.headers or ())
+    return Received(
+        record.topic, record.partition, record.offset, record.key, record.timestamp, headers, event, error
+    )
 
 
 async def _seek_to_time(consumer: AIOKafkaConsumer, parts: list[TopicPartition], at: datetime) -> None:

@@ -35,6 +35,20 @@ class WriterSchema:
     current: bool = True
 
 
+def standalone(schema: Any, named: dict[str, Any]) -> Any:
+    """`schema` with the named types it uses (`named`, as fastavro parsed them) written in, and
+    without fastavro's bookkeeping keys: one document another Avro library can read."""
+    return _written(expand_schema(parse_schema(schema, named_schemas=dict(named))))
+
+
+def _written(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _written(v) for k, v in value.items() if not k.startswith("__")}
+    if isinstance(value, list):
+        return [_written(v) for v in value]
+    return value
+
+
 def _fingerprint(parsed: Any) -> tuple[bytes, str]:
     # The fingerprint is of the whole schema, named types written out where first used, as
     # every Avro implementation computes it; not of the bare reference "charter.Envelope".

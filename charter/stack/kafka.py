@@ -12,7 +12,6 @@ import base64
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from charter.errors import ConfigError
-from charter.stack.processes import free_port, spawn, terminate
+from charter.stack.processes import free_port, spawn, stop
 
 POM = Path(__file__).resolve().parents[2] / "infra" / "kafka" / "pom.xml"
 STARTED = "Kafka Server started"
@@ -176,12 +175,7 @@ class LocalKafka:
     def stop(self, timeout_s: float = 15.0) -> None:
         if self._proc is None:
             return
-        terminate(self._proc, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            terminate(self._proc, signal.SIGKILL)
-            self._proc.wait()
+        stop(self._proc, timeout_s)
 
 
 def tool(main: str, *args: str, timeout_s: float = 60.0) -> str:

@@ -46,6 +46,16 @@ def terminate(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
             os.killpg(proc.pid, sig)
 
 
+def stop(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM the child's group, and SIGKILL it if it has not exited after `grace_s`."""
+    terminate(proc, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        terminate(proc, signal.SIGKILL)
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

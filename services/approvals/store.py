@@ -265,10 +265,9 @@ def listing(
     return rows
 
 
-def find(conn: Connection, prefix: str) -> list[Approval]:
-    """Approvals whose id starts with `prefix`, so people can type a short id."""
-    query = select(*_columns()).where(approvals.c.approval_id.startswith(prefix, autoescape=True))
-    return [_approval(row) for row in conn.execute(query.limit(10)).mappings()]
+def get(conn: Connection, approval_id: str) -> Approval | None:
+    row = conn.execute(select(*_columns()).where(approvals.c.approval_id == approval_id)).mappings().first()
+    return None if row is None else _approval(row)
 
 
 def request_of(conn: Connection, approval_id: str) -> ApprovalRequested | None:

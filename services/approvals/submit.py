@@ -72,11 +72,11 @@ def decision_out(d: store.DecisionRecord) -> DecisionOut:
 
 
 def load(conn: Connection, approval_id: str) -> tuple[store.Approval, ApprovalRequested]:
-    found = [a for a in store.find(conn, approval_id) if a.approval_id == approval_id]
-    request = store.request_of(conn, approval_id) if found else None
-    if not found or request is None:
+    approval = store.get(conn, approval_id)
+    request = store.request_of(conn, approval_id) if approval else None
+    if approval is None or request is None:
         raise ApiError(404, "not_found", f"no approval {approval_id}")
-    return found[0], request
+    return approval, request
 
 
 def build(

@@ -14,14 +14,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from charter.events import RUN_TERMINAL, ApprovalRequested, Event
 from charter.stack import readiness
 from charter.stack.harness import StackNotReady, StackProcess
 from charter.stack.kafka import LocalKafka
+from charter.stack.processes import free_port
 from charter.store import make_engine
 from services.approvals import store as approvals
 from tests.conftest import REPO
@@ -68,13 +68,6 @@ def stack_env(home: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now, for a stack's API (several stacks run at once)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 BROKERS = [
@@ -206,16 +199,25 @@ def start_stack(home: Path, *args: str, **env: str) -> Stack:
     return stack
 
 
+@contextmanager
+def running(home: Path, **env: str) -> Iterator[Stack]:
+    """A stack of its own for as long as the block runs."""
+    stack = start_stack(home, **env)
+    try:
+        yield stack
+    finally:
+        if stack.proc.poll() is None:
+            stack.stop()
+
+
 @pytest.fixture(scope="session")
 def stack(
     broker: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp(f"stack-{broker}") / "home", **broker_env(request, broker))
-    try:
-        yield running
-    finally:
-        if running.proc.poll() is None:
-            running.stop()
+    with running(
+        tmp_path_factory.mktemp(f"stack-{broker}") / "home", **broker_env(request, broker)
+    ) as shared:
+        yield shared
 
 
 def in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -22,7 +22,7 @@ from charter.client import Client
 from charter.clock import derive_id, new_id
 from charter.demo import ledger
 from charter.events import Action, ActionApproved, ActionProposed, Event
-from tests.e2e.conftest import Stack, broker_env, start_stack
+from tests.e2e.conftest import Stack, broker_env, running
 
 pytestmark = pytest.mark.e2e
 
@@ -48,14 +48,10 @@ def rogue_stack(
     broker: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     # A stack of its own: the flood spends the agents' rate limits, which other tests rely on.
-    stack = start_stack(
+    with running(
         tmp_path_factory.mktemp(f"adversarial-{broker}") / "home", **broker_env(request, broker)
-    )
-    try:
-        yield stack
-    finally:
-        if stack.proc.poll() is None:
-            stack.stop()
+    ) as own:
+        yield own
 
 
 amounts = st.one_of(st.integers(-10, 20_000), st.floats(-1, 10_000, allow_nan=False), st.text(max_size=4))

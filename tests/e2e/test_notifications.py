@@ -25,7 +25,7 @@ from tests.e2e.conftest import (
     Stack,
     approve_when_up,
     run_id,
-    start_stack,
+    running,
     wait_approval,
     wait_restarted,
     wait_run_end,
@@ -109,19 +109,17 @@ def _signed(delivery: Delivery) -> bool:
 
 @pytest.fixture
 def stack_on_postgres(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Stack, Receiver]]:
-    with receiver() as hook:
-        stack = start_stack(
+    with (
+        receiver() as hook,
+        running(
             tmp_path / "home",
             CHARTER_DATABASE_URL=postgres_url,
             CHARTER_WEBHOOK_URL=hook.url,
             CHARTER_WEBHOOK_SECRET=SECRET,
             CHARTER_PUBLIC_URL=PUBLIC,
-        )
-        try:
-            yield stack, hook
-        finally:
-            if stack.proc.poll() is None:
-                stack.stop()
+        ) as stack,
+    ):
+        yield stack, hook
 
 
 def test_a_pending_approval_survives_a_restart_and_people_are_notified(

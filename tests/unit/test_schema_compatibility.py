@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from avro.schema import Schema, parse
-from fastavro.schema import expand_schema, parse_schema
+from fastavro.schema import parse_schema
 
+from charter.serde import standalone
 from tests.conftest import REPO
 
 SCHEMAS = "schemas"
@@ -36,17 +37,7 @@ def _standalone(read: Callable[[str], str | None], name: str, types: list[str]) 
         body = read(f"{SCHEMAS}/types/{t}")
         if body is not None:
             parse_schema(json.loads(body), named_schemas=named)
-    expanded = expand_schema(parse_schema(json.loads(text), named_schemas=named))
-    return parse(json.dumps(_clean(expanded)))
-
-
-def _clean(value: Any) -> Any:
-    """fastavro's bookkeeping keys out, the schema as written in."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if not k.startswith("__")}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
+    return parse(json.dumps(standalone(json.loads(text), named)))
 
 
 def _at(commit: str) -> Callable[[str], str | None]:
