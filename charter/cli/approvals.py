@@ -88,7 +88,10 @@ def show(approval_id: ApprovalId) -> None:
     ]
     if d["trigger"]:
         t = d["trigger"]
-        lines.append(f"  trigger    {t['name']} {t['data']} (submitted by {t.get('submitted_by') or '-'})")
+        lines.append(
+            f"  trigger    {t['name']} {json.dumps(t['data'], sort_keys=True)} "
+            f"(submitted by {t.get('submitted_by') or '-'})"
+        )
     for x in d["decisions"]:
         lines.append(
             f"  decision   {x['at']} {x['approver']} {x['attempted']}: {x['outcome']} {x['reason'] or ''}"
