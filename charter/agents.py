@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from charter.errors import ConfigError
 from charter.limits import AgentLimits
 from charter.templating import TemplateFailure, check
+from charter.tools import ToolSpec
 
 _ID = r"^[a-z0-9][a-z0-9_.-]*$"
 
@@ -27,11 +28,22 @@ class TriggerRule(_Strict):
     when: str | None = Field(None, description="Optional Jinja expression over `trigger`.")
 
 
+class Compensation(_Strict):
+    """The action that undoes a step, templated over the step's `params` and `result` too."""
+
+    tool: str
+    resource: str | None = Field(None, description="Templated target; defaults to the step's.")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
 class Step(_Strict):
     id: str = Field(pattern=_ID)
     tool: str
     resource: str | None = Field(None, description="Templated target; defaults to the tool name.")
     parameters: dict[str, Any] = Field(default_factory=dict)
+    compensate: Compensation | None = Field(
+        None, description="How to undo the step; defaults to its tool's declared compensation."
+    )
 
 
 class Agent(_Strict):
@@ -55,6 +67,12 @@ class Agent(_Strict):
                 raise ValueError(f"step {step.id!r} uses tool {step.tool!r}, which the agent does not hold")
             check(step.parameters)
             check(step.resource)
+            if step.compensate is not None:
+                if step.compensate.tool not in self.tools:
+                    undo = step.compensate.tool
+                    raise ValueError(f"step {step.id!r} is undone by {undo!r}, which the agent does not hold")
+                check(step.compensate.parameters)
+                check(step.compensate.resource)
         for rule in self.triggers:
             if rule.when is not None:
                 check("{{ " + rule.when + " }}")
@@ -77,8 +95,34 @@ def load_file(path: Path) -> Agent:
         raise ConfigError(f"{path}: {_error_line(exc)}") from exc
 
 
-def load(directory: Path, known_tools: Mapping[str, object] | None = None) -> dict[str, Agent]:
-    """Every `*.yaml` agent in `directory`, checked against the tool registry if given."""
+def _default_compensation(tool: ToolSpec, known_tools: Mapping[str, ToolSpec]) -> Compensation | None:
+    """The tool's declared undo, its parameters taken by name from the step's result, else its
+    parameters: `cancel_refund(refund_id)` after `issue_refund` gets the refund's id."""
+    if tool.compensation is None:
+        return None
+    fields = known_tools[tool.compensation].params.model_fields
+    return Compensation(
+        tool=tool.compensation,
+        parameters={f: f"{{{{ result['{f}'] if '{f}' in result else params['{f}'] }}}}" for f in fields},
+    )
+
+
+def with_compensations(agent: Agent, known_tools: Mapping[str, ToolSpec]) -> Agent:
+    steps = [
+        step
+        if step.compensate is not None or step.tool not in known_tools
+        else step.model_copy(
+            update={"compensate": _default_compensation(known_tools[step.tool], known_tools)}
+        )
+        for step in agent.steps
+    ]
+    # Validated again: the agent must hold every tool that undoes one of its steps.
+    return Agent.model_validate({**agent.model_dump(), "steps": [s.model_dump() for s in steps]})
+
+
+def load(directory: Path, known_tools: Mapping[str, ToolSpec] | None = None) -> dict[str, Agent]:
+    """Every `*.yaml` agent in `directory`, checked against the tool registry if given, which
+    also supplies each step's compensation unless the step names its own."""
     if not directory.is_dir():
         raise ConfigError(f"agents directory {directory} does not exist")
     agents: dict[str, Agent] = {}
@@ -90,5 +134,9 @@ def load(directory: Path, known_tools: Mapping[str, object] | None = None) -> di
             unknown = [t for t in agent.tools if t not in known_tools]
             if unknown:
                 raise ConfigError(f"{path}: unknown tool(s) {', '.join(unknown)}")
+            try:
+                agent = with_compensations(agent, known_tools)
+            except ValidationError as exc:
+                raise ConfigError(f"{path}: {_error_line(exc)}") from exc
         agents[agent.id] = agent
     return agents

@@ -35,7 +35,19 @@ class Settings(BaseSettings):
     agents_dir: Path = Path("agents")
     policies_dir: Path = Path("policies")
     tool_modules: str = Field("charter.demo.tools", description="Comma-separated modules that declare tools.")
-    http_allowed_hosts: str = Field("", description="Comma-separated hosts HTTP tools may call.")
+    http_private_networks: str = Field(
+        "", description="Comma-separated non-public addresses or networks HTTP tools may reach."
+    )
+    dry_run_environments: str = Field(
+        "", description="Comma-separated environments whose tools run their dry-run path only."
+    )
+    secrets_file: Path | None = Field(
+        None, description="YAML file of secret names to values (or a directory, one file a name)."
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="Transient failures in a row that open a tool's circuit."
+    )
+    breaker_cooldown_s: float = Field(30.0, gt=0, description="How long an open circuit refuses calls.")
     tenant: str = "default"
     instance: str = Field(
         default_factory=socket.gethostname,
@@ -113,8 +125,11 @@ class Settings(BaseSettings):
     def tool_module_list(self) -> list[str]:
         return [m.strip() for m in self.tool_modules.split(",") if m.strip()]
 
-    def allowed_hosts(self) -> frozenset[str]:
-        return frozenset(h.strip().lower() for h in self.http_allowed_hosts.split(",") if h.strip())
+    def private_networks(self) -> list[str]:
+        return [n.strip() for n in self.http_private_networks.split(",") if n.strip()]
+
+    def dry_run(self, environment: str) -> bool:
+        return environment in {e.strip() for e in self.dry_run_environments.split(",") if e.strip()}
 
     def bootstrap(self) -> str:
         """The broker to talk to: the configured one, else the one `charter up` is running."""

@@ -19,6 +19,7 @@ Tool failures are not errors of the pipeline: the executor turns them into Actio
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 
@@ -66,3 +67,7 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (1-based)."""
         return float(min(self.max_delay_s, self.first_delay_s * self.multiplier ** (attempt - 1)))
+
+    def jittered(self, attempt: int) -> float:
+        """`delay` with full jitter: anywhere from nothing to the backoff, so clients spread out."""
+        return random.uniform(0, self.delay(attempt))  # noqa: S311 (timing, not security)

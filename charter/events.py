@@ -70,6 +70,7 @@ class Action(_Frozen):
     resource: str
     parameters: JsonObject
     environment: str
+    compensates: str | None = None
 
 
 class Decision(_Frozen):
@@ -292,6 +293,7 @@ class ActionExecuted(Event):
     result: JsonObject
     duration_ms: float
     attempts: int
+    dry_run: bool = False
 
 
 class ActionFailed(Event):
@@ -301,6 +303,14 @@ class ActionFailed(Event):
     error_type: str
     in_doubt: bool
     attempts: int
+
+
+class ToolUnavailable(Event):
+    action: Action
+    idempotency_key: str
+    failures: int
+    retry_after_s: float
+    reason: str
 
 
 class DeadLettered(Event):
@@ -358,6 +368,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ApprovalRefused,
         ActionExecuted,
         ActionFailed,
+        ToolUnavailable,
         DeadLettered,
         KillSwitchSet,
         KillSwitchAcknowledged,

@@ -2,7 +2,9 @@
 
 Python tools are functions decorated with `@tool`; their parameter and result types are the
 pydantic models in their signature. HTTP tools are declared with `http_tool` and called by the
-executor through httpx, to allowlisted hosts only. The policy service reads the same registry
+executor through httpx, to their own host only. A tool may name the tool that undoes it
+(`compensation`), say what it would do in a dry-run environment (`dry_run`), and name the
+secrets it needs; only the executor resolves those. The policy service reads the same registry
 to know which tools exist; only the executor ever runs them.
 """
 
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_type_hints
 from urllib.parse import urlsplit
@@ -22,6 +25,11 @@ from charter.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ATTR = "__charter_tool__"
+_SECRET_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+SECRET_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+# "call": the tool only reads, so a dry run may call it for real.
+DryRun = Callable[..., Any] | Literal["call"] | None
 
 
 class ToolError(Exception):
@@ -43,16 +51,43 @@ class ToolContext:
     agent: str
     environment: str
     data_dir: Path
+    dry_run: bool = False
+    # Only the secrets the tool declared; never printed with the context.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def secret(self, name: str) -> str:
+        """A secret the tool declared, resolved by the executor."""
+        try:
+            return self.secrets[name]
+        except KeyError:
+            raise ToolError(f"secret {name!r} is not declared by this tool") from None
 
 
 @dataclass(frozen=True)
 class HttpTarget:
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    """An HTTP endpoint. `url` may hold `{param}` placeholders; the host it names is the only
+    one the tool may reach, plus `hosts`. Private, loopback and link-local addresses are
+    refused unless listed in `private` (addresses or networks, e.g. "10.0.0.0/8").
+    Header values may refer to secrets as `${NAME}`."""
+
+    method: Method
     url: str
+    hosts: frozenset[str] = frozenset()
+    private: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    max_response_bytes: int | None = None
 
     @property
     def host(self) -> str:
         return (urlsplit(self.url).hostname or "").lower()
+
+    @property
+    def allowed_hosts(self) -> frozenset[str]:
+        own = {self.host} if self.host and "{" not in self.host else set()
+        return frozenset({*own, *(h.lower() for h in self.hosts)})
+
+    def secret_names(self) -> tuple[str, ...]:
+        return tuple(sorted({n for v in self.headers.values() for n in SECRET_REF.findall(v)}))
 
 
 @dataclass(frozen=True)
@@ -66,6 +101,17 @@ class ToolSpec:
     idempotent: bool
     func: Callable[..., Any] | None = None
     http: HttpTarget | None = None
+    compensation: str | None = None
+    dry_run: DryRun = None
+    secrets: tuple[str, ...] = ()
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.secrets if not _SECRET_NAME.match(n)]
+        if bad:
+            raise ConfigError(f"tool {self.name}: secret names must be UPPER_SNAKE_CASE, not {bad}")
+        if self.max_attempts < 1 or self.timeout_s <= 0:
+            raise ConfigError(f"tool {self.name}: max_attempts must be >= 1 and timeout_s > 0")
 
 
 def tool(
@@ -75,8 +121,17 @@ def tool(
     cost_units: int = 1,
     timeout_s: float = 10.0,
     idempotent: bool = False,
+    compensation: str | None = None,
+    dry_run: DryRun = None,
+    secrets: Iterable[str] = (),
+    max_attempts: int = 3,
 ) -> Callable[[F], F]:
-    """Declare a Python function `fn(params: Model, ctx: ToolContext) -> ResultModel` a tool."""
+    """Declare a Python function `fn(params: Model, ctx: ToolContext) -> ResultModel` a tool.
+
+    `compensation` names the tool that undoes it; `dry_run` is `fn(params, ctx)` returning what
+    it would have done, or "call" for a tool that only reads; `secrets` are the names it reads
+    with `ctx.secret(name)`; `max_attempts` bounds calls of an idempotent tool on transient errors.
+    """
 
     def wrap(fn: F) -> F:
         hints = get_type_hints(fn)
@@ -94,6 +149,10 @@ def tool(
             timeout_s=timeout_s,
             idempotent=idempotent,
             func=fn,
+            compensation=compensation,
+            dry_run=dry_run,
+            secrets=tuple(secrets),
+            max_attempts=max_attempts,
         )
         setattr(fn, _ATTR, spec)
         return fn
@@ -104,7 +163,7 @@ def tool(
 def http_tool(
     name: str,
     *,
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"],
+    method: Method,
     url: str,
     params: type[BaseModel],
     result: type[BaseModel] | None = None,
@@ -112,8 +171,25 @@ def http_tool(
     cost_units: int = 1,
     timeout_s: float = 10.0,
     idempotent: bool = False,
+    compensation: str | None = None,
+    dry_run: DryRun = None,
+    hosts: Iterable[str] = (),
+    private: Iterable[str] = (),
+    headers: Mapping[str, str] | None = None,
+    max_response_bytes: int | None = None,
+    max_attempts: int = 3,
 ) -> ToolSpec:
-    """Declare an HTTP endpoint a tool. The executor sends the parameters as the JSON body."""
+    """Declare an HTTP endpoint a tool. The executor sends the parameters as the JSON body
+    (as the query for GET) with the action's `Idempotency-Key`. In a dry run it sends nothing
+    and returns the request it would have made, unless `dry_run` says otherwise."""
+    target = HttpTarget(
+        method,
+        url,
+        hosts=frozenset(hosts),
+        private=tuple(private),
+        headers=dict(headers or {}),
+        max_response_bytes=max_response_bytes,
+    )
     return ToolSpec(
         name=name,
         description=description,
@@ -122,7 +198,11 @@ def http_tool(
         cost_units=cost_units,
         timeout_s=timeout_s,
         idempotent=idempotent,
-        http=HttpTarget(method, url),
+        http=target,
+        compensation=compensation,
+        dry_run=dry_run,
+        secrets=target.secret_names(),
+        max_attempts=max_attempts,
     )
 
 
@@ -161,4 +241,8 @@ def load(modules: Iterable[str]) -> Registry:
         except ImportError as exc:
             raise ConfigError(f"tool module {module_name!r} cannot be imported: {exc}") from exc
         specs.extend(_specs_in(module))
-    return Registry(specs)
+    registry = Registry(specs)
+    for spec in registry.values():
+        if spec.compensation is not None and spec.compensation not in registry:
+            raise ConfigError(f"tool {spec.name}: compensation {spec.compensation!r} is not a known tool")
+    return registry

@@ -45,6 +45,7 @@ TOPIC_OF: dict[type[ev.Event], Topic] = {
     ev.ApprovalRefused: Topic.APPROVALS_DECIDED,
     ev.ActionExecuted: Topic.ACTIONS_RESULTS,
     ev.ActionFailed: Topic.ACTIONS_RESULTS,
+    ev.ToolUnavailable: Topic.ACTIONS_RESULTS,
     ev.PolicyReloaded: Topic.CONTROL,
     ev.KillSwitchSet: Topic.CONTROL,
     ev.KillSwitchAcknowledged: Topic.CONTROL,

@@ -157,6 +157,13 @@ def one_of_each() -> list[ev.Event]:
             "in_doubt": False,
             "attempts": 3,
         },
+        ev.ToolUnavailable: {
+            "action": ACTION,
+            "idempotency_key": f"{RUN}:1",
+            "failures": 5,
+            "retry_after_s": 29.5,
+            "reason": "circuit open after 5 transient failures",
+        },
         ev.DeadLettered: {
             "source_topic": "charter.triggers",
             "source_partition": 0,

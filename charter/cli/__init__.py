@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.exceptions import TyperException
 
-from charter.cli import approvals, audit, events, identity, policy, runs, stack
+from charter.cli import approvals, audit, dlq, events, identity, policy, runs, stack
 from charter.errors import CharterError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("runs")(runs.list_runs)
 app.add_typer(runs.run_app, name="run")
 app.add_typer(approvals.app, name="approvals")
 app.add_typer(audit.app, name="audit")
+app.add_typer(dlq.app, name="dlq")
 app.add_typer(policy.app, name="policy")
 app.add_typer(policy.switch_app, name="kill-switch")
 app.add_typer(identity.tokens_app, name="tokens")

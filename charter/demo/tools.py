@@ -28,7 +28,9 @@ class Order(BaseModel):
     total: int
 
 
-@tool(description="Look up an order in the shop.", cost_units=1, timeout_s=2.0, idempotent=True)
+@tool(
+    description="Look up an order in the shop.", cost_units=1, timeout_s=2.0, idempotent=True, dry_run="call"
+)
 def lookup_order(params: OrderRef, ctx: ToolContext) -> Order:
     ledger.called(ctx, "lookup_order", params.model_dump())
     if params.order_id.startswith("Z-"):
@@ -52,12 +54,45 @@ class Refund(BaseModel):
     currency: str
 
 
-@tool(description="Refund part or all of an order.", cost_units=5, timeout_s=5.0, idempotent=True)
+def _refund_id(ctx: ToolContext) -> str:
+    return "rf-" + hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:10]
+
+
+def _would_refund(params: RefundRequest, ctx: ToolContext) -> Refund:
+    return Refund(refund_id=_refund_id(ctx), **params.model_dump(exclude={"reason"}))
+
+
+@tool(
+    description="Refund part or all of an order.",
+    cost_units=5,
+    timeout_s=5.0,
+    idempotent=True,
+    compensation="cancel_refund",
+    dry_run=_would_refund,
+)
 def issue_refund(params: RefundRequest, ctx: ToolContext) -> Refund:
     ledger.called(ctx, "issue_refund", params.model_dump())
-    refund_id = "rf-" + hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:10]
-    effect = ledger.record(ctx, "refund", {"refund_id": refund_id, **params.model_dump(exclude={"reason"})})
+    effect = ledger.record(
+        ctx, "refund", {"refund_id": _refund_id(ctx), **params.model_dump(exclude={"reason"})}
+    )
     return Refund.model_validate(effect)
+
+
+class RefundRef(_Params):
+    refund_id: str = Field(pattern=r"^rf-[0-9a-f]{10}$")
+    order_id: str = Field(pattern=ORDER_ID)
+
+
+class RefundCancelled(BaseModel):
+    refund_id: str
+    cancelled: bool
+
+
+@tool(description="Cancel a refund issued by mistake.", cost_units=1, timeout_s=5.0, idempotent=True)
+def cancel_refund(params: RefundRef, ctx: ToolContext) -> RefundCancelled:
+    ledger.called(ctx, "cancel_refund", params.model_dump())
+    ledger.record(ctx, "refund_cancelled", params.model_dump())
+    return RefundCancelled(refund_id=params.refund_id, cancelled=True)
 
 
 class Notification(_Params):
@@ -69,7 +104,17 @@ class Delivered(BaseModel):
     delivered: bool
 
 
-@tool(description="Send a customer a message.", cost_units=1, timeout_s=2.0, idempotent=True)
+def _would_notify(params: Notification, ctx: ToolContext) -> Delivered:
+    return Delivered(delivered=False)
+
+
+@tool(
+    description="Send a customer a message.",
+    cost_units=1,
+    timeout_s=2.0,
+    idempotent=True,
+    dry_run=_would_notify,
+)
 def notify_customer(params: Notification, ctx: ToolContext) -> Delivered:
     ledger.called(ctx, "notify_customer", params.model_dump())
     ledger.record(ctx, "notification", params.model_dump())
@@ -90,11 +135,24 @@ class Grant(BaseModel):
     level: str
 
 
-@tool(description="Grant a user access to a system.", cost_units=2, timeout_s=5.0, idempotent=True)
+def _grant_id(ctx: ToolContext) -> str:
+    return "gr-" + hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:10]
+
+
+def _would_grant(params: AccessRequest, ctx: ToolContext) -> Grant:
+    return Grant(grant_id=_grant_id(ctx), **params.model_dump(exclude={"target_environment"}))
+
+
+@tool(
+    description="Grant a user access to a system.",
+    cost_units=2,
+    timeout_s=5.0,
+    idempotent=True,
+    dry_run=_would_grant,
+)
 def grant_access(params: AccessRequest, ctx: ToolContext) -> Grant:
     ledger.called(ctx, "grant_access", params.model_dump())
-    grant_id = "gr-" + hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:10]
     effect = ledger.record(
-        ctx, "grant", {"grant_id": grant_id, **params.model_dump(exclude={"target_environment"})}
+        ctx, "grant", {"grant_id": _grant_id(ctx), **params.model_dump(exclude={"target_environment"})}
     )
     return Grant.model_validate(effect)

@@ -15,7 +15,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 from charter.clock import derive_id
-from charter.events import ActionApproved, ActionExecuted, ActionFailed, ActionRejected, Event
+from charter.events import (
+    ActionApproved,
+    ActionExecuted,
+    ActionFailed,
+    ActionRejected,
+    Event,
+    ToolUnavailable,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,13 @@ def plan(record: Execution | None, idempotent: bool) -> Plan:
 
 
 def executed(
-    approved: ActionApproved, result: dict[str, Any], duration_ms: float, attempts: int, now: datetime
+    approved: ActionApproved,
+    result: dict[str, Any],
+    duration_ms: float,
+    attempts: int,
+    now: datetime,
+    *,
+    dry_run: bool = False,
 ) -> ActionExecuted:
     key = idempotency_key(approved)
     return ActionExecuted.caused_by(
@@ -61,6 +74,7 @@ def executed(
         result=result,
         duration_ms=round(duration_ms, 3),
         attempts=attempts,
+        dry_run=dry_run,
     )
 
 
@@ -87,6 +101,25 @@ def failed(
     )
 
 
+def unavailable(
+    approved: ActionApproved, failures: int, retry_after_s: float, now: datetime
+) -> ToolUnavailable:
+    """The tool's circuit is open: not called, and the planner hears why."""
+    return ToolUnavailable.caused_by(
+        approved,
+        event_id=derive_id(idempotency_key(approved), "outcome"),
+        now=now,
+        action=approved.action,
+        idempotency_key=idempotency_key(approved),
+        failures=failures,
+        retry_after_s=retry_after_s,
+        reason=(
+            f"{approved.action.tool} failed {failures} times in a row; its circuit is open "
+            f"for another {retry_after_s:.0f}s, so it was not called"
+        ),
+    )
+
+
 def refused(approved: ActionApproved, reason: str, now: datetime) -> ActionRejected:
     """The approved action is not run: a kill switch covers it."""
     decision = approved.decision.model_copy(
@@ -105,4 +138,7 @@ def refused(approved: ActionApproved, reason: str, now: datetime) -> ActionRejec
 IN_DOUBT = (
     "in doubt: a previous attempt started but recorded no outcome, and the tool is not idempotent, "
     "so it was not called again; check the target system before retrying by hand"
+)
+CALL_IN_DOUBT = (
+    "in doubt: the tool may have acted ({error}); it is not idempotent, so it was not called again"
 )

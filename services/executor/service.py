@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-import httpx
 from sqlalchemy import Engine
 
 from charter import signing, store, tools, topics
@@ -22,30 +21,47 @@ from charter.pipeline import Pipeline
 from charter.service import Parts
 from charter.tools import Registry, ToolContext, ToolSpec
 from charter.topics import Topic
-from services.executor import decide
+from services.executor import decide, egress
 from services.executor import store as executions
-from services.executor.tools import ToolFailure, call
+from services.executor.breaker import Breakers
+from services.executor.secrets import MissingSecret, Secrets, guard_logs
+from services.executor.tools import Limits, ToolFailure, call
 
 log = logging.getLogger(__name__)
 NAME = "executor"
+# Full jitter: replicas retrying the same down system do not come back in step.
 TOOL_RETRY = RetryPolicy(attempts=3, first_delay_s=0.2, max_delay_s=2.0)
 
 
 class Executor:
-    def __init__(
-        self, settings: Settings, engine: Engine, registry: Registry, clock: Clock, switches: ControlFollower
+    def __init__(  # noqa: PLR0917 (its collaborators, each a different type)
+        self,
+        settings: Settings,
+        engine: Engine,
+        registry: Registry,
+        clock: Clock,
+        switches: ControlFollower,
+        secrets: Secrets,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._registry = registry
         self._clock = clock
         self._switches = switches
+        self._secrets = secrets
         self._policy_key = signing.Verifier.load(settings.keys, "policy")
-        self._http = httpx.AsyncClient(follow_redirects=False)
-        self._allowed_hosts = settings.allowed_hosts()
+        self._limits = Limits(max_result_bytes=settings.max_message_bytes // 2)
+        self._breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s)
+        private = settings.private_networks()
+        # One client per HTTP tool: each has its own egress rule and connection pool.
+        self._http = {
+            spec.name: egress.client(egress.Rule.of(spec.http.allowed_hosts, [*spec.http.private, *private]))
+            for spec in registry.values()
+            if spec.http is not None
+        }
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await asyncio.gather(*(client.aclose() for client in self._http.values()))
 
     async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
         # A human's approval runs only once policy has decided it again (revalidated).
@@ -62,62 +78,90 @@ class Executor:
         if plan.recorded is not None:
             log.info("action %s already completed, re-emitting its outcome", key)
             return [plan.recorded]
-        now = self._clock.now()
-        switch = matching(self._switches.switches, event.envelope.agent, event.action.tool)
-        outcome: Event
-        attempts = plan.attempt
-        if switch is not None:
-            # Approved before the switch, still queued: refused, never started.
-            outcome, attempts = decide.refused(event, switch.describe(), now), 0
-        elif spec is None:
-            outcome = decide.failed(
-                event, f"unknown tool {event.action.tool!r}", "UnknownTool", plan.attempt, now
-            )
-        elif plan.kind == "in_doubt":
-            outcome = decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
-        else:
-            with self._engine.begin() as conn:
-                executions.save(conn, event, plan.attempt, now)
-            called = await self._call(spec, event, key, plan.attempt)
-            outcome, attempts = called, called.attempts
+        outcome = await self._outcome(event, spec, plan)
         with self._engine.begin() as conn:
-            executions.save(conn, event, attempts, self._clock.now(), outcome)
+            executions.save(conn, event, plan.attempt, self._clock.now(), outcome)
         return [outcome]
 
-    async def _call(
-        self, spec: ToolSpec, approved: ActionApproved, key: str, attempt: int
-    ) -> ActionExecuted | ActionFailed:
-        ctx = ToolContext(
-            idempotency_key=key,
+    async def _outcome(self, event: ActionApproved, spec: ToolSpec | None, plan: decide.Plan) -> Event:
+        now = self._clock.now()
+        switch = matching(self._switches.switches, event.envelope.agent, event.action.tool)
+        if switch is not None:
+            # Approved before the switch, still queued: refused, never started.
+            return decide.refused(event, switch.describe(), now)
+        if spec is None:
+            return decide.failed(
+                event, f"unknown tool {event.action.tool!r}", "UnknownTool", plan.attempt, now
+            )
+        if plan.kind == "in_doubt":
+            return decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
+        refusal = self._breakers.admit(spec.name, time.monotonic())
+        if refusal is not None:
+            return decide.unavailable(event, refusal.failures, refusal.retry_after_s, now)
+        with self._engine.begin() as conn:
+            executions.save(conn, event, plan.attempt, now)
+        return await self._call(spec, event, plan.attempt)
+
+    def _context(self, spec: ToolSpec, approved: ActionApproved) -> ToolContext:
+        return ToolContext(
+            idempotency_key=decide.idempotency_key(approved),
             run_id=approved.envelope.run_id or "",
             agent=approved.envelope.agent or "",
             environment=approved.action.environment,
             data_dir=self._settings.data_dir,
+            dry_run=self._settings.dry_run(approved.action.environment),
+            secrets=self._secrets.resolve(spec.secrets),
         )
+
+    async def _call(
+        self, spec: ToolSpec, approved: ActionApproved, attempt: int
+    ) -> ActionExecuted | ActionFailed:
+        try:
+            ctx = self._context(spec, approved)
+        except MissingSecret as exc:
+            return decide.failed(approved, str(exc), "MissingSecret", attempt, self._clock.now())
         tries = 0
         while True:
             tries += 1
             started = time.perf_counter()
             try:
                 result = await call(
-                    spec,
-                    approved.action.parameters,
-                    ctx,
-                    http=self._http,
-                    allowed_hosts=self._allowed_hosts,
-                    max_result_bytes=self._settings.max_message_bytes // 2,
+                    spec, approved.action.parameters, ctx, http=self._http.get(spec.name), limits=self._limits
                 )
             except ToolFailure as exc:
-                # Only an idempotent tool may be called again: the failed call may have acted.
-                if exc.retryable and spec.idempotent and tries < TOOL_RETRY.attempts:
-                    log.warning("%s attempt %d failed, retrying: %s", spec.name, tries, exc)
-                    await asyncio.sleep(TOOL_RETRY.delay(tries))
+                self._observe(spec, exc)
+                error = self._secrets.redact(str(exc))
+                # Only a call that cannot have acted, or an idempotent tool, may be called again.
+                again = exc.retryable and (spec.idempotent or not exc.in_doubt)
+                if (
+                    again
+                    and tries < spec.max_attempts
+                    and self._breakers.admit(spec.name, time.monotonic()) is None
+                ):
+                    log.warning("%s attempt %d failed, retrying: %s", spec.name, tries, error)
+                    await asyncio.sleep(TOOL_RETRY.jittered(tries))
                     continue
-                return decide.failed(
-                    approved, str(exc), exc.error_type, attempt + tries - 1, self._clock.now()
-                )
+                attempts, now = attempt + tries - 1, self._clock.now()
+                if exc.in_doubt and not spec.idempotent:
+                    message = decide.CALL_IN_DOUBT.format(error=error)
+                    return decide.failed(approved, message, exc.error_type, attempts, now, in_doubt=True)
+                return decide.failed(approved, error, exc.error_type, attempts, now)
+            self._breakers.succeeded(spec.name)
             elapsed_ms = (time.perf_counter() - started) * 1000
-            return decide.executed(approved, result, elapsed_ms, attempt + tries - 1, self._clock.now())
+            return decide.executed(
+                approved,
+                self._secrets.redact(result),
+                elapsed_ms,
+                attempt + tries - 1,
+                self._clock.now(),
+                dry_run=ctx.dry_run,
+            )
+
+    def _observe(self, spec: ToolSpec, failure: ToolFailure) -> None:
+        if failure.transient:
+            self._breakers.failed(spec.name, time.monotonic())
+        else:
+            self._breakers.succeeded(spec.name)
 
 
 async def build(settings: Settings, bus: Bus) -> Parts:
@@ -127,7 +171,9 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     control = ControlFollower(
         settings, NAME, bus=bus, engine=engine, store=SwitchStore(engine, executions.switches)
     )
-    executor = Executor(settings, engine, tools.load(settings.tool_module_list()), clock, control)
+    secrets = Secrets.load(settings.secrets_file)
+    guard_logs(secrets)
+    executor = Executor(settings, engine, tools.load(settings.tool_module_list()), clock, control, secrets)
     pipeline = Pipeline(NAME, bus, executor.handle, clock)
 
     async def close_http(stop: asyncio.Event) -> None:

@@ -1,8 +1,10 @@
 """Calling tools: parameters validated before, results validated after, time bounded.
 
 Python tools run in a worker thread (or as coroutines) under their declared timeout. HTTP tools
-go through httpx to allowlisted hosts only, never follow redirects, carry the action's
-`Idempotency-Key`, and have their response size capped.
+go through httpx to their own hosts only (see egress), carry the action's `Idempotency-Key`,
+and have their response size capped. In a dry run a tool runs its dry-run path, or for HTTP,
+returns the request it would have sent. Every failure says whether the same call may succeed
+later (`retryable`) and whether the tool may have acted anyway (`in_doubt`).
 """
 
 from __future__ import annotations
@@ -11,20 +13,40 @@ import asyncio
 import inspect
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from charter.events import canonical_json
-from charter.tools import HttpTarget, ToolContext, ToolError, ToolSpec
+from charter.tools import SECRET_REF, HttpTarget, ToolContext, ToolError, ToolSpec
+from services.executor.egress import EgressDenied
 
 
 class ToolFailure(Exception):
-    def __init__(self, message: str, *, retryable: bool, error_type: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        error_type: str,
+        in_doubt: bool = False,
+        transient: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.error_type = error_type
+        # The call may have reached the tool and acted: a timeout, a connection lost mid-call.
+        self.in_doubt = in_doubt
+        # The tool is unwell (down, slow, overloaded), as a circuit breaker counts it.
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_result_bytes: int
 
 
 def _summary(exc: ValidationError) -> str:
@@ -37,9 +59,8 @@ async def call(
     parameters: dict[str, Any],
     ctx: ToolContext,
     *,
-    http: httpx.AsyncClient,
-    allowed_hosts: frozenset[str],
-    max_result_bytes: int,
+    http: httpx.AsyncClient | None,
+    limits: Limits,
 ) -> dict[str, Any]:
     try:
         params = spec.params.model_validate(parameters)
@@ -48,28 +69,43 @@ async def call(
             f"invalid parameters: {_summary(exc)}", retryable=False, error_type="InvalidParameters"
         ) from exc
     try:
-        if spec.func is not None:
-            raw = await asyncio.wait_for(_run_python(spec.func, params, ctx), spec.timeout_s)
-        elif spec.http is not None:
-            async with asyncio.timeout(spec.timeout_s):
-                raw = await _run_http(
-                    spec.http,
-                    params=params,
-                    ctx=ctx,
-                    http=http,
-                    allowed_hosts=allowed_hosts,
-                    max_bytes=max_result_bytes,
-                )
-        else:
-            raise ToolFailure("tool has no implementation", retryable=False, error_type="NotImplemented")
+        async with asyncio.timeout(spec.timeout_s):
+            raw = await _dispatch(spec, params, ctx, http, limits)
     except TimeoutError as exc:
-        raise ToolFailure(f"timed out after {spec.timeout_s}s", retryable=True, error_type="Timeout") from exc
-    result = _validate_result(spec, raw)
-    if len(canonical_json(result).encode()) > max_result_bytes:
         raise ToolFailure(
-            f"result exceeds {max_result_bytes} bytes", retryable=False, error_type="ResultTooLarge"
+            f"timed out after {spec.timeout_s}s",
+            retryable=True,
+            error_type="Timeout",
+            in_doubt=True,
+            transient=True,
+        ) from exc
+    result = _validate_result(spec, raw, dry_run=ctx.dry_run)
+    if len(canonical_json(result).encode()) > limits.max_result_bytes:
+        raise ToolFailure(
+            f"result exceeds {limits.max_result_bytes} bytes", retryable=False, error_type="ResultTooLarge"
         )
     return result
+
+
+async def _dispatch(
+    spec: ToolSpec, params: BaseModel, ctx: ToolContext, http: httpx.AsyncClient | None, limits: Limits
+) -> Any:
+    if ctx.dry_run and spec.dry_run != "call":
+        if callable(spec.dry_run):
+            return await _run_python(spec.dry_run, params, ctx)
+        if spec.http is not None:
+            return {"would_send": _request(spec.http, params, ctx, with_secrets=False)}
+        raise ToolFailure(
+            f"{spec.name} has no dry-run path and this environment ({ctx.environment}) is dry-run",
+            retryable=False,
+            error_type="NoDryRun",
+        )
+    if spec.func is not None:
+        return await _run_python(spec.func, params, ctx)
+    if spec.http is not None and http is not None:
+        max_bytes = min(limits.max_result_bytes, spec.http.max_response_bytes or limits.max_result_bytes)
+        return await _run_http(spec.http, params, ctx, http, max_bytes)
+    raise ToolFailure("tool has no implementation", retryable=False, error_type="NotImplemented")
 
 
 async def _run_python(func: Callable[..., Any], params: BaseModel, ctx: ToolContext) -> Any:
@@ -79,7 +115,9 @@ async def _run_python(func: Callable[..., Any], params: BaseModel, ctx: ToolCont
         # A thread cannot be killed: on timeout the call is abandoned, not stopped.
         return await asyncio.to_thread(func, params, ctx)
     except ToolError as exc:
-        raise ToolFailure(str(exc), retryable=exc.retryable, error_type="ToolError") from exc
+        raise ToolFailure(
+            str(exc), retryable=exc.retryable, error_type="ToolError", transient=exc.retryable
+        ) from exc
     except (TimeoutError, asyncio.CancelledError):
         raise
     except Exception as exc:
@@ -88,27 +126,39 @@ async def _run_python(func: Callable[..., Any], params: BaseModel, ctx: ToolCont
         ) from exc
 
 
+def _request(
+    target: HttpTarget, params: BaseModel, ctx: ToolContext, *, with_secrets: bool
+) -> dict[str, Any]:
+    """The request the parameters make: `{name}` in the URL filled (path-quoted), the rest as
+    the JSON body, or the query for GET. Without secrets, headers show the references only."""
+    values = params.model_dump(mode="json")
+    used = {name for name in values if "{" + name + "}" in target.url}
+    url = target.url
+    for name in used:
+        url = url.replace("{" + name + "}", quote(str(values[name]), safe=""))
+    rest = {k: v for k, v in values.items() if k not in used}
+
+    def fill(header: str) -> str:
+        return SECRET_REF.sub(lambda m: ctx.secrets[m.group(1)], header) if with_secrets else header
+
+    request: dict[str, Any] = {
+        "method": target.method,
+        "url": url,
+        "headers": {
+            **{k: fill(v) for k, v in target.headers.items()},
+            "Idempotency-Key": ctx.idempotency_key,
+        },
+    }
+    request["params" if target.method == "GET" else "json"] = rest
+    return request
+
+
 async def _run_http(
-    target: HttpTarget,
-    *,
-    params: BaseModel,
-    ctx: ToolContext,
-    http: httpx.AsyncClient,
-    allowed_hosts: frozenset[str],
-    max_bytes: int,
+    target: HttpTarget, params: BaseModel, ctx: ToolContext, http: httpx.AsyncClient, max_bytes: int
 ) -> Any:
-    if target.host not in allowed_hosts:
-        raise ToolFailure(
-            f"host {target.host!r} is not allowlisted", retryable=False, error_type="HostNotAllowed"
-        )
+    request = _request(target, params, ctx, with_secrets=True)
     try:
-        async with http.stream(
-            target.method,
-            target.url,
-            json=params.model_dump(mode="json"),
-            headers={"Idempotency-Key": ctx.idempotency_key},
-            follow_redirects=False,
-        ) as response:
+        async with http.stream(**request) as response:
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
@@ -116,11 +166,26 @@ async def _run_http(
                     raise ToolFailure(
                         f"response exceeds {max_bytes} bytes", retryable=False, error_type="ResultTooLarge"
                     )
+    except EgressDenied as exc:
+        raise ToolFailure(str(exc), retryable=False, error_type="EgressDenied") from exc
+    except httpx.TooManyRedirects as exc:
+        raise ToolFailure(str(exc), retryable=False, error_type="TooManyRedirects") from exc
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        # Nothing was sent: safe to try again, whatever the tool.
+        raise ToolFailure(
+            f"{type(exc).__name__}: {exc}", retryable=True, error_type="Unreachable", transient=True
+        ) from exc
     except httpx.TransportError as exc:
-        raise ToolFailure(f"{type(exc).__name__}: {exc}", retryable=True, error_type="Unreachable") from exc
+        raise ToolFailure(
+            f"{type(exc).__name__}: {exc}",
+            retryable=True,
+            error_type="ConnectionLost",
+            in_doubt=True,
+            transient=True,
+        ) from exc
     status = response.status_code
     if status >= 500 or status == 429:
-        raise ToolFailure(f"HTTP {status}", retryable=True, error_type="ServerError")
+        raise ToolFailure(f"HTTP {status}", retryable=True, error_type="ServerError", transient=True)
     if status >= 300:
         raise ToolFailure(
             f"HTTP {status}: {bytes(body[:200]).decode(errors='replace')}",
@@ -133,10 +198,11 @@ async def _run_http(
         raise ToolFailure("response is not JSON", retryable=False, error_type="BadResponse") from exc
 
 
-def _validate_result(spec: ToolSpec, raw: Any) -> dict[str, Any]:
+def _validate_result(spec: ToolSpec, raw: Any, *, dry_run: bool) -> dict[str, Any]:
     if isinstance(raw, BaseModel):
         raw = raw.model_dump(mode="json")
-    if spec.result is not None:
+    # A dry run's answer is what would have been done, not the tool's result type.
+    if spec.result is not None and not (dry_run and spec.dry_run != "call" and spec.http is not None):
         try:
             raw = spec.result.model_validate(raw).model_dump(mode="json")
         except ValidationError as exc:

@@ -3,6 +3,12 @@
 A trigger starts one run per matching agent; each run proposes its playbook's steps one at a
 time, and moves on only when the previous step's result comes back. Run ids derive from the
 trigger's id and the agent's, so the same trigger never starts the same agent twice.
+
+A run that fails or is cancelled after steps that can be undone first compensates them, last
+first (a saga): each compensation is an action like any other, proposed, governed, executed
+and audited, numbered after the playbook's steps. A compensation that does not succeed
+escalates the run to a human. So does an action whose effect is in doubt, and a tool whose
+circuit is open: neither is a verdict on the work.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from charter.events import (
     RunEscalated,
     RunFailed,
     RunStarted,
+    ToolUnavailable,
     TriggerReceived,
     canonical_json,
 )
@@ -38,8 +45,29 @@ log = logging.getLogger(__name__)
 
 # Rejections that end a run as escalated to a human rather than failed.
 ESCALATE = frozenset({"loop", "approval_expired"})
-Status = Literal["running", "completed", "failed", "cancelled", "escalated"]
-Outcome = ActionExecuted | ActionFailed | ActionRejected
+Status = Literal["running", "compensating", "completed", "failed", "cancelled", "escalated"]
+Outcome = ActionExecuted | ActionFailed | ActionRejected | ToolUnavailable
+
+
+@dataclass(frozen=True)
+class Done:
+    """A step that took effect, with what a compensation needs to undo it."""
+
+    step_index: int
+    resource: str
+    parameters: dict[str, Any]
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a compensating run ends once its compensations succeed."""
+
+    kind: Literal["failed", "cancelled"]
+    cause: str
+    reason: str
+    step: int | None = None
+    switch_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +81,11 @@ class RunState:
     status: Status = "running"
     step_index: int = 0
     results: dict[str, Any] = field(default_factory=dict)
+    done: tuple[Done, ...] = ()
+    # While compensating: the steps still to undo, next first, and the steps undone so far.
+    undo: tuple[int, ...] = ()
+    undone: tuple[str, ...] = ()
+    ending: Ending | None = None
 
 
 @dataclass(frozen=True)
@@ -114,12 +147,20 @@ def on_trigger(
 def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Transition | None:
     """Take a step's outcome; propose the next step, or end the run. None means nothing to do:
     the outcome is for a run already ended, or a step already past (a redelivery)."""
-    if state is None or state.status != "running" or outcome.action.step_index != state.step_index:
+    if state is None or outcome.action.step_index != state.step_index:
+        return None
+    if state.status == "compensating":
+        return _on_compensation(outcome, state, now)
+    if state.status != "running":
         return None
     step = state.agent.steps[state.step_index]
     if isinstance(outcome, ActionExecuted):
+        done = Done(state.step_index, outcome.action.resource, outcome.action.parameters, outcome.result)
         advanced = replace(
-            state, step_index=state.step_index + 1, results={**state.results, step.id: outcome.result}
+            state,
+            step_index=state.step_index + 1,
+            results={**state.results, step.id: outcome.result},
+            done=(*state.done, done),
         )
         if advanced.step_index < len(state.agent.steps):
             return Transition(*_propose(advanced, outcome, now))
@@ -131,23 +172,38 @@ def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Trans
             outputs=advanced.results,
         )
         return Transition(replace(advanced, status="completed"), [completed])
+    if isinstance(outcome, ToolUnavailable):
+        return _escalate(state, outcome, "tool_unavailable", outcome.reason, now)
     if isinstance(outcome, ActionFailed):
+        if outcome.in_doubt:
+            # The evidence a human needs: which call, under which key, after how many attempts.
+            evidence = (
+                f"{outcome.action.tool} (idempotency key {outcome.idempotency_key}, "
+                f"{outcome.attempts} attempt(s)): {outcome.error}"
+            )
+            return _escalate(state, outcome, "in_doubt", evidence, now)
         reason = f"{outcome.action.tool} failed: {outcome.error}"
         return _fail(state, outcome, "action_failed", reason, now)
     reasons = "; ".join(outcome.decision.reasons) or "no reason given"
     if outcome.decision.limit in ESCALATE:
         # A loop, or an approval nobody gave in time, is not a verdict on the work: a human
         # looks at it and decides what comes next.
-        escalated = RunEscalated.caused_by(
-            outcome,
-            event_id=derive_id(state.run_id, "escalated"),
-            now=now,
-            cause=outcome.decision.limit,
-            reason=reasons,
-            step=state.step_index,
-        )
-        return Transition(replace(state, status="escalated"), [escalated])
+        return _escalate(state, outcome, outcome.decision.limit or "", reasons, now)
     return _fail(state, outcome, "action_rejected", f"rejected by {outcome.rejected_by}: {reasons}", now)
+
+
+def _escalate(state: RunState, cause: Event, kind: str, reason: str, now: datetime) -> Transition:
+    escalated = RunEscalated.caused_by(
+        cause,
+        event_id=derive_id(state.run_id, "escalated"),
+        now=now,
+        agent=state.agent.id,
+        run_id=state.run_id,
+        cause=kind,
+        reason=reason,
+        step=state.step_index,
+    )
+    return Transition(replace(state, status="escalated"), [escalated])
 
 
 def affected(state: RunState, switch: KillSwitchSet) -> bool:
@@ -168,18 +224,15 @@ def on_kill_switch(switch: KillSwitchSet, runs: Collection[RunState], now: datet
     for state in sorted(runs, key=lambda s: s.run_id):
         if not affected(state, switch):
             continue
-        cancelled = RunCancelled.caused_by(
-            switch,
-            lineage=state.trigger,
-            event_id=derive_id(state.run_id, "cancelled"),
-            now=now,
-            agent=state.agent.id,
-            run_id=state.run_id,
-            cause="kill_switch",
-            reason=switch.reason,
-            switch_id=switch.switch_id,
+        ending = Ending("cancelled", "kill_switch", switch.reason, switch_id=switch.switch_id)
+        if _undoable(state):
+            transitions.append(_start_compensation(state, switch, ending, now, lineage=state.trigger))
+            continue
+        transitions.append(
+            Transition(
+                replace(state, status="cancelled"), [_end(state, switch, ending, now, lineage=state.trigger)]
+            )
         )
-        transitions.append(Transition(replace(state, status="cancelled"), [cancelled]))
     return transitions
 
 
@@ -225,14 +278,112 @@ def _propose(state: RunState, cause: Event, now: datetime) -> tuple[RunState, li
 
 
 def _fail(state: RunState, cause: Event, kind: str, reason: str, now: datetime) -> Transition:
-    failed = RunFailed.caused_by(
+    ending = Ending("failed", kind, reason, step=state.step_index)
+    if _undoable(state):
+        return _start_compensation(state, cause, ending, now)
+    return Transition(replace(state, status="failed"), [_end(state, cause, ending, now)])
+
+
+def _end(state: RunState, cause: Event, ending: Ending, now: datetime, lineage: Event | None = None) -> Event:
+    reason = ending.reason
+    if state.undone:
+        reason += f" (undone: {', '.join(state.undone)})"
+    common: dict[str, Any] = {
+        "now": now,
+        "agent": state.agent.id,
+        "run_id": state.run_id,
+        "cause": ending.cause,
+    }
+    if ending.kind == "cancelled":
+        return RunCancelled.caused_by(
+            cause,
+            lineage=lineage,
+            event_id=derive_id(state.run_id, "cancelled"),
+            reason=reason,
+            switch_id=ending.switch_id,
+            **common,
+        )
+    return RunFailed.caused_by(
         cause,
+        lineage=lineage,
         event_id=derive_id(state.run_id, "failed"),
+        reason=reason,
+        failed_step=ending.step,
+        **common,
+    )
+
+
+def _undoable(state: RunState) -> tuple[int, ...]:
+    """The steps that took effect and have a compensation, last first."""
+    steps = state.agent.steps
+    return tuple(d.step_index for d in reversed(state.done) if steps[d.step_index].compensate is not None)
+
+
+def _start_compensation(
+    state: RunState, cause: Event, ending: Ending, now: datetime, lineage: Event | None = None
+) -> Transition:
+    compensating = replace(
+        state, status="compensating", step_index=len(state.agent.steps), undo=_undoable(state), ending=ending
+    )
+    return _propose_compensation(compensating, cause, now, lineage)
+
+
+def _propose_compensation(
+    state: RunState, cause: Event, now: datetime, lineage: Event | None = None
+) -> Transition:
+    target = next(d for d in state.done if d.step_index == state.undo[0])
+    step = state.agent.steps[target.step_index]
+    assert step.compensate is not None
+    context = {**template_context(state), "params": target.parameters, "result": target.result}
+    try:
+        parameters = json.loads(canonical_json(render(step.compensate.parameters, context)))
+        resource = target.resource
+        if step.compensate.resource is not None:
+            resource = str(render(step.compensate.resource, context))
+    except (TemplateFailure, TypeError, ValueError) as exc:
+        return _escalate(state, cause, "compensation_failed", f"cannot undo step {step.id}: {exc}", now)
+    action = Action(
+        action_id=derive_id(state.run_id, f"action:{state.step_index}"),
+        step_index=state.step_index,
+        step_id=f"undo-{step.id}",
+        tool=step.compensate.tool,
+        resource=resource,
+        parameters=parameters,
+        environment=state.agent.environment,
+        compensates=step.id,
+    )
+    proposed = ActionProposed.caused_by(
+        cause,
+        lineage=lineage,
+        event_id=derive_id(state.run_id, f"proposed:{state.step_index}"),
         now=now,
         agent=state.agent.id,
         run_id=state.run_id,
-        cause=kind,
-        reason=reason,
-        failed_step=state.step_index,
+        action=action,
+        triggered_by=state.trigger.submitted_by,
     )
-    return Transition(replace(state, status="failed"), [failed])
+    return Transition(state, [proposed])
+
+
+def _on_compensation(outcome: Outcome, state: RunState, now: datetime) -> Transition:
+    assert state.ending is not None
+    step = state.agent.steps[state.undo[0]]
+    if not isinstance(outcome, ActionExecuted):
+        why = describe_failure(outcome)
+        reason = f"{state.ending.reason}; undoing step {step.id} did not succeed: {why}"
+        return _escalate(state, outcome, "compensation_failed", reason, now)
+    advanced = replace(
+        state, step_index=state.step_index + 1, undo=state.undo[1:], undone=(*state.undone, step.id)
+    )
+    if advanced.undo:
+        return _propose_compensation(advanced, outcome, now)
+    status: Status = state.ending.kind
+    return Transition(replace(advanced, status=status), [_end(advanced, outcome, state.ending, now)])
+
+
+def describe_failure(outcome: ActionFailed | ActionRejected | ToolUnavailable) -> str:
+    if isinstance(outcome, ActionFailed):
+        return outcome.error
+    if isinstance(outcome, ToolUnavailable):
+        return outcome.reason
+    return f"rejected by {outcome.rejected_by}: {'; '.join(outcome.decision.reasons)}"

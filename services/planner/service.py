@@ -24,7 +24,15 @@ from charter.clock import Clock, SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.errors import InvalidEvent
-from charter.events import ActionExecuted, ActionFailed, ActionRejected, Event, KillSwitchSet, TriggerReceived
+from charter.events import (
+    ActionExecuted,
+    ActionFailed,
+    ActionRejected,
+    Event,
+    KillSwitchSet,
+    ToolUnavailable,
+    TriggerReceived,
+)
 from charter.killswitch import ControlFollower, SwitchStore
 from charter.pipeline import Pipeline
 from charter.service import group_id, service_bus
@@ -79,7 +87,7 @@ class Planner:
         if isinstance(event, TriggerReceived):
             candidates = [decide.run_id_for(event, a) for a in self.agents.values()]
             return decide.on_trigger(event, self.agents, runs.existing(conn, candidates), now)
-        if isinstance(event, ActionExecuted | ActionFailed | ActionRejected):
+        if isinstance(event, ActionExecuted | ActionFailed | ActionRejected | ToolUnavailable):
             if event.run_id is None:
                 raise InvalidEvent(f"{event.envelope.event_type} {event.event_id} has no run id")
             state = runs.get(conn, event.run_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from dataclasses import asdict
 from datetime import datetime
 
 from sqlalchemy import Column, Connection, DateTime, Engine, Integer, MetaData, String, Table, Text, select
@@ -18,7 +19,7 @@ from charter.agents import Agent
 from charter.events import TriggerReceived
 from charter.killswitch import switches_table
 from charter.store import Inbox, inbox_table, upsert
-from services.planner.decide import RunState
+from services.planner.decide import Done, Ending, RunState
 
 metadata = MetaData()
 runs = Table(
@@ -45,6 +46,10 @@ def _dump(state: RunState) -> str:
             "agent": state.agent.model_dump(mode="json"),
             "trigger": serde.encode(state.trigger).hex(),
             "results": state.results,
+            "done": [asdict(d) for d in state.done],
+            "undo": list(state.undo),
+            "undone": list(state.undone),
+            "ending": asdict(state.ending) if state.ending else None,
         }
     )
 
@@ -64,6 +69,11 @@ def get(conn: Connection, run_id: str) -> RunState | None:
         status=row["status"],
         step_index=row["step_index"],
         results=body["results"],
+        # Rows written before compensation existed have none of these.
+        done=tuple(Done(**d) for d in body.get("done", [])),
+        undo=tuple(body.get("undo", [])),
+        undone=tuple(body.get("undone", [])),
+        ending=Ending(**body["ending"]) if body.get("ending") else None,
     )
 
 

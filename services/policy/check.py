@@ -104,6 +104,7 @@ class Case(BaseModel):
     resource: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     environment: str | None = None
+    compensates: str | None = Field(None, description="The step id the action undoes, for a compensation.")
     expect: Literal["allow", "deny", "approval"]
     policies: list[str] | None = None
     roles: list[str] | None = None
@@ -145,6 +146,7 @@ def run_case(case: Case, ctx: Context, now: datetime | None = None) -> Outcome:
         resource=case.resource,
         parameters=case.parameters,
         environment=environment,
+        compensates=case.compensates,
     )
     proposed = ActionProposed.create(
         event_id=derive_id(run, "proposed"), now=now, tenant="policy-test", agent=case.agent, run_id=run,

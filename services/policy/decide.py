@@ -238,7 +238,11 @@ def _cedar(action: Action, agent: Agent, ctx: Context) -> Ruling:
                 tool=action.tool,
                 resource=action.resource,
                 resource_attrs=bundle.resources.lookup(action.resource) or {},
-                context={"parameters": action.parameters, "environment": action.environment},
+                context={
+                    "parameters": action.parameters,
+                    "environment": action.environment,
+                    "compensation": action.compensates is not None,
+                },
             )
         )
     except ValueError as exc:

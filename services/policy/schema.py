@@ -30,7 +30,12 @@ def cedar_schema(tools: Iterable[ToolSpec], resources: ResourceCatalog) -> dict[
                 "resourceTypes": ["Resource"],
                 "context": {
                     "type": "Record",
-                    "attributes": {"environment": {"type": "String"}, "parameters": parameters},
+                    "attributes": {
+                        "environment": {"type": "String"},
+                        "parameters": parameters,
+                        # True when the action undoes an earlier step of its run (a saga).
+                        "compensation": {"type": "Boolean"},
+                    },
                 },
             }
         }

@@ -105,10 +105,10 @@ def test_policy_check_and_test_on_the_shipped_policies(tmp_path: Path) -> None:
     env = {"CHARTER_AGENTS_DIR": str(REPO / "agents"), "CHARTER_POLICIES_DIR": str(REPO / "policies")}
     checked = charter("policy", "check", home=tmp_path, **env)
     assert checked.returncode == 0, checked.stderr
-    assert "check against the schema of 4 tools" in checked.stdout
+    assert "check against the schema of 5 tools" in checked.stdout
     tested = charter("policy", "test", str(REPO / "policies" / "tests" / "cases.yaml"), home=tmp_path, **env)
     assert tested.returncode == 0, tested.stdout
-    assert tested.stdout.strip().endswith("0 failed of 12")
+    assert tested.stdout.strip().endswith("0 failed of 14")
 
 
 def test_policy_check_fails_naming_the_file_and_line(tmp_path: Path) -> None:

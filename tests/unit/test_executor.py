@@ -1,21 +1,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import httpx
 import pytest
 from pydantic import BaseModel
 
 from charter.events import ActionApproved, ActionExecuted, ActionFailed
-from charter.tools import ToolContext, ToolError, http_tool, tool
+from charter.tools import ToolContext, ToolError, tool
 from services.executor import decide
-from services.executor.tools import ToolFailure, call
+from services.executor.tools import Limits, ToolFailure, call
 from tests.factories import NOW, one_of_each
 
 APPROVED = next(e for e in one_of_each() if isinstance(e, ActionApproved))
@@ -101,15 +96,8 @@ def ctx(tmp_path: Path) -> ToolContext:
     )
 
 
-async def _call(
-    spec: Any,
-    params: dict[str, Any],
-    ctx: ToolContext,
-    hosts: frozenset[str] = frozenset(),
-    limit: int = 10_000,
-) -> dict[str, Any]:
-    async with httpx.AsyncClient() as client:
-        return await call(spec, params, ctx, http=client, allowed_hosts=hosts, max_result_bytes=limit)
+async def _call(spec: Any, params: dict[str, Any], ctx: ToolContext, limit: int = 10_000) -> dict[str, Any]:
+    return await call(spec, params, ctx, http=None, limits=Limits(max_result_bytes=limit))
 
 
 def test_a_python_tool_runs_with_validated_parameters_and_result(ctx: ToolContext) -> None:
@@ -120,10 +108,11 @@ def test_a_python_tool_runs_with_validated_parameters_and_result(ctx: ToolContex
     assert not bad.value.retryable
 
 
-def test_a_slow_tool_times_out_as_retryable(ctx: ToolContext) -> None:
+def test_a_slow_tool_times_out_as_retryable_and_in_doubt(ctx: ToolContext) -> None:
     with pytest.raises(ToolFailure, match="timed out") as err:
         asyncio.run(_call(slow.__charter_tool__, {"n": 1}, ctx))  # type: ignore[attr-defined]
     assert err.value.retryable
+    assert err.value.in_doubt  # it may have acted before the deadline
 
 
 def test_a_result_that_breaks_its_schema_fails(ctx: ToolContext) -> None:
@@ -134,82 +123,6 @@ def test_a_result_that_breaks_its_schema_fails(ctx: ToolContext) -> None:
 def test_a_result_over_the_size_limit_fails(ctx: ToolContext) -> None:
     with pytest.raises(ToolFailure, match="exceeds"):
         asyncio.run(_call(double.__charter_tool__, {"n": 1}, ctx, limit=5))  # type: ignore[attr-defined]
-
-
-class _Endpoint(BaseHTTPRequestHandler):
-    calls: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Endpoint.calls.append({"path": self.path, "key": self.headers.get("Idempotency-Key"), "body": body})
-        if self.path == "/redirect":
-            self.send_response(307)
-            self.send_header("Location", "http://example.invalid/steal")
-            self.end_headers()
-            return
-        code = 503 if self.path == "/down" else 200
-        payload = json.dumps({"doubled": body["n"] * 2} if code == 200 else {"error": "down"}).encode()
-        if self.path == "/huge":
-            payload = json.dumps({"doubled": 1, "pad": "x" * 50_000}).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Endpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _Endpoint.calls.clear()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_an_http_tool_sends_the_idempotency_key(endpoint: str, ctx: ToolContext) -> None:
-    spec = http_tool("double", method="POST", url=f"{endpoint}/ok", params=Params, result=Result)
-    assert asyncio.run(_call(spec, {"n": 4}, ctx, frozenset({"127.0.0.1"}))) == {"doubled": 8}
-    assert _Endpoint.calls == [{"path": "/ok", "key": "run:0", "body": {"n": 4}}]
-
-
-def test_an_http_tool_to_a_host_not_allowlisted_is_never_called(endpoint: str, ctx: ToolContext) -> None:
-    spec = http_tool("double", method="POST", url=f"{endpoint}/ok", params=Params)
-    with pytest.raises(ToolFailure, match="not allowlisted"):
-        asyncio.run(_call(spec, {"n": 4}, ctx, frozenset({"example.com"})))
-    assert _Endpoint.calls == []
-
-
-def test_redirects_are_not_followed(endpoint: str, ctx: ToolContext) -> None:
-    spec = http_tool("double", method="POST", url=f"{endpoint}/redirect", params=Params)
-    with pytest.raises(ToolFailure, match="HTTP 307") as err:
-        asyncio.run(_call(spec, {"n": 4}, ctx, frozenset({"127.0.0.1"})))
-    assert not err.value.retryable
-    assert len(_Endpoint.calls) == 1
-
-
-def test_server_errors_are_retryable_and_responses_are_capped(endpoint: str, ctx: ToolContext) -> None:
-    down = http_tool("double", method="POST", url=f"{endpoint}/down", params=Params)
-    with pytest.raises(ToolFailure, match="HTTP 503") as err:
-        asyncio.run(_call(down, {"n": 4}, ctx, frozenset({"127.0.0.1"})))
-    assert err.value.retryable
-    huge = http_tool("double", method="POST", url=f"{endpoint}/huge", params=Params)
-    with pytest.raises(ToolFailure, match="exceeds"):
-        asyncio.run(_call(huge, {"n": 4}, ctx, frozenset({"127.0.0.1"}), limit=1000))
-
-
-def test_an_unreachable_endpoint_is_retryable(ctx: ToolContext) -> None:
-    spec = http_tool("double", method="POST", url="http://127.0.0.1:9/x", params=Params)
-    with pytest.raises(ToolFailure) as err:
-        asyncio.run(_call(spec, {"n": 4}, ctx, frozenset({"127.0.0.1"})))
-    assert err.value.retryable
 
 
 def test_a_kill_switch_refusal_is_the_steps_one_outcome() -> None:

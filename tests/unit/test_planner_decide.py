@@ -19,6 +19,7 @@ from charter.events import (
     RunEscalated,
     RunFailed,
     RunStarted,
+    ToolUnavailable,
     TriggerReceived,
 )
 from charter.killswitch import switch_id
@@ -277,3 +278,156 @@ def test_a_loop_escalates_the_run_rather_than_failing_it() -> None:
     assert isinstance(escalated, RunEscalated)
     assert (escalated.cause, escalated.step) == ("loop", 0)
     assert step.state.status == "escalated"
+
+
+def _failed(proposed: ActionProposed, *, in_doubt: bool = False) -> ActionFailed:
+    return ActionFailed.caused_by(
+        proposed,
+        label="x",
+        now=NOW,
+        action=proposed.action,
+        idempotency_key="k",
+        error="boom",
+        error_type="E",
+        in_doubt=in_doubt,
+        attempts=1,
+    )
+
+
+def _through_refund() -> tuple[decide.RunState, ActionProposed]:
+    """A refund run whose lookup and refund took effect; the notify step is proposed."""
+    transition = start(trigger(order_id="A-1", amount=40))
+    lookup = transition.outputs[1]
+    assert isinstance(lookup, ActionProposed)
+    order = {"order_id": "A-1", "customer": "cust-1", "currency": "EUR", "total": 100}
+    after_lookup = decide.on_outcome(executed(transition.state, lookup, order), transition.state, NOW)
+    assert after_lookup is not None
+    [refund] = after_lookup.outputs
+    assert isinstance(refund, ActionProposed)
+    refunded = {"refund_id": "rf-0123456789", "order_id": "A-1", "amount": 40, "currency": "EUR"}
+    after_refund = decide.on_outcome(executed(after_lookup.state, refund, refunded), after_lookup.state, NOW)
+    assert after_refund is not None
+    [notify] = after_refund.outputs
+    assert isinstance(notify, ActionProposed)
+    return after_refund.state, notify
+
+
+def test_a_run_that_fails_after_side_effects_compensates_them_before_it_fails() -> None:
+    state, notify = _through_refund()
+    compensating = decide.on_outcome(_failed(notify), state, NOW)
+    assert compensating is not None
+    assert compensating.state.status == "compensating"
+    [undo] = compensating.outputs  # no RunFailed yet: first the refund is undone
+    assert isinstance(undo, ActionProposed)
+    assert undo.action.tool == "cancel_refund"
+    assert undo.action.compensates == "refund"
+    assert undo.action.step_index == 3  # numbered after the playbook's three steps
+    assert undo.action.parameters == {"refund_id": "rf-0123456789", "order_id": "A-1"}
+    assert undo.action.resource == "order/A-1"
+    cancelled = {"refund_id": "rf-0123456789", "cancelled": True}
+    ended = decide.on_outcome(executed(compensating.state, undo, cancelled), compensating.state, NOW)
+    assert ended is not None
+    [failed] = ended.outputs
+    assert isinstance(failed, RunFailed)
+    assert failed.cause == "action_failed"
+    assert failed.failed_step == 2
+    assert "undone: refund" in failed.reason
+    assert ended.state.status == "failed"
+
+
+def test_compensations_run_last_step_first() -> None:
+    agent = Agent.model_validate(
+        {
+            "id": "saga",
+            "owner": "o@example.com",
+            "description": "three undoable steps",
+            "environment": "production",
+            "triggers": [{"event": "support.refund_requested"}],
+            "tools": ["issue_refund", "cancel_refund", "notify_customer"],
+            "steps": [
+                {"id": f"r{i}", "tool": "issue_refund", "parameters": {"order_id": "A-1", "amount": i}}
+                for i in (1, 2, 3)
+            ]
+            + [{"id": "tell", "tool": "notify_customer", "parameters": {"customer": "c", "message": "m"}}],
+        }
+    )
+    agent = agents.with_compensations(agent, tools.load(["charter.demo.tools"]))
+    [transition] = decide.on_trigger(trigger(order_id="A-1", amount=1), {"saga": agent}, set(), NOW)
+    state, proposed = transition.state, transition.outputs[1]
+    for i in (1, 2, 3):
+        assert isinstance(proposed, ActionProposed)
+        result = {"refund_id": f"rf-000000000{i}", "order_id": "A-1", "amount": i, "currency": "EUR"}
+        step = decide.on_outcome(executed(state, proposed, result), state, NOW)
+        assert step is not None
+        state, proposed = step.state, step.outputs[0]
+    assert isinstance(proposed, ActionProposed)
+    undoing = decide.on_outcome(_failed(proposed), state, NOW)
+    order = []
+    while undoing is not None and undoing.state.status == "compensating":
+        [undo] = undoing.outputs
+        assert isinstance(undo, ActionProposed)
+        order.append((undo.action.compensates, undo.action.parameters["refund_id"]))
+        state = undoing.state
+        undoing = decide.on_outcome(executed(state, undo, {"refund_id": "x", "cancelled": True}), state, NOW)
+    assert order == [("r3", "rf-0000000003"), ("r2", "rf-0000000002"), ("r1", "rf-0000000001")]
+    assert undoing is not None
+    assert isinstance(undoing.outputs[0], RunFailed)
+    assert "undone: r3, r2, r1" in undoing.outputs[0].reason
+
+
+def test_a_compensation_that_fails_escalates_to_a_human() -> None:
+    state, notify = _through_refund()
+    compensating = decide.on_outcome(_failed(notify), state, NOW)
+    assert compensating is not None
+    [undo] = compensating.outputs
+    assert isinstance(undo, ActionProposed)
+    ended = decide.on_outcome(_failed(undo), compensating.state, NOW)
+    assert ended is not None
+    [escalated] = ended.outputs
+    assert isinstance(escalated, RunEscalated)
+    assert escalated.cause == "compensation_failed"
+    assert "undoing step refund did not succeed: boom" in escalated.reason
+
+
+def test_a_kill_switch_compensates_before_it_cancels() -> None:
+    state, _notify = _through_refund()
+    [transition] = decide.on_kill_switch(_switch(tool="notify_customer"), [state], NOW)
+    [undo] = transition.outputs
+    assert isinstance(undo, ActionProposed)
+    assert undo.action.tool == "cancel_refund"
+    assert undo.envelope.correlation_id == state.trigger.envelope.correlation_id
+    cancelled = {"refund_id": "rf-0123456789", "cancelled": True}
+    ended = decide.on_outcome(executed(transition.state, undo, cancelled), transition.state, NOW)
+    assert ended is not None
+    [event] = ended.outputs
+    assert isinstance(event, RunCancelled)
+    assert event.cause == "kill_switch"
+
+
+def test_an_in_doubt_action_escalates_with_its_evidence() -> None:
+    state, notify = _through_refund()
+    step = decide.on_outcome(_failed(notify, in_doubt=True), state, NOW)
+    assert step is not None
+    [escalated] = step.outputs  # not compensated: whether the message went out is the question
+    assert isinstance(escalated, RunEscalated)
+    assert escalated.cause == "in_doubt"
+    assert "idempotency key k" in escalated.reason
+
+
+def test_an_unavailable_tool_escalates_the_run() -> None:
+    state, notify = _through_refund()
+    down = ToolUnavailable.caused_by(
+        notify,
+        label="x",
+        now=NOW,
+        action=notify.action,
+        idempotency_key="k",
+        failures=5,
+        retry_after_s=30.0,
+        reason="circuit open",
+    )
+    step = decide.on_outcome(down, state, NOW)
+    assert step is not None
+    [escalated] = step.outputs
+    assert isinstance(escalated, RunEscalated)
+    assert escalated.cause == "tool_unavailable"

@@ -33,7 +33,16 @@ def test_run_state_round_trips_and_updates(engine: Engine) -> None:
         assert runs.existing(conn, [state.run_id, "other"]) == {state.run_id}
         assert runs.get(conn, "missing") is None
     advanced = planner_decide.RunState(
-        state.run_id, state.agent, state.trigger, "running", 1, {"lookup": {"x": 1}}
+        state.run_id,
+        state.agent,
+        state.trigger,
+        "compensating",
+        4,
+        {"lookup": {"x": 1}},
+        done=(planner_decide.Done(1, "order/A-1001", {"amount": 40}, {"refund_id": "rf-1"}),),
+        undo=(1,),
+        undone=("notify",),
+        ending=planner_decide.Ending("failed", "action_failed", "boom", step=2),
     )
     with engine.begin() as conn:
         runs.put(conn, advanced, LATER)
