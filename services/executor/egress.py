@@ -78,6 +78,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        self._rule.check_host(host)
         infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
         if not addresses:
@@ -106,9 +107,12 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 async def _same_host(response: httpx.Response) -> None:
-    following = response.next_request
-    if following is not None and following.url.host != response.request.url.host:
-        raise EgressDenied(f"redirect from {response.request.url.host} to {following.url.host} refused")
+    if not response.has_redirect_location:
+        return
+    source = response.request.url
+    target = source.join(response.headers["Location"])
+    if target.host != source.host:
+        raise EgressDenied(f"redirect from {source.host} to {target.host} refused")
 
 
 def client(rule: Rule) -> httpx.AsyncClient:

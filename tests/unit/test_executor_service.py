@@ -1,0 +1,222 @@
+"""The executor in process, on its real SQLite store: retries with backoff for transient errors
+only, the circuit breaker, calls in doubt, dry runs and secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from pydantic import BaseModel
+
+from charter import signing
+from charter.clock import SystemClock
+from charter.config import Settings
+from charter.consumer import Delivery
+from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event, ToolUnavailable
+from charter.killswitch import ControlFollower
+from charter.store import make_engine
+from charter.tools import Registry, ToolContext, ToolError, tool
+from services.executor import store as executions
+from services.executor.breaker import Breakers
+from services.executor.secrets import REDACTED, RedactingFilter, Secrets
+from services.executor.service import Executor
+from tests.factories import one_of_each
+
+CANARY = "canary-9f3e2d1c7b"
+APPROVED = next(e for e in one_of_each() if isinstance(e, ActionApproved))
+NO_DELIVERY = Delivery("", 0, 0, None, b"", (), 0)
+calls: dict[str, int] = {}
+
+
+class N(BaseModel):
+    n: int
+
+
+class Out(BaseModel):
+    n: int
+    note: str = ""
+
+
+def _count(name: str) -> int:
+    calls[name] = calls.get(name, 0) + 1
+    return calls[name]
+
+
+@tool(idempotent=True, max_attempts=3)
+def flaky(params: N, ctx: ToolContext) -> Out:
+    if _count("flaky") < 3:
+        raise ToolError("busy, try later", retryable=True)
+    return Out(n=params.n)
+
+
+@tool(idempotent=True, max_attempts=1)
+def down(params: N, ctx: ToolContext) -> Out:
+    _count("down")
+    if calls.get("down_healed"):
+        return Out(n=params.n)
+    raise ToolError("service unavailable", retryable=True)
+
+
+@tool(idempotent=False, timeout_s=0.05)
+async def hangs(params: N, ctx: ToolContext) -> Out:
+    _count("hangs")
+    await asyncio.sleep(1)
+    return Out(n=0)
+
+
+@tool(idempotent=True)
+def refuses(params: N, ctx: ToolContext) -> Out:
+    _count("refuses")
+    raise ToolError("no such account")  # the caller's problem: not retried
+
+
+def _preview(params: N, ctx: ToolContext) -> Out:
+    return Out(n=params.n, note="would have written")
+
+
+@tool(idempotent=True, dry_run=_preview)
+def writes(params: N, ctx: ToolContext) -> Out:
+    _count("writes")
+    return Out(n=params.n, note="written")
+
+
+@tool(idempotent=True, secrets=["SHOP_KEY"])
+def leaky(params: N, ctx: ToolContext) -> Out:
+    logging.getLogger("leaky").warning("calling the shop with %s", ctx.secret("SHOP_KEY"))
+    return Out(n=params.n, note=f"key={ctx.secret('SHOP_KEY')}")
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    calls.clear()
+
+
+class _NoSwitches:
+    switches: tuple[Any, ...] = ()
+
+
+def _executor(tmp_path: Path, **settings: Any) -> Executor:
+    config = Settings(home=tmp_path, **settings)
+    signing.ensure_keys(config.keys)
+    engine = make_engine(config.database_url_for("executor"))
+    executions.create(engine)
+    registry = Registry(t.__charter_tool__ for t in (flaky, down, hangs, refuses, writes, leaky))
+    secrets = Secrets({"SHOP_KEY": CANARY})
+    return Executor(config, engine, registry, SystemClock(), cast(ControlFollower, _NoSwitches()), secrets)
+
+
+def _approved(tmp_path: Path, tool_name: str, run: str, environment: str = "production") -> ActionApproved:
+    action = APPROVED.action.model_copy(
+        update={"tool": tool_name, "parameters": {"n": 7}, "environment": environment}
+    )
+    event = APPROVED.model_copy(
+        update={"action": action, "envelope": APPROVED.envelope.model_copy(update={"run_id": run})}
+    )
+    return signing.Signer.load(tmp_path / "keys", "policy").sign(event)
+
+
+def _handle(executor: Executor, event: ActionApproved) -> Event:
+    [outcome] = asyncio.run(executor.handle(event, NO_DELIVERY))
+    return outcome
+
+
+def test_a_transient_failure_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    outcome = _handle(_executor(tmp_path), _approved(tmp_path, "flaky", "r1"))
+    assert isinstance(outcome, ActionExecuted)
+    assert outcome.attempts == 3
+    assert calls["flaky"] == 3
+
+
+def test_a_permanent_failure_is_not_retried(tmp_path: Path) -> None:
+    outcome = _handle(_executor(tmp_path), _approved(tmp_path, "refuses", "r1"))
+    assert isinstance(outcome, ActionFailed)
+    assert outcome.error == "no such account"
+    assert calls["refuses"] == 1
+
+
+def test_a_non_idempotent_call_that_timed_out_is_in_doubt_and_never_repeated(tmp_path: Path) -> None:
+    executor = _executor(tmp_path)
+    event = _approved(tmp_path, "hangs", "r1")
+    outcome = _handle(executor, event)
+    assert isinstance(outcome, ActionFailed)
+    assert outcome.in_doubt
+    assert "in doubt" in outcome.error
+    assert calls["hangs"] == 1
+    assert _handle(executor, event) == outcome  # redelivered: the recorded outcome, no new call
+    assert calls["hangs"] == 1
+
+
+def test_the_breaker_opens_refuses_then_lets_one_probe_through(tmp_path: Path) -> None:
+    executor = _executor(tmp_path, breaker_failures=2, breaker_cooldown_s=0.3)
+    for run in ("r1", "r2"):
+        assert isinstance(_handle(executor, _approved(tmp_path, "down", run)), ActionFailed)
+    refused = _handle(executor, _approved(tmp_path, "down", "r3"))
+    assert isinstance(refused, ToolUnavailable)
+    assert refused.failures == 2
+    assert 0 < refused.retry_after_s <= 0.3
+    assert calls["down"] == 2  # the open circuit did not call it
+    asyncio.run(asyncio.sleep(0.35))
+    calls["down_healed"] = 1
+    probe = _handle(executor, _approved(tmp_path, "down", "r4"))
+    assert isinstance(probe, ActionExecuted)  # half-open: one probe, and it closed the circuit
+    assert isinstance(_handle(executor, _approved(tmp_path, "down", "r5")), ActionExecuted)
+
+
+def test_a_failed_probe_opens_the_circuit_again() -> None:
+    breakers = Breakers(failures=3, cooldown_s=10)
+    for _ in range(3):
+        breakers.failed("t", now=0)
+    assert breakers.state("t", now=5) == "open"
+    assert breakers.admit("t", now=11) is None  # the probe
+    assert breakers.admit("t", now=11.5) is not None  # only one at a time
+    breakers.failed("t", now=12)
+    assert breakers.state("t", now=21) == "open"
+    assert breakers.state("t", now=22.1) == "half_open"
+
+
+def test_a_dry_run_environment_runs_the_dry_run_path_and_says_so(tmp_path: Path) -> None:
+    executor = _executor(tmp_path, dry_run_environments="staging, sandbox")
+    outcome = _handle(executor, _approved(tmp_path, "writes", "r1", environment="staging"))
+    assert isinstance(outcome, ActionExecuted)
+    assert outcome.dry_run
+    assert outcome.result == {"n": 7, "note": "would have written"}
+    assert "writes" not in calls
+    real = _handle(executor, _approved(tmp_path, "writes", "r2", environment="production"))
+    assert isinstance(real, ActionExecuted)
+    assert not real.dry_run
+    assert calls["writes"] == 1
+
+
+def test_a_tool_without_a_dry_run_path_is_not_called_in_a_dry_run(tmp_path: Path) -> None:
+    executor = _executor(tmp_path, dry_run_environments="staging")
+    outcome = _handle(executor, _approved(tmp_path, "refuses", "r1", environment="staging"))
+    assert isinstance(outcome, ActionFailed)
+    assert outcome.error_type == "NoDryRun"
+    assert "refuses" not in calls
+
+
+def test_secrets_are_redacted_from_results_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.handler.addFilter(RedactingFilter(Secrets({"SHOP_KEY": CANARY})))
+    outcome = _handle(_executor(tmp_path), _approved(tmp_path, "leaky", "r1"))
+    assert isinstance(outcome, ActionExecuted)
+    assert outcome.result["note"] == f"key={REDACTED}"
+    assert CANARY not in caplog.text
+    assert REDACTED in caplog.text
+
+
+def test_a_missing_secret_fails_the_action_by_name(tmp_path: Path) -> None:
+    executor = _executor(tmp_path)
+    executor._secrets = Secrets({})
+    outcome = _handle(executor, _approved(tmp_path, "leaky", "r1"))
+    assert isinstance(outcome, ActionFailed)
+    assert outcome.error == "secret(s) not configured: SHOP_KEY"
+
+
+def test_secrets_load_from_the_environment_and_a_file(tmp_path: Path) -> None:
+    (tmp_path / "secrets.yaml").write_text("A_KEY: from-the-file\nB_KEY: also-file\n")
+    loaded = Secrets.load(tmp_path / "secrets.yaml", {"CHARTER_SECRET_B_KEY": "from-env", "OTHER": "x"})
+    assert loaded.resolve(["A_KEY", "B_KEY"]) == {"A_KEY": "from-the-file", "B_KEY": "from-env"}
+    assert loaded.redact({"x": ["from-env!", "ok"]}) == {"x": [f"{REDACTED}!", "ok"]}
