@@ -18,7 +18,8 @@ from charter.consumer import Delivery
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event, ToolUnavailable
 from charter.killswitch import ControlFollower
 from charter.store import make_engine
-from charter.tools import Registry, ToolContext, ToolError, tool
+from charter.tools import ToolContext, ToolError, tool
+from charter.tools import load as load_tools
 from services.executor import store as executions
 from services.executor.breaker import Breakers
 from services.executor.secrets import REDACTED, RedactingFilter, Secrets
@@ -103,7 +104,7 @@ def _executor(tmp_path: Path, **settings: Any) -> Executor:
     signing.ensure_keys(config.keys)
     engine = make_engine(config.database_url_for("executor"))
     executions.create(engine)
-    registry = Registry(t.__charter_tool__ for t in (flaky, down, hangs, refuses, writes, leaky))
+    registry = load_tools([__name__])
     secrets = Secrets({"SHOP_KEY": CANARY})
     return Executor(config, engine, registry, SystemClock(), cast(ControlFollower, _NoSwitches()), secrets)
 
