@@ -1,5 +1,8 @@
 """Keeps the five services running: starts each as its own process, restarts a crashed one
-with exponential backoff, and stops them all, by force if need be, within a deadline."""
+with exponential backoff, and stops them all, by force if need be, within a deadline.
+
+The backoff is for crash loops: a process that dies before it gets ready, again and again. One
+that had got ready (or ran for a while) and then died is restarted after the first delay."""
 
 from __future__ import annotations
 
@@ -49,10 +52,12 @@ class Supervisor:
         logs_dir: Path,
         env: dict[str, str],
         notify: Callable[[str], None] = print,
+        ready: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.children = {n: Child(n, list(argv), logs_dir / f"{n}.log") for n, argv in commands.items()}
         self._env = env
         self._notify = notify
+        self._ready = ready
         self._stopping = False
 
     def start_all(self) -> None:
@@ -75,7 +80,10 @@ class Supervisor:
                 continue
             code = child.proc.poll()
             if code is not None and child.restart_at is None:
-                if now - child.started_at >= STABLE_AFTER_S:
+                if (
+                    now - child.started_at >= STABLE_AFTER_S
+                    or self._ready().get(child.name) == child.proc.pid
+                ):
                     child.backoff_s = FIRST_BACKOFF_S
                 child.restart_at = now + child.backoff_s
                 self._notify(

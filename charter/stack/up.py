@@ -143,7 +143,13 @@ def up(
         )
         _write_stack_file(settings, local)
         commands = {name: service_argv(name) for name in SERVICES}
-        supervisor = Supervisor(commands, settings.logs_dir, service_env(settings), notify=say)
+        supervisor = Supervisor(
+            commands,
+            settings.logs_dir,
+            service_env(settings),
+            notify=say,
+            ready=lambda: readiness.ready_pids(settings),
+        )
         supervisor.start_all()
         took = _wait_ready(settings, supervisor, stop)
         if took is None:

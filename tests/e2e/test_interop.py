@@ -13,7 +13,15 @@ import pytest
 
 from charter import topics
 from charter.client import Client
-from charter.events import EVENT_TYPES, ApprovalRequested, DeadLettered, RunCompleted, RunFailed
+from charter.events import (
+    EVENT_TYPES,
+    ActionProposed,
+    ApprovalRequested,
+    DeadLettered,
+    RunCompleted,
+    RunFailed,
+    ToolUnavailable,
+)
 from tests.conftest import REPO
 from tests.e2e.conftest import Stack, run_id, wait_approval, wait_for, wait_pending, wait_run_end
 from tests.e2e.test_approvals import DEADLINE, policy
@@ -73,6 +81,29 @@ def _every_event_type(stack: Stack) -> None:
         stack.cli("kill-switch", "off", "--agent", REFUNDS, "--reason", "interop done")
     for trigger in (small, approved, rejected, failing):
         assert isinstance(wait_run_end(stack, run_id(trigger, REFUNDS)), RunCompleted | RunFailed)
+    # ToolUnavailable needs a tool whose circuit is open, and the shared stack's demo tools never
+    # fail that way (test_executor_guarantees opens one on its own stack); the same encoder the
+    # executor uses writes one here, caused by a real proposal.
+    small_run = run_id(small, REFUNDS)
+    proposal = wait_for(
+        stack, lambda e: isinstance(e, ActionProposed) and e.run_id == small_run, "actions.proposed"
+    )
+    assert isinstance(proposal, ActionProposed)
+    unavailable = ToolUnavailable.caused_by(
+        proposal,
+        now=proposal.envelope.occurred_at,
+        action=proposal.action,
+        idempotency_key=f"{proposal.run_id}:interop",
+        failures=5,
+        retry_after_s=30.0,
+        reason="circuit open (interop)",
+    )
+
+    async def send() -> None:
+        async with Client(stack.settings) as client:
+            await client.send(unavailable)
+
+    asyncio.run(send())
     _produce_raw(stack, b"not avro at all", b"interop-garbage")
     wait_for(stack, lambda e: isinstance(e, DeadLettered) and e.key == b"interop-garbage", "triggers.dlq")
 

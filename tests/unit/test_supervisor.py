@@ -49,6 +49,29 @@ def test_a_crashing_child_is_restarted_with_growing_backoff(
     assert delays[0] < delays[2]
 
 
+def test_a_child_that_had_got_ready_is_restarted_without_growing_backoff(tmp_path: Path) -> None:
+    said: list[str] = []
+    ready: dict[str, int] = {}
+    s = sup.Supervisor(
+        {"killed": [PY, "-c", "raise SystemExit(9)"]},
+        tmp_path,
+        dict(os.environ),
+        said.append,
+        ready=lambda: ready,
+    )
+    s.start_all()
+    deadline = time.monotonic() + 10
+    while s.children["killed"].restarts < 3 and time.monotonic() < deadline:
+        child = s.children["killed"]
+        if child.proc is not None:
+            ready["killed"] = child.proc.pid  # each process says it is ready before it dies
+        s.poll()
+        time.sleep(0.01)
+    s.stop_all(1)
+    delays = {float(line.split("restarting in ")[1].split("s")[0]) for line in said[:3]}
+    assert delays == {sup.FIRST_BACKOFF_S}
+
+
 def test_a_child_that_ignores_sigterm_is_killed_at_the_deadline(tmp_path: Path) -> None:
     stubborn = (
         "import signal, time\n"

@@ -1,0 +1,84 @@
+"""A local HTTP server standing in for the systems tools act on. It counts every call and every
+effect per `Idempotency-Key`: /charge honours the key (a repeat returns the first answer), /ship
+does not (each call is an effect), so a test can tell whether anything was done twice."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class Ledger:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.lock = threading.Lock()
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.effects: Counter[tuple[str, str]] = Counter()
+        self.answers: dict[tuple[str, str], dict[str, Any]] = {}
+        self.order: list[tuple[str, str]] = []
+        self.delay_s = delay_s
+
+    def handle(
+        self, path: str, key: str, body: dict[str, Any], auth: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.calls[(path, key)] += 1
+            if path == "/reject":
+                return 422, {"error": "refused"}
+            if path == "/echo":
+                return 200, {"auth": auth or ""}
+            if path == "/charge" and (path, key) in self.answers:
+                return 200, self.answers[(path, key)]
+            # The effect happens before the answer: a caller killed meanwhile never hears of it.
+            self.effects[(path, key)] += 1
+            self.order.append((path, key))
+            answer = (
+                {"undone": body["receipt"]}
+                if path == "/uncharge"
+                else {"receipt": f"{path[1:]}-{key}", "amount": body["amount"]}
+            )
+            self.answers[(path, key)] = answer
+        if self.delay_s:
+            time.sleep(random.uniform(0, self.delay_s))
+        return 200, answer
+
+
+def _handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            key = self.headers.get("Idempotency-Key") or ""
+            code, answer = ledger.handle(self.path, key, body, self.headers.get("Authorization"))
+            payload = json.dumps(answer).encode()
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the executor was killed mid-call: what the chaos test is for
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@contextmanager
+def serving(ledger: Ledger) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(ledger))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
