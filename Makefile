@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench bench-policy clean
+.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -46,6 +46,10 @@ bench: $(STAMP) $(AGT)/.installed
 	$(BIN)/python bench/latency.py --broker tansu
 	$(BIN)/python bench/latency.py --broker kafka
 	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/executor.py
+
+bench-executor: $(STAMP)
+	$(BIN)/python bench/executor.py
 
 bench-policy: $(STAMP) $(AGT)/.installed
 	$(BIN)/python bench/policy.py

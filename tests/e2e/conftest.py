@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from charter import topics
 from charter.broker import CAPABILITIES
 from charter.client import Client
 from charter.clock import derive_id
@@ -225,6 +227,20 @@ def in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     browser test, through Playwright's sync API) can wait for events too."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(make())).result()
+
+
+def produce_raw(stack: Stack, value: bytes, key: bytes) -> None:
+    """Put raw bytes on the triggers topic, as a foreign or broken producer would."""
+
+    async def go() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap())
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.name(stack.settings, topics.Topic.TRIGGERS), value, key=key)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
 
 
 def run_id(trigger_id: str, agent: str) -> str:

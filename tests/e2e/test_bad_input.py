@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from charter import serde, topics
 from charter.events import DeadLettered, RunCompleted
-from tests.e2e.conftest import Stack, run_id, wait_for, wait_run_end
+from tests.e2e.conftest import Stack, produce_raw, run_id, wait_for, wait_run_end
 from tests.factories import one_of_each
 
 pytestmark = pytest.mark.e2e
-
-
-def _produce_raw(stack: Stack, value: bytes, key: bytes) -> None:
-    async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap())
-        await producer.start()
-        try:
-            await producer.send_and_wait(topics.name(stack.settings, topics.Topic.TRIGGERS), value, key=key)
-        finally:
-            await producer.stop()
-
-    asyncio.run(go())
 
 
 def _dead_letter(stack: Stack, key: bytes) -> DeadLettered:
@@ -34,7 +19,7 @@ def _dead_letter(stack: Stack, key: bytes) -> DeadLettered:
 
 
 def test_a_malformed_trigger_is_dead_lettered_and_the_next_event_still_runs(stack: Stack) -> None:
-    _produce_raw(stack, b'{"order_id": "X-1", "amount": 5}', b"malformed-1")
+    produce_raw(stack, b'{"order_id": "X-1", "amount": 5}', b"malformed-1")
     dead = _dead_letter(stack, b"malformed-1")
     assert dead.value == b'{"order_id": "X-1", "amount": 5}'
     assert "not an Avro single-object record" in dead.reason
@@ -45,12 +30,12 @@ def test_a_malformed_trigger_is_dead_lettered_and_the_next_event_still_runs(stac
 
 
 def test_an_unknown_schema_is_dead_lettered_with_its_fingerprint(stack: Stack) -> None:
-    _produce_raw(stack, b"\xc3\x01" + b"\xee" * 8 + b"\x02\x04", b"unknown-schema-1")
+    produce_raw(stack, b"\xc3\x01" + b"\xee" * 8 + b"\x02\x04", b"unknown-schema-1")
     dead = _dead_letter(stack, b"unknown-schema-1")
     assert "unknown schema fingerprint eeeeeeeeeeeeeeee" in dead.reason
 
 
 def test_a_truncated_event_is_dead_lettered(stack: Stack) -> None:
     good = serde.encode(one_of_each()[0])
-    _produce_raw(stack, good[:-4], b"truncated-1")
+    produce_raw(stack, good[:-4], b"truncated-1")
     assert "does not decode" in _dead_letter(stack, b"truncated-1").reason

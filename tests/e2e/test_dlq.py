@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from charter import topics
 from charter.cli.dlq import REPLAYED_FROM
 from charter.client import Client
 from charter.clock import new_id
 from charter.events import DeadLettered, Event, RunCompleted
-from tests.e2e.conftest import Stack, in_thread, run_id, wait_for, wait_run_end
+from tests.e2e.conftest import Stack, in_thread, produce_raw, run_id, wait_for, wait_run_end
 
 pytestmark = pytest.mark.e2e
-
-
-def _produce_raw(stack: Stack, value: bytes, key: bytes) -> None:
-    async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap())
-        await producer.start()
-        try:
-            await producer.send_and_wait(topics.name(stack.settings, topics.Topic.TRIGGERS), value, key=key)
-        finally:
-            await producer.stop()
-
-    asyncio.run(go())
 
 
 def _dead_letters(stack: Stack, key: bytes, count: int = 1) -> list[DeadLettered]:
@@ -80,7 +66,7 @@ def _trigger(event_id: str, order_id: str, tenant: str) -> dict[str, object]:
 def test_a_dead_letter_is_listed_shown_and_replayed_corrected(stack: Stack, tmp_path: Path) -> None:
     key = f"dlq-{uuid.uuid4().hex[:8]}".encode()
     poison = b'{"order_id": "D-7001", "amount": 20}'
-    _produce_raw(stack, poison, key)
+    produce_raw(stack, poison, key)
     [dead] = _dead_letters(stack, key)
     dlq_topic = topics.dlq_name(topics.name(stack.settings, topics.Topic.TRIGGERS))
 

@@ -23,9 +23,8 @@ from charter.events import (
     ToolUnavailable,
 )
 from tests.conftest import REPO
-from tests.e2e.conftest import Stack, run_id, wait_approval, wait_for, wait_pending, wait_run_end
+from tests.e2e.conftest import Stack, produce_raw, run_id, wait_approval, wait_for, wait_pending, wait_run_end
 from tests.e2e.test_approvals import DEADLINE, policy
-from tests.e2e.test_bad_input import _produce_raw
 
 pytestmark = pytest.mark.e2e
 PROJECT = REPO / "tests" / "interop"
@@ -104,7 +103,7 @@ def _every_event_type(stack: Stack) -> None:
             await client.send(unavailable)
 
     asyncio.run(send())
-    _produce_raw(stack, b"not avro at all", b"interop-garbage")
+    produce_raw(stack, b"not avro at all", b"interop-garbage")
     wait_for(stack, lambda e: isinstance(e, DeadLettered) and e.key == b"interop-garbage", "triggers.dlq")
 
 

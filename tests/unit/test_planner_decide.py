@@ -173,18 +173,7 @@ def test_a_failed_action_fails_the_run() -> None:
     transition = start(trigger(order_id="A-1", amount=40))
     proposed = transition.outputs[1]
     assert isinstance(proposed, ActionProposed)
-    failure = ActionFailed.caused_by(
-        proposed,
-        label="x",
-        now=NOW,
-        action=proposed.action,
-        idempotency_key="k",
-        error="boom",
-        error_type="E",
-        in_doubt=False,
-        attempts=1,
-    )
-    step = decide.on_outcome(failure, transition.state, NOW)
+    step = decide.on_outcome(_failed(proposed), transition.state, NOW)
     assert step is not None
     [failed] = step.outputs
     assert isinstance(failed, RunFailed)
