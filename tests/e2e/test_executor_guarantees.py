@@ -35,6 +35,7 @@ from charter.topics import all_names
 from tests.conftest import REPO
 from tests.e2e.conftest import (
     Stack,
+    broker_env,
     in_thread,
     run_events,
     run_id,
@@ -45,7 +46,7 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.tool_server import Ledger, serving
 
-pytestmark = [pytest.mark.e2e, pytest.mark.tansu]
+pytestmark = pytest.mark.e2e
 
 CANARY = "canary-5e1f0c2a9d7b4e63"
 RUNS = 200
@@ -173,11 +174,16 @@ def _ends(stack: Stack) -> dict[str, Event]:
     return in_thread(go)
 
 
-def test_200_runs_survive_the_executor_killed_10_times(ledger: Ledger, tmp_path: Path) -> None:
-    ledger.delay_s = 0.05  # time between the effect and the answer, for kills to land in
+def test_200_runs_survive_the_executor_killed_10_times(
+    broker: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    ledger = Ledger(delay_s=0.05)  # time between the effect and the answer, for kills to land in
     home = tmp_path / "home"
     rng = random.Random(6)
-    with serving(ledger) as url, running(home, **_configure(home, url)) as stack:
+    with (
+        serving(ledger) as url,
+        running(home, **broker_env(request, broker), **_configure(home, url)) as stack,
+    ):
         runs: list[str] = []
 
         async def publish(wave: int, count: int) -> list[str]:
@@ -227,6 +233,7 @@ def test_200_runs_survive_the_executor_killed_10_times(ledger: Ledger, tmp_path:
     print(f"chaos: {dict(outcomes)}; {charge_calls} charge calls for {len(charged)} charges")
 
 
+@pytest.mark.tansu
 def test_a_failed_run_undoes_its_charges_last_first(tools_stack: Stack, ledger: Ledger) -> None:
     trigger = tools_stack.publish("test.saga", {"order": "s1"})
     run = run_id(trigger, "saga")
@@ -248,6 +255,7 @@ def test_a_failed_run_undoes_its_charges_last_first(tools_stack: Stack, ledger: 
     assert isinstance(executed[2], ActionFailed)
 
 
+@pytest.mark.tansu
 def test_a_dry_run_environment_calls_nothing_and_says_so(tools_stack: Stack, ledger: Ledger) -> None:
     trigger = tools_stack.publish("test.rehearsal", {"order": "d1"})
     run = run_id(trigger, "rehearsal")
@@ -259,6 +267,7 @@ def test_a_dry_run_environment_calls_nothing_and_says_so(tools_stack: Stack, led
     assert not [key for (_path, key) in ledger.calls if key.startswith(run)]
 
 
+@pytest.mark.tansu
 def test_a_canary_secret_appears_nowhere(tools_stack: Stack, ledger: Ledger) -> None:
     trigger = tools_stack.publish("test.canary", {})
     run = run_id(trigger, "canary")
