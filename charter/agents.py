@@ -100,7 +100,8 @@ def _default_compensation(tool: ToolSpec, known_tools: Mapping[str, ToolSpec]) -
     parameters: `cancel_refund(refund_id)` after `issue_refund` gets the refund's id."""
     if tool.compensation is None:
         return None
-    fields = known_tools[tool.compensation].params.model_fields
+    # Required fields only: an optional one the step does not have keeps its default.
+    fields = [n for n, f in known_tools[tool.compensation].params.model_fields.items() if f.is_required()]
     return Compensation(
         tool=tool.compensation,
         parameters={f: f"{{{{ result['{f}'] if '{f}' in result else params['{f}'] }}}}" for f in fields},

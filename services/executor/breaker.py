@@ -64,3 +64,9 @@ class Breakers:
         circuit.failures += 1
         if circuit.probing or circuit.failures >= self._threshold:
             circuit.opened_at, circuit.probing = now, False
+
+    def release(self, tool: str) -> None:
+        """A probe that ended without a verdict (or any call, harmlessly) gives its slot back."""
+        circuit = self._circuits.get(tool)
+        if circuit is not None:
+            circuit.probing = False

@@ -142,3 +142,7 @@ IN_DOUBT = (
 CALL_IN_DOUBT = (
     "in doubt: the tool may have acted ({error}); it is not idempotent, so it was not called again"
 )
+CALL_IN_DOUBT_IDEMPOTENT = (
+    "in doubt: the tool may have acted ({error}) and gave no answer after its last attempt; "
+    "it is idempotent, so calling it again with the same key is safe"
+)

@@ -2,7 +2,7 @@
 
 The address check happens when the connection is made, on the address actually dialled, so a
 name that resolves (or re-resolves) to an internal address is refused, and so is a redirect
-that leads to one. Redirects are followed only on the same host.
+that leads to one. Redirects are followed only to the same scheme, host and port.
 """
 
 from __future__ import annotations
@@ -25,11 +25,37 @@ class EgressDenied(Exception):
     """The tool tried to reach somewhere it may not. Never retried."""
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits: NAT64 (RFC 6052, RFC 8215)
+# SIIT (RFC 7915) and the deprecated IPv4-compatible form.
+_EMBEDDING = tuple(
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
+)
+
+
+def _embedded_v4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if any(address in network for network in _EMBEDDING):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def is_public(address: Address) -> bool:
-    # is_global is false for private, loopback, link-local, reserved, shared (100.64/10) and
-    # unspecified addresses; an IPv4-mapped IPv6 address could smuggle any of them.
-    mapped = isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
-    return address.is_global and not address.is_multicast and not mapped
+    """Whether an address is on the public internet. is_global is false for private, loopback,
+    link-local, reserved, shared (100.64/10) and unspecified addresses; IPv6 forms that embed an
+    IPv4 address (mapped, 6to4, Teredo, NAT64) are judged by the address they carry."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:
+            return False
+        inner = _embedded_v4(address)
+        return inner is None or is_public(inner)
+    return True
 
 
 @dataclass(frozen=True)
@@ -79,7 +105,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         self._rule.check_host(host)
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        try:
+            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            # Mapped by httpx to a ConnectError: nothing was sent.
+            raise httpcore.ConnectError(f"{host}: {exc}") from exc
         addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
         if not addresses:
             raise EgressDenied(f"{host} does not resolve")
@@ -106,17 +136,18 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-async def _same_host(response: httpx.Response) -> None:
+async def _same_origin(response: httpx.Response) -> None:
     if not response.has_redirect_location:
         return
     source = response.request.url
     target = source.join(response.headers["Location"])
-    if target.host != source.host:
-        raise EgressDenied(f"redirect from {source.host} to {target.host} refused")
+    # Scheme and port too: a redirect must not downgrade to http or reach another service.
+    if (target.scheme, target.host, target.port) != (source.scheme, source.host, source.port):
+        raise EgressDenied(f"redirect from {source.scheme}://{source.netloc.decode()} to {target} refused")
 
 
 def client(rule: Rule) -> httpx.AsyncClient:
-    """An httpx client for one tool: guarded connections, same-host redirects only (at most 3)."""
+    """An httpx client for one tool: guarded connections, same-origin redirects only (at most 3)."""
     transport = httpx.AsyncHTTPTransport(retries=0)
     # httpx has no public hook for the network backend; the pool keeps it here (httpcore 1.x).
     pool = transport._pool
@@ -125,6 +156,6 @@ def client(rule: Rule) -> httpx.AsyncClient:
         transport=transport,
         follow_redirects=True,
         max_redirects=3,
-        event_hooks={"response": [_same_host]},
+        event_hooks={"response": [_same_origin]},
         trust_env=False,
     )

@@ -49,7 +49,8 @@ class Secrets:
     def load(cls, file: Path | None, environ: Mapping[str, str] = os.environ) -> Secrets:
         values = _from_file(file) if file is not None else {}
         values.update({k[len(ENV_PREFIX) :]: v for k, v in environ.items() if k.startswith(ENV_PREFIX)})
-        return cls(values)
+        # A trailing newline is a common accident of files and mounted secrets, never meant.
+        return cls({name: value.rstrip("\r\n") for name, value in values.items()})
 
     def resolve(self, names: Iterable[str]) -> dict[str, str]:
         missing = [n for n in names if n not in self._values]

@@ -25,7 +25,7 @@ from services.executor import decide, egress
 from services.executor import store as executions
 from services.executor.breaker import Breakers
 from services.executor.secrets import MissingSecret, Secrets, guard_logs
-from services.executor.tools import Limits, ToolFailure, call
+from services.executor.tools import NOT_REACHED, Limits, ToolFailure, call
 
 log = logging.getLogger(__name__)
 NAME = "executor"
@@ -87,20 +87,31 @@ class Executor:
         now = self._clock.now()
         switch = matching(self._switches.switches, event.envelope.agent, event.action.tool)
         if switch is not None:
-            # Approved before the switch, still queued: refused, never started.
-            return decide.refused(event, switch.describe(), now)
+            if plan.kind == "call" and plan.attempt == 1:
+                # Approved before the switch, still queued: refused, never started.
+                return decide.refused(event, switch.describe(), now)
+            # Started before the switch and never finished: it may have acted, and is not called again.
+            return decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
         if spec is None:
             return decide.failed(
                 event, f"unknown tool {event.action.tool!r}", "UnknownTool", plan.attempt, now
             )
         if plan.kind == "in_doubt":
             return decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
+        try:
+            ctx = self._context(spec, event)
+        except MissingSecret as exc:
+            return decide.failed(event, str(exc), "MissingSecret", plan.attempt, now)
         refusal = self._breakers.admit(spec.name, time.monotonic())
         if refusal is not None:
             return decide.unavailable(event, refusal.failures, refusal.retry_after_s, now)
-        with self._engine.begin() as conn:
-            executions.save(conn, event, plan.attempt, now)
-        return await self._call(spec, event, plan.attempt)
+        try:
+            with self._engine.begin() as conn:
+                executions.save(conn, event, plan.attempt, now)
+            return await self._call(spec, event, ctx, plan.attempt)
+        finally:
+            # A probe that ended neither in success nor in failure gives its slot back.
+            self._breakers.release(spec.name)
 
     def _context(self, spec: ToolSpec, approved: ActionApproved) -> ToolContext:
         return ToolContext(
@@ -114,12 +125,8 @@ class Executor:
         )
 
     async def _call(
-        self, spec: ToolSpec, approved: ActionApproved, attempt: int
+        self, spec: ToolSpec, approved: ActionApproved, ctx: ToolContext, attempt: int
     ) -> ActionExecuted | ActionFailed:
-        try:
-            ctx = self._context(spec, approved)
-        except MissingSecret as exc:
-            return decide.failed(approved, str(exc), "MissingSecret", attempt, self._clock.now())
         tries = 0
         while True:
             tries += 1
@@ -131,8 +138,8 @@ class Executor:
             except ToolFailure as exc:
                 self._observe(spec, exc)
                 error = self._secrets.redact(str(exc))
-                # Only a call that cannot have acted, or an idempotent tool, may be called again.
-                again = exc.retryable and (spec.idempotent or not exc.in_doubt)
+                # Only an idempotent tool, or a call that certainly did not act, is called again.
+                again = exc.retryable and (spec.idempotent or exc.unsent)
                 if (
                     again
                     and tries < spec.max_attempts
@@ -142,11 +149,13 @@ class Executor:
                     await asyncio.sleep(TOOL_RETRY.jittered(tries))
                     continue
                 attempts, now = attempt + tries - 1, self._clock.now()
-                if exc.in_doubt and not spec.idempotent:
-                    message = decide.CALL_IN_DOUBT.format(error=error)
+                if exc.in_doubt:
+                    doubt = decide.CALL_IN_DOUBT if not spec.idempotent else decide.CALL_IN_DOUBT_IDEMPOTENT
+                    message = doubt.format(error=error)
                     return decide.failed(approved, message, exc.error_type, attempts, now, in_doubt=True)
                 return decide.failed(approved, error, exc.error_type, attempts, now)
-            self._breakers.succeeded(spec.name)
+            if not (ctx.dry_run and spec.dry_run != "call"):  # a dry run did not reach the tool
+                self._breakers.succeeded(spec.name)
             elapsed_ms = (time.perf_counter() - started) * 1000
             return decide.executed(
                 approved,
@@ -160,8 +169,8 @@ class Executor:
     def _observe(self, spec: ToolSpec, failure: ToolFailure) -> None:
         if failure.transient:
             self._breakers.failed(spec.name, time.monotonic())
-        else:
-            self._breakers.succeeded(spec.name)
+        elif failure.error_type not in NOT_REACHED:
+            self._breakers.succeeded(spec.name)  # it answered, if only to refuse: it is up
 
 
 async def build(settings: Settings, bus: Bus) -> Parts:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ from charter.events import canonical_json
 from charter.tools import SECRET_REF, HttpTarget, ToolContext, ToolError, ToolSpec
 from services.executor.egress import EgressDenied
 
+# Failures that never reached the tool: they say nothing about its health.
+NOT_REACHED = frozenset({"InvalidParameters", "EgressDenied", "NoDryRun", "NotImplemented", "InvalidHeader"})
+
 
 class ToolFailure(Exception):
     def __init__(
@@ -34,6 +38,7 @@ class ToolFailure(Exception):
         error_type: str,
         in_doubt: bool = False,
         transient: bool = False,
+        unsent: bool = False,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
@@ -42,6 +47,9 @@ class ToolFailure(Exception):
         self.in_doubt = in_doubt
         # The tool is unwell (down, slow, overloaded), as a circuit breaker counts it.
         self.transient = transient
+        # Certainly not acted on (never sent, or refused before processing: 429, 503), so even
+        # a tool that is not idempotent may be called again.
+        self.unsent = unsent
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ async def _dispatch(
         return await _run_python(spec.func, params, ctx)
     if spec.http is not None and http is not None:
         max_bytes = min(limits.max_result_bytes, spec.http.max_response_bytes or limits.max_result_bytes)
-        return await _run_http(spec.http, params, ctx, http, max_bytes)
+        return await _run_http(spec.http, params, ctx, http, (max_bytes, spec.timeout_s))
     raise ToolFailure("tool has no implementation", retryable=False, error_type="NotImplemented")
 
 
@@ -135,11 +143,28 @@ def _request(
     used = {name for name in values if "{" + name + "}" in target.url}
     url = target.url
     for name in used:
+        if str(values[name]) in {".", ".."}:  # would climb the URL's path
+            raise ToolFailure(
+                f"parameter {name!r} cannot be a path segment",
+                retryable=False,
+                error_type="InvalidParameters",
+            )
         url = url.replace("{" + name + "}", quote(str(values[name]), safe=""))
     rest = {k: v for k, v in values.items() if k not in used}
 
+    def secret(match: re.Match[str]) -> str:
+        value = ctx.secrets[match.group(1)]
+        if any(c in value for c in "\r\n\0") or not value.isascii():
+            # Named, never quoted: the error must not carry the value.
+            raise ToolFailure(
+                f"secret {match.group(1)} cannot go in a header (control or non-ASCII characters)",
+                retryable=False,
+                error_type="InvalidHeader",
+            )
+        return value
+
     def fill(header: str) -> str:
-        return SECRET_REF.sub(lambda m: ctx.secrets[m.group(1)], header) if with_secrets else header
+        return SECRET_REF.sub(secret, header) if with_secrets else header
 
     request: dict[str, Any] = {
         "method": target.method,
@@ -154,11 +179,39 @@ def _request(
 
 
 async def _run_http(
-    target: HttpTarget, params: BaseModel, ctx: ToolContext, http: httpx.AsyncClient, max_bytes: int
+    target: HttpTarget,
+    params: BaseModel,
+    ctx: ToolContext,
+    http: httpx.AsyncClient,
+    limits: tuple[int, float],
 ) -> Any:
-    request = _request(target, params, ctx, with_secrets=True)
+    """`limits`: the response's size cap in bytes and the call's timeout in seconds."""
+    status, body = await _send(http, _request(target, params, ctx, with_secrets=True), *limits)
+    if status >= 500 or status == 429:
+        # 429 and 503 say the request was not processed; any other 5xx may have acted.
+        raise ToolFailure(
+            f"HTTP {status}",
+            retryable=True,
+            error_type="ServerError",
+            transient=True,
+            unsent=status in {429, 503},
+        )
+    if status >= 300:
+        text = body.decode(errors="replace")
+        for value in ctx.secrets.values():  # before cutting, so no part of one survives
+            text = text.replace(value, "[redacted]")
+        raise ToolFailure(f"HTTP {status}: {text[:200]}", retryable=False, error_type="Refused")
     try:
-        async with http.stream(**request) as response:
+        return json.loads(body) if body else {}
+    except ValueError as exc:
+        raise ToolFailure("response is not JSON", retryable=False, error_type="BadResponse") from exc
+
+
+async def _send(
+    http: httpx.AsyncClient, request: dict[str, Any], max_bytes: int, timeout_s: float
+) -> tuple[int, bytes]:
+    try:
+        async with http.stream(**request, timeout=timeout_s) as response:
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
@@ -166,6 +219,9 @@ async def _run_http(
                     raise ToolFailure(
                         f"response exceeds {max_bytes} bytes", retryable=False, error_type="ResultTooLarge"
                     )
+            return response.status_code, bytes(body)
+    except (ToolFailure, TimeoutError):
+        raise
     except EgressDenied as exc:
         raise ToolFailure(str(exc), retryable=False, error_type="EgressDenied") from exc
     except httpx.TooManyRedirects as exc:
@@ -173,7 +229,11 @@ async def _run_http(
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         # Nothing was sent: safe to try again, whatever the tool.
         raise ToolFailure(
-            f"{type(exc).__name__}: {exc}", retryable=True, error_type="Unreachable", transient=True
+            f"{type(exc).__name__}: {exc}",
+            retryable=True,
+            error_type="Unreachable",
+            transient=True,
+            unsent=True,
         ) from exc
     except httpx.TransportError as exc:
         raise ToolFailure(
@@ -183,19 +243,15 @@ async def _run_http(
             in_doubt=True,
             transient=True,
         ) from exc
-    status = response.status_code
-    if status >= 500 or status == 429:
-        raise ToolFailure(f"HTTP {status}", retryable=True, error_type="ServerError", transient=True)
-    if status >= 300:
+    except Exception as exc:
+        # Not an error httpx classifies: the request may have gone out. Its text may quote
+        # the request, so only its type is kept.
         raise ToolFailure(
-            f"HTTP {status}: {bytes(body[:200]).decode(errors='replace')}",
+            f"{type(exc).__name__} during the HTTP call",
             retryable=False,
-            error_type="Refused",
-        )
-    try:
-        return json.loads(body) if body else {}
-    except ValueError as exc:
-        raise ToolFailure("response is not JSON", retryable=False, error_type="BadResponse") from exc
+            error_type="HttpError",
+            in_doubt=True,
+        ) from exc
 
 
 def _validate_result(spec: ToolSpec, raw: Any, *, dry_run: bool) -> dict[str, Any]:

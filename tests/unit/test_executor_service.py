@@ -22,7 +22,7 @@ from charter.tools import ToolContext, ToolError, tool
 from charter.tools import load as load_tools
 from services.executor import store as executions
 from services.executor.breaker import Breakers
-from services.executor.secrets import REDACTED, RedactingFilter, Secrets
+from services.executor.secrets import REDACTED, Secrets, guard_logs
 from services.executor.service import Executor
 from tests.factories import one_of_each
 
@@ -64,6 +64,13 @@ def down(params: N, ctx: ToolContext) -> Out:
 @tool(idempotent=False, timeout_s=0.05)
 async def hangs(params: N, ctx: ToolContext) -> Out:
     _count("hangs")
+    await asyncio.sleep(1)
+    return Out(n=0)
+
+
+@tool(idempotent=True, timeout_s=0.05, max_attempts=2)
+async def stalls(params: N, ctx: ToolContext) -> Out:
+    _count("stalls")
     await asyncio.sleep(1)
     return Out(n=0)
 
@@ -166,6 +173,26 @@ def test_the_breaker_opens_refuses_then_lets_one_probe_through(tmp_path: Path) -
     assert isinstance(_handle(executor, _approved(tmp_path, "down", "r5")), ActionExecuted)
 
 
+def test_a_probe_that_ends_without_a_verdict_gives_its_slot_back(tmp_path: Path) -> None:
+    executor = _executor(tmp_path, breaker_failures=1, breaker_cooldown_s=0.1)
+    assert isinstance(_handle(executor, _approved(tmp_path, "down", "r1")), ActionFailed)
+    asyncio.run(asyncio.sleep(0.15))
+    secrets, executor._secrets = executor._secrets, Secrets({})
+    # leaky's secret is missing: no call, no verdict on the tool (it is not "down" at all)
+    assert isinstance(_handle(executor, _approved(tmp_path, "leaky", "r2")), ActionFailed)
+    executor._secrets = secrets
+    calls["down_healed"] = 1
+    assert isinstance(_handle(executor, _approved(tmp_path, "down", "r3")), ActionExecuted)
+
+
+def test_an_idempotent_call_left_in_doubt_escalates_too(tmp_path: Path) -> None:
+    outcome = _handle(_executor(tmp_path), _approved(tmp_path, "stalls", "r1"))
+    assert isinstance(outcome, ActionFailed)
+    assert outcome.in_doubt  # it may have acted; the planner escalates rather than undo around it
+    assert "same key is safe" in outcome.error
+    assert calls["stalls"] == 2  # its attempts, each with the same key
+
+
 def test_a_failed_probe_opens_the_circuit_again() -> None:
     breakers = Breakers(failures=3, cooldown_s=10)
     for _ in range(3):
@@ -200,7 +227,7 @@ def test_a_tool_without_a_dry_run_path_is_not_called_in_a_dry_run(tmp_path: Path
 
 
 def test_secrets_are_redacted_from_results_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.handler.addFilter(RedactingFilter(Secrets({"SHOP_KEY": CANARY})))
+    guard_logs(Secrets({"SHOP_KEY": CANARY}))  # as the service wires it: every root handler
     outcome = _handle(_executor(tmp_path), _approved(tmp_path, "leaky", "r1"))
     assert isinstance(outcome, ActionExecuted)
     assert outcome.result["note"] == f"key={REDACTED}"

@@ -59,10 +59,14 @@ class _Endpoint(BaseHTTPRequestHandler):
             return self._answer(307, b"{}", "http://example.invalid/steal")
         if self.path == "/to-localhost":  # same port, other host name
             return self._answer(307, b"{}", f"http://localhost:{port}/ok")
+        if self.path == "/other-port":  # same host, another service on it
+            return self._answer(307, b"{}", f"http://127.0.0.1:{port + 1}/ok")
         if self.path == "/here":
             return self._answer(307, b"{}", "/ok")
         if self.path == "/down":
             return self._answer(503, b'{"error": "down"}')
+        if self.path == "/broken":
+            return self._answer(500, b'{"error": "half done"}')
         if self.path == "/echo-auth":
             return self._answer(
                 200, json.dumps({"doubled": 0, "seen": self.headers["Authorization"]}).encode()
@@ -102,13 +106,19 @@ def ctx(tmp_path: Path) -> ToolContext:
 
 
 def _run(
-    spec: ToolSpec, ctx: ToolContext, private: tuple[str, ...] = ("127.0.0.1",), limit: int = 10_000
+    spec: ToolSpec,
+    ctx: ToolContext,
+    private: tuple[str, ...] = ("127.0.0.1",),
+    limit: int = 10_000,
+    params: dict[str, Any] | None = None,
 ) -> Any:
     assert spec.http is not None
 
     async def go() -> dict[str, Any]:
         async with egress.client(egress.Rule.of(spec.http.allowed_hosts, private)) as client:  # type: ignore[union-attr]
-            return await call(spec, {"n": 4}, ctx, http=client, limits=Limits(max_result_bytes=limit))
+            return await call(
+                spec, params or {"n": 4}, ctx, http=client, limits=Limits(max_result_bytes=limit)
+            )
 
     return asyncio.run(go())
 
@@ -134,7 +144,20 @@ def test_a_private_address_is_refused_unless_allowlisted(endpoint: str, ctx: Too
     assert _Endpoint.calls == []
 
 
-@pytest.mark.parametrize("host", ["localhost", "127.1", "[::ffff:127.0.0.1]", "169.254.169.254", "10.0.0.1"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "127.1",
+        "[::ffff:127.0.0.1]",
+        "169.254.169.254",
+        "10.0.0.1",
+        "[64:ff9b::a00:1]",  # NAT64 of 10.0.0.1
+        "[2002:7f00:1::1]",  # 6to4 of 127.0.0.1
+        "[::127.0.0.1]",
+        "[fec0::1]",
+    ],
+)
 def test_names_and_spellings_of_internal_addresses_are_refused(host: str, ctx: ToolContext) -> None:
     # A metadata service, a name that resolves to loopback, short and IPv4-mapped forms.
     spec = http_tool("meta", method="GET", url=f"http://{host}:9/latest/meta-data", params=Params)
@@ -153,13 +176,13 @@ def test_a_host_from_the_parameters_must_be_allowlisted(endpoint: str, ctx: Tool
         _run(spec, ctx)
 
 
-def test_redirects_stay_on_the_same_host(endpoint: str, ctx: ToolContext) -> None:
+def test_redirects_stay_on_the_same_origin(endpoint: str, ctx: ToolContext) -> None:
     here = http_tool("double", method="POST", url=f"{endpoint}/here", params=Params, result=Result)
-    assert _run(here, ctx) == {"doubled": 8}  # followed (307 keeps the body): same host
-    for path in ("/away", "/to-localhost"):
+    assert _run(here, ctx) == {"doubled": 8}  # followed (307 keeps the body): same origin
+    for path in ("/away", "/to-localhost", "/other-port"):
         _Endpoint.calls.clear()
         spec = http_tool("double", method="POST", url=f"{endpoint}{path}", params=Params)
-        with pytest.raises(ToolFailure, match=r"redirect from 127\.0\.0\.1") as err:
+        with pytest.raises(ToolFailure, match=r"redirect from http://127\.0\.0\.1") as err:
             _run(spec, ctx, private=("127.0.0.1", "localhost"))
         assert err.value.error_type == "EgressDenied"
         assert len(_Endpoint.calls) == 1
@@ -171,13 +194,48 @@ def test_server_errors_are_transient_and_responses_are_capped(endpoint: str, ctx
         _run(down, ctx)
     assert err.value.retryable
     assert err.value.transient
-    assert not err.value.in_doubt
+    assert err.value.unsent  # 503: not processed, so even a non-idempotent tool may try again
+    broken = http_tool("double", method="POST", url=f"{endpoint}/broken", params=Params)
+    with pytest.raises(ToolFailure, match="HTTP 500") as err:
+        _run(broken, ctx)
+    assert not err.value.unsent  # a 500 may have acted: only an idempotent tool is called again
     huge = http_tool("double", method="POST", url=f"{endpoint}/huge", params=Params)
     with pytest.raises(ToolFailure, match="exceeds"):
         _run(huge, ctx, limit=1000)
     capped = http_tool("double", method="POST", url=f"{endpoint}/huge", params=Params, max_response_bytes=100)
     with pytest.raises(ToolFailure, match="exceeds 100 bytes"):
         _run(capped, ctx)
+
+
+def test_a_name_that_does_not_resolve_is_unreachable(ctx: ToolContext) -> None:
+    spec = http_tool("double", method="POST", url="http://no-such-host.invalid/x", params=Params)
+    with pytest.raises(ToolFailure) as err:
+        _run(spec, ctx)
+    assert err.value.error_type == "Unreachable"
+    assert err.value.unsent
+
+
+def test_a_parameter_cannot_climb_the_path(endpoint: str, ctx: ToolContext) -> None:
+    class Ref(BaseModel):
+        n: str
+
+    spec = http_tool("get", method="GET", url=f"{endpoint}/orders/{{n}}/items", params=Ref)
+    with pytest.raises(ToolFailure, match="path segment"):
+        _run(spec, ctx, params={"n": ".."})
+    assert _Endpoint.calls == []
+
+
+def test_a_secret_that_cannot_be_a_header_is_refused_by_name(endpoint: str, ctx: ToolContext) -> None:
+    spec = http_tool(
+        "double", method="POST", url=f"{endpoint}/ok", params=Params, headers={"X-Key": "${TICKETS_TOKEN}"}
+    )
+    bad = ToolContext(
+        "k", "r", "a", "production", ctx.data_dir, secrets={"TICKETS_TOKEN": "line\nbreak-value"}
+    )
+    with pytest.raises(ToolFailure, match="secret TICKETS_TOKEN cannot go in a header") as err:
+        _run(spec, bad)
+    assert "break-value" not in str(err.value)
+    assert _Endpoint.calls == []
 
 
 def test_an_unreachable_endpoint_is_retryable_and_not_in_doubt(ctx: ToolContext) -> None:
