@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # Rejections that end a run as escalated to a human rather than failed.
 ESCALATE = frozenset({"loop", "approval_expired"})
-Status = Literal["running", "compensating", "completed", "failed", "cancelled", "escalated"]
+Status = Literal["running", "cancelling", "compensating", "completed", "failed", "cancelled", "escalated"]
 Outcome = ActionExecuted | ActionFailed | ActionRejected | ToolUnavailable
 
 
@@ -149,39 +149,19 @@ def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Trans
     the outcome is for a run already ended, or a step already past (a redelivery)."""
     if state is None or outcome.action.step_index != state.step_index:
         return None
-    if state.status == "compensating":
-        return _on_compensation(outcome, state, now)
-    if state.status != "running":
-        return None
-    step = state.agent.steps[state.step_index]
+    handler = _BY_STATUS.get(state.status)
+    return handler(outcome, state, now) if handler else None
+
+
+def _on_step(outcome: Outcome, state: RunState, now: datetime) -> Transition:
+    """A running run's step outcome."""
     if isinstance(outcome, ActionExecuted):
-        done = Done(state.step_index, outcome.action.resource, outcome.action.parameters, outcome.result)
-        advanced = replace(
-            state,
-            step_index=state.step_index + 1,
-            results={**state.results, step.id: outcome.result},
-            done=(*state.done, done),
-        )
-        if advanced.step_index < len(state.agent.steps):
-            return Transition(*_propose(advanced, outcome, now))
-        completed = RunCompleted.caused_by(
-            outcome,
-            event_id=derive_id(state.run_id, "completed"),
-            now=now,
-            steps_completed=advanced.step_index,
-            outputs=advanced.results,
-        )
-        return Transition(replace(advanced, status="completed"), [completed])
+        return _advance(outcome, state, now)
     if isinstance(outcome, ToolUnavailable):
         return _escalate(state, outcome, "tool_unavailable", outcome.reason, now)
     if isinstance(outcome, ActionFailed):
         if outcome.in_doubt:
-            # The evidence a human needs: which call, under which key, after how many attempts.
-            evidence = (
-                f"{outcome.action.tool} (idempotency key {outcome.idempotency_key}, "
-                f"{outcome.attempts} attempt(s)): {outcome.error}"
-            )
-            return _escalate(state, outcome, "in_doubt", evidence, now)
+            return _in_doubt(outcome, state, now)
         reason = f"{outcome.action.tool} failed: {outcome.error}"
         return _fail(state, outcome, "action_failed", reason, now)
     reasons = "; ".join(outcome.decision.reasons) or "no reason given"
@@ -190,6 +170,50 @@ def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Trans
         # looks at it and decides what comes next.
         return _escalate(state, outcome, outcome.decision.limit or "", reasons, now)
     return _fail(state, outcome, "action_rejected", f"rejected by {outcome.rejected_by}: {reasons}", now)
+
+
+def _advance(outcome: ActionExecuted, state: RunState, now: datetime) -> Transition:
+    step = state.agent.steps[state.step_index]
+    done = Done(state.step_index, outcome.action.resource, outcome.action.parameters, outcome.result)
+    advanced = replace(
+        state,
+        step_index=state.step_index + 1,
+        results={**state.results, step.id: outcome.result},
+        done=(*state.done, done),
+    )
+    if advanced.step_index < len(state.agent.steps):
+        return Transition(*_propose(advanced, outcome, now))
+    completed = RunCompleted.caused_by(
+        outcome,
+        event_id=derive_id(state.run_id, "completed"),
+        now=now,
+        steps_completed=advanced.step_index,
+        outputs=advanced.results,
+    )
+    return Transition(replace(advanced, status="completed"), [completed])
+
+
+def _in_doubt(outcome: ActionFailed, state: RunState, now: datetime) -> Transition:
+    # The evidence a human needs: which call, under which key, after how many attempts.
+    evidence = (
+        f"{outcome.action.tool} (idempotency key {outcome.idempotency_key}, "
+        f"{outcome.attempts} attempt(s)): {outcome.error}"
+    )
+    return _escalate(state, outcome, "in_doubt", evidence, now)
+
+
+def _on_cancelled_step(outcome: Outcome, state: RunState, now: datetime) -> Transition:
+    """The outcome of the step that was under way when a kill switch cancelled the run."""
+    ending = state.ending
+    assert ending is not None
+    if isinstance(outcome, ActionFailed) and outcome.in_doubt:
+        return _in_doubt(outcome, state, now)
+    if isinstance(outcome, ActionExecuted):
+        done = Done(state.step_index, outcome.action.resource, outcome.action.parameters, outcome.result)
+        state = replace(state, done=(*state.done, done))
+    if _undoable(state):
+        return _start_compensation(state, outcome, ending, now)
+    return Transition(replace(state, status="cancelled"), [_end(state, outcome, ending, now)])
 
 
 def _escalate(state: RunState, cause: Event, kind: str, reason: str, now: datetime) -> Transition:
@@ -225,6 +249,12 @@ def on_kill_switch(switch: KillSwitchSet, runs: Collection[RunState], now: datet
         if not affected(state, switch):
             continue
         ending = Ending("cancelled", "kill_switch", switch.reason, switch_id=switch.switch_id)
+        in_flight = state.agent.steps[state.step_index]
+        if in_flight.compensate is not None and switch.scope_tool not in (None, in_flight.tool):
+            # The step under way can still take effect (the switch is on a later tool): wait for
+            # its outcome, so that it is undone with the others if it does.
+            transitions.append(Transition(replace(state, status="cancelling", ending=ending), []))
+            continue
         if _undoable(state):
             transitions.append(_start_compensation(state, switch, ending, now, lineage=state.trigger))
             continue
@@ -387,3 +417,6 @@ def describe_failure(outcome: ActionFailed | ActionRejected | ToolUnavailable) -
     if isinstance(outcome, ToolUnavailable):
         return outcome.reason
     return f"rejected by {outcome.rejected_by}: {'; '.join(outcome.decision.reasons)}"
+
+
+_BY_STATUS = {"running": _on_step, "cancelling": _on_cancelled_step, "compensating": _on_compensation}

@@ -420,3 +420,38 @@ def test_an_unavailable_tool_escalates_the_run() -> None:
     [escalated] = step.outputs
     assert isinstance(escalated, RunEscalated)
     assert escalated.cause == "tool_unavailable"
+
+
+def test_a_switch_on_a_later_tool_waits_for_the_step_under_way_and_undoes_it_too() -> None:
+    transition = start(trigger(order_id="A-1", amount=40))
+    lookup = transition.outputs[1]
+    assert isinstance(lookup, ActionProposed)
+    order = {"order_id": "A-1", "customer": "cust-1", "currency": "EUR", "total": 100}
+    step = decide.on_outcome(executed(transition.state, lookup, order), transition.state, NOW)
+    assert step is not None
+    [refund] = step.outputs  # the refund is under way when notify_customer is switched off
+    assert isinstance(refund, ActionProposed)
+    [waiting] = decide.on_kill_switch(_switch(tool="notify_customer"), [step.state], NOW)
+    assert waiting.outputs == []
+    assert waiting.state.status == "cancelling"
+    refunded = {"refund_id": "rf-0123456789", "order_id": "A-1", "amount": 40, "currency": "EUR"}
+    late = decide.on_outcome(executed(waiting.state, refund, refunded), waiting.state, NOW)
+    assert late is not None
+    [undo] = late.outputs
+    assert isinstance(undo, ActionProposed)
+    assert undo.action.compensates == "refund"
+    ended = decide.on_outcome(
+        executed(late.state, undo, {"refund_id": "x", "cancelled": True}), late.state, NOW
+    )
+    assert ended is not None
+    [cancelled] = ended.outputs
+    assert isinstance(cancelled, RunCancelled)
+    assert "undone: refund" in cancelled.reason
+
+
+def test_a_switch_on_the_step_under_way_cancels_at_once() -> None:
+    state, _notify = _through_refund()
+    [transition] = decide.on_kill_switch(_switch(), [state], NOW)  # the whole agent: nothing more runs
+    [undo] = transition.outputs
+    assert isinstance(undo, ActionProposed)
+    assert transition.state.status == "compensating"
