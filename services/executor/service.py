@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy import Engine
 
@@ -31,6 +32,19 @@ log = logging.getLogger(__name__)
 NAME = "executor"
 # Full jitter: replicas retrying the same down system do not come back in step.
 TOOL_RETRY = RetryPolicy(attempts=3, first_delay_s=0.2, max_delay_s=2.0)
+
+
+HELD_POLL_S = 0.2
+LEASE_MARGIN_S = 5.0
+
+
+class Held(Exception):
+    """Another replica holds the action's claim."""
+
+
+def _lease_s(spec: ToolSpec) -> float:
+    """Long enough for every attempt and the waits between them; a crashed holder's lease ends."""
+    return spec.max_attempts * (spec.timeout_s + TOOL_RETRY.max_delay_s) + LEASE_MARGIN_S
 
 
 class Executor:
@@ -72,13 +86,21 @@ class Executor:
             raise ForgedEvent(f"approval {event.event_id} is not signed by the policy service; not executed")
         key = decide.idempotency_key(event)
         spec = self._registry.get(event.action.tool)
-        with self._engine.begin() as conn:
-            record = executions.get(conn, key)
-        plan = decide.plan(record, spec is not None and spec.idempotent)
-        if plan.recorded is not None:
-            log.info("action %s already completed, re-emitting its outcome", key)
-            return [plan.recorded]
-        outcome = await self._outcome(event, spec, plan)
+        while True:
+            with self._engine.begin() as conn:
+                record = executions.get(conn, key)
+            plan = decide.plan(record, spec is not None and spec.idempotent)
+            if plan.recorded is not None:
+                log.info("action %s already completed, re-emitting its outcome", key)
+                return [plan.recorded]
+            try:
+                outcome = await self._outcome(event, spec, plan)
+                break
+            except Held:
+                # Another replica is calling it (a rebalance handed us the same record): its
+                # outcome, or the end of its lease, comes before anything we would do.
+                log.info("action %s is held by another replica; waiting", key)
+                await asyncio.sleep(HELD_POLL_S)
         with self._engine.begin() as conn:
             executions.save(conn, event, plan.attempt, self._clock.now(), outcome)
         return [outcome]
@@ -106,7 +128,12 @@ class Executor:
         if refusal is not None:
             return decide.unavailable(event, refusal.failures, refusal.retry_after_s, now)
         try:
+            until = now + timedelta(seconds=_lease_s(spec))
             with self._engine.begin() as conn:
+                if not executions.claim(
+                    conn, decide.idempotency_key(event), self._settings.instance, now, until
+                ):
+                    raise Held
                 executions.save(conn, event, plan.attempt, now)
             return await self._call(spec, event, ctx, plan.attempt)
         finally:

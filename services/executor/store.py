@@ -14,8 +14,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
+    or_,
     select,
+    update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from charter import serde
 from charter.events import ActionApproved, Event
@@ -39,6 +44,34 @@ executions = Table(
 
 
 switches = switches_table(metadata, "executor")
+# Who is calling a key's tool, and until when: a replica that is handed the same record (a
+# rebalance) waits for the holder rather than calling too. A table of its own, so stores made
+# before it existed gain it without a migration.
+claims = Table(
+    "executor_claims",
+    metadata,
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("until", DateTime(timezone=True), nullable=False),
+)
+
+
+def claim(conn: Connection, key: str, owner: str, now: datetime, until: datetime) -> bool:
+    """Take the key for `owner` until `until`, unless someone else holds it now. The caller's
+    transaction makes the claim and the `started` record one."""
+    insert_ = pg_insert if conn.engine.dialect.name == "postgresql" else sqlite_insert
+    values = {"idempotency_key": key, "owner": owner, "until": until}
+    # RETURNING, not rowcount: drivers report -1 for an insert that may do nothing.
+    inserted = insert_(claims).values(values).on_conflict_do_nothing().returning(claims.c.idempotency_key)
+    if conn.execute(inserted).first() is not None:
+        return True
+    renewed = conn.execute(
+        update(claims)
+        .where(claims.c.idempotency_key == key)
+        .where(or_(claims.c.owner == owner, claims.c.until < now))
+        .values(owner=owner, until=until)
+    )
+    return bool(renewed.rowcount)
 
 
 def create(engine: Engine) -> None:
@@ -76,3 +109,5 @@ def save(
         },
         "idempotency_key",
     )
+    if outcome is not None:
+        conn.execute(delete(claims).where(claims.c.idempotency_key == idempotency_key(approved)))

@@ -76,6 +76,13 @@ async def stalls(params: N, ctx: ToolContext) -> Out:
 
 
 @tool(idempotent=True)
+async def slow(params: N, ctx: ToolContext) -> Out:
+    _count("slow")
+    await asyncio.sleep(0.3)
+    return Out(n=params.n)
+
+
+@tool(idempotent=True)
 def refuses(params: N, ctx: ToolContext) -> Out:
     _count("refuses")
     raise ToolError("no such account")  # the caller's problem: not retried
@@ -191,6 +198,21 @@ def test_an_idempotent_call_left_in_doubt_escalates_too(tmp_path: Path) -> None:
     assert outcome.in_doubt  # it may have acted; the planner escalates rather than undo around it
     assert "same key is safe" in outcome.error
     assert calls["stalls"] == 2  # its attempts, each with the same key
+
+
+def test_two_replicas_handed_the_same_action_call_the_tool_once(tmp_path: Path) -> None:
+    first = _executor(tmp_path, instance="replica-a")
+    second = _executor(tmp_path, instance="replica-b")  # the same store, as replicas share it
+    event = _approved(tmp_path, "slow", "r1")
+
+    async def both() -> list[Event]:
+        outcomes = await asyncio.gather(first.handle(event, NO_DELIVERY), second.handle(event, NO_DELIVERY))
+        return [o for found in outcomes for o in found]
+
+    a, b = asyncio.run(both())
+    assert calls["slow"] == 1  # the second waited for the first's claim, then re-emitted its outcome
+    assert a == b
+    assert isinstance(a, ActionExecuted)
 
 
 def test_a_failed_probe_opens_the_circuit_again() -> None:

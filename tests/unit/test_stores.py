@@ -121,6 +121,23 @@ def test_approvals_are_added_once_and_decided_once(engine: Engine) -> None:
         assert approvals.counts(conn)["approved"] == 1
 
 
+def test_an_execution_claim_is_held_until_it_ends_or_lapses(engine: Engine) -> None:
+    executions.create(engine)
+    soon, later = NOW + timedelta(seconds=30), LATER + timedelta(seconds=30)
+    with engine.begin() as conn:
+        assert executions.claim(conn, "run:1", "a", NOW, soon)
+        assert not executions.claim(conn, "run:1", "b", NOW, soon)  # a holds it
+        assert executions.claim(conn, "run:1", "a", NOW, soon)  # a restarted a takes its own back
+        assert executions.claim(conn, "run:1", "b", LATER, later)  # a's lease lapsed
+        assert not executions.claim(conn, "run:1", "a", LATER, later)
+    approved = next(e for e in one_of_each() if isinstance(e, ActionApproved))
+    key = executor_decide.idempotency_key(approved)
+    with engine.begin() as conn:
+        assert executions.claim(conn, key, "a", NOW, soon)
+        executions.save(conn, approved, 1, NOW, executor_decide.executed(approved, {}, 1.0, 1, NOW))
+        assert executions.claim(conn, key, "b", NOW, soon)  # a finished: its claim went with it
+
+
 def test_executions_move_from_started_to_completed(engine: Engine) -> None:
     executions.create(engine)
     approved = next(e for e in one_of_each() if isinstance(e, ActionApproved))
