@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -103,13 +103,19 @@ class Bus:
             self._producer = None
 
     async def send(self, event: Event) -> asyncio.Future[Any]:
+        return await self.send_record(route(self.settings, event))
+
+    async def send_record(
+        self, out: Outgoing, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> asyncio.Future[Any]:
+        """Send bytes as they are (an event already routed, or a record being put back), with
+        the trace context and any extra headers."""
         if self._producer is None:
             raise RuntimeError("Bus.send before Bus.start")
-        out = route(self.settings, event)
         if self._in_txn:
             self._sent_in_txn += 1
         future: asyncio.Future[Any] = await self._producer.send(
-            out.topic, out.value, key=out.key, headers=telemetry.inject()
+            out.topic, out.value, key=out.key, headers=[*telemetry.inject(), *headers]
         )
         return future
 

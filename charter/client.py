@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from charter import broker, serde, telemetry, topics
-from charter.bus import Bus
+from charter.bus import Bus, Outgoing
 from charter.clock import SystemClock, new_id
 from charter.config import Settings
 from charter.errors import ConfigError, InvalidMessage
@@ -81,6 +81,13 @@ class Client:
         bus = await self._producer()
         with telemetry.tracer("charter.client").start_as_current_span(f"publish {event.envelope.event_type}"):
             await bus.publish(event)
+
+    async def send_record(self, out: Outgoing, headers: Sequence[tuple[str, bytes]] = ()) -> Any:
+        """Publish a record's bytes as they are (a dead letter's original, say), and wait until
+        the broker has it; returns where it landed (topic, partition, offset)."""
+        bus = await self._producer()
+        with telemetry.tracer("charter.client").start_as_current_span(f"publish to {out.topic}"):
+            return await (await bus.send_record(out, headers))
 
     async def publish(
         self,

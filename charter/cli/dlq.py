@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from charter import broker, serde, telemetry, topics
+from charter import serde, topics
 from charter.bus import Outgoing, route
 from charter.cli.output import console, table
 from charter.cli.stores import resolve_id
@@ -301,15 +300,8 @@ def corrected(settings: Settings, letter: Letter, data: Any) -> tuple[Event, Out
 
 
 async def _produce(settings: Settings, out: Outgoing, headers: list[tuple[str, bytes]]) -> Any:
-    producer = AIOKafkaProducer(client_id="charter-cli", **broker.producer_kwargs(settings))
-    await producer.start()
-    try:
-        with telemetry.tracer("charter.cli").start_as_current_span(f"replay to {out.topic}"):
-            return await producer.send_and_wait(
-                out.topic, out.value, key=out.key, headers=[*telemetry.inject(), *headers]
-            )
-    finally:
-        await producer.stop()
+    async with Client(settings, source="cli") as client:
+        return await client.send_record(out, headers)
 
 
 def _confirm(question: str) -> bool:

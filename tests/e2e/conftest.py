@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from charter import topics
 from charter.broker import CAPABILITIES
+from charter.bus import Outgoing
 from charter.client import Client
 from charter.clock import derive_id
 from charter.config import Settings
@@ -233,12 +233,8 @@ def produce_raw(stack: Stack, value: bytes, key: bytes) -> None:
     """Put raw bytes on the triggers topic, as a foreign or broken producer would."""
 
     async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap())
-        await producer.start()
-        try:
-            await producer.send_and_wait(topics.name(stack.settings, topics.Topic.TRIGGERS), value, key=key)
-        finally:
-            await producer.stop()
+        async with Client(stack.settings) as client:
+            await client.send_record(Outgoing(topics.name(stack.settings, topics.Topic.TRIGGERS), key, value))
 
     asyncio.run(go())
 
