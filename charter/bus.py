@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from charter.config import Settings
 from charter.events import DeadLettered, Event
 
 log = logging.getLogger(__name__)
+# Every record names the client and host that produced it, for the audit's "where".
+ORIGIN_HEADER = "charter-origin"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Bus:
         self._txn_lock = asyncio.Lock()
         self._in_txn = False
         self._sent_in_txn = 0
+        self._origin = (ORIGIN_HEADER, f"{client_id}@{socket.gethostname()}".encode())
 
     @property
     def transactional(self) -> bool:
@@ -115,7 +119,7 @@ class Bus:
         if self._in_txn:
             self._sent_in_txn += 1
         future: asyncio.Future[Any] = await self._producer.send(
-            out.topic, out.value, key=out.key, headers=[*telemetry.inject(), *headers]
+            out.topic, out.value, key=out.key, headers=[*telemetry.inject(), self._origin, *headers]
         )
         return future
 

@@ -48,6 +48,22 @@ class Settings(BaseSettings):
         5, ge=1, description="Transient failures in a row that open a tool's circuit."
     )
     breaker_cooldown_s: float = Field(30.0, gt=0, description="How long an open circuit refuses calls.")
+    audit_checkpoint_every: int = Field(
+        1000, ge=1, description="The audit signs a tree head after this many new records..."
+    )
+    audit_checkpoint_seconds: float = Field(
+        5.0, gt=0, description="...or after this many seconds with records not yet signed."
+    )
+    personal_fields: str = Field(
+        "email,phone,name,customer_name,address",
+        description="Comma-separated payload field names the audit stores encrypted per data subject.",
+    )
+    subject_fields: str = Field(
+        "customer_id,subject_id", description="Payload fields naming the data subject, first found wins."
+    )
+    audit_retention: str = Field(
+        "", description="Per-tenant retention of event bytes, e.g. 'acme=90d,default=365d'; unset keeps all."
+    )
     tenant: str = "default"
     instance: str = Field(
         default_factory=socket.gethostname,

@@ -66,6 +66,8 @@ def describe(event: ev.Event) -> str:  # noqa: C901, PLR0912 - one branch per ev
             return f"{event.action.tool} failed{doubt}: {event.error}"
         case ev.ToolUnavailable():
             return f"{event.action.tool} unavailable, not called: {event.reason}"
+        case ev.CheckpointSigned():
+            return f"audit head signed: {event.size} records, root {event.root[:16]}"
         case ev.DeadLettered():
             where = f"{event.source_topic}[{event.source_partition}]@{event.source_offset}"
             return f"dead letter from {where} by {event.service}: {event.reason}"

@@ -348,6 +348,14 @@ class PolicyReloaded(Event):
     error: str | None = None
 
 
+class CheckpointSigned(Event):
+    size: int
+    root: str
+    signed_at_us: int
+    key_id: str
+    signature: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -373,6 +381,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         KillSwitchSet,
         KillSwitchAcknowledged,
         PolicyReloaded,
+        CheckpointSigned,
     )
 }
 

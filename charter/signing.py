@@ -1,11 +1,12 @@
 """Ed25519 signatures on the events that carry authority.
 
 Anyone who can write to a topic can write any event; Kafka ACLs are the first fence, these
-signatures the second. Two services sign, each with a key of its own:
+signatures the second. Three services sign, each with a key of its own:
   - policy signs every executable `ActionApproved`; the executor runs nothing unsigned;
   - approvals signs the human decisions its authenticated API accepted (and its own expiry
     timer), which its consumer checks, and the `ActionApproved` a human's approval yields, which
-    policy checks before it decides the action again.
+    policy checks before it decides the action again;
+  - audit signs the heads of its Merkle tree (services/audit/checkpoint.py).
 A signature covers the event's canonical JSON without the signature field: envelope, ids and
 payload alike, so it cannot be moved to another action or replayed under another id.
 
@@ -16,6 +17,7 @@ Keys are PEM files in CHARTER_KEYS_DIR (default `<home>/keys`): `<name>.key` (pr
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from pathlib import Path
 from typing import TypeVar
@@ -27,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from charter.errors import ConfigError
 from charter.events import Event, canonical_json
 
-SIGNERS = ("policy", "approvals")
+SIGNERS = ("policy", "approvals", "audit")
 FIELD = "signature"
 E = TypeVar("E", bound=Event)
 
@@ -83,6 +85,13 @@ class Signer:
             raise ConfigError(f"{path} is not an Ed25519 private key")
         return cls(key)
 
+    @property
+    def verifier(self) -> Verifier:
+        return Verifier(self._key.public_key())
+
+    def sign_bytes(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
     def sign(self, event: E, field: str = FIELD) -> E:
         signature = self._key.sign(_payload(event, field))
         return event.model_copy(update={field: base64.urlsafe_b64encode(signature).decode()})
@@ -102,6 +111,31 @@ class Verifier:
         if not isinstance(key, Ed25519PublicKey):
             raise ConfigError(f"{path} is not an Ed25519 public key")
         return cls(key)
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> Verifier:
+        key = serialization.load_pem_public_key(pem)
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigError("not an Ed25519 public key")
+        return cls(key)
+
+    def pem(self) -> bytes:
+        return self._key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @property
+    def key_id(self) -> str:
+        """SHA-256 of the raw public key, hex: names the key in what it signed."""
+        raw = self._key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return hashlib.sha256(raw).hexdigest()
+
+    def verify_bytes(self, data: bytes, signature: bytes) -> bool:
+        try:
+            self._key.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
 
     def verify(self, event: Event, field: str = FIELD) -> bool:
         signature = getattr(event, field, None)

@@ -25,6 +25,7 @@ class Topic(StrEnum):
     APPROVALS_DECIDED = "approvals.decided"
     ACTIONS_RESULTS = "actions.results"
     CONTROL = "control"
+    AUDIT_CHECKPOINTS = "audit.checkpoints"
 
 
 TOPIC_OF: dict[type[ev.Event], Topic] = {
@@ -49,6 +50,7 @@ TOPIC_OF: dict[type[ev.Event], Topic] = {
     ev.PolicyReloaded: Topic.CONTROL,
     ev.KillSwitchSet: Topic.CONTROL,
     ev.KillSwitchAcknowledged: Topic.CONTROL,
+    ev.CheckpointSigned: Topic.AUDIT_CHECKPOINTS,
 }
 
 DLQ_SUFFIX = ".dlq"

@@ -157,6 +157,13 @@ def one_of_each() -> list[ev.Event]:
             "in_doubt": False,
             "attempts": 3,
         },
+        ev.CheckpointSigned: {
+            "size": 1000,
+            "root": "ab" * 32,
+            "signed_at_us": 1_700_000_000_000_000,
+            "key_id": "cd" * 32,
+            "signature": "c2ln",
+        },
         ev.ToolUnavailable: {
             "action": ACTION,
             "idempotency_key": f"{RUN}:1",

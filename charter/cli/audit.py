@@ -1,30 +1,221 @@
-"""charter audit verify"""
+"""charter audit verify | proof | export | verify-bundle | purge | retention"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from charter import topics
 from charter.cli.output import console
 from charter.cli.stores import open_store
+from charter.client import Client
 from charter.config import Settings
-from services.audit import store
-from services.audit.decide import verify as verify_chain
+from charter.errors import ConfigError
+from charter.events import CheckpointSigned
+from charter.signing import Verifier
+from services.audit import bundle, checkpoint, personal, retention, store
+from services.audit.merkle import InvalidProof, Tree, check_consistency, check_inclusion
+from services.audit.store import Head
+from services.audit.verify import Report
+from services.audit.verify import verify as verify_log
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident record of every event.")
+proof_app = typer.Typer(no_args_is_help=True, help="Inclusion and consistency proofs (RFC 6962).")
+app.add_typer(proof_app, name="proof")
+
+When = Annotated[datetime | None, typer.Option(help="ISO 8601; UTC if no zone.")]
+
+
+def _key(settings: Settings) -> Verifier:
+    return Verifier.load(settings.keys, "audit")
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    return at.replace(tzinfo=at.tzinfo or UTC) if at else None
+
+
+async def _published(settings: Settings) -> list[Head]:
+    name = topics.name(settings, topics.Topic.AUDIT_CHECKPOINTS)
+    heads = []
+    async with Client(settings) as client:
+        async for received in client.replay(name):
+            if isinstance(received.event, CheckpointSigned):
+                heads.append(checkpoint.of_event(received.event))
+    return heads
+
+
+def _print_report(report: Report, published: int | None) -> None:
+    witnessed = "not read (--offline)" if published is None else f"{published} published"
+    if report.ok:
+        console.print(
+            f"audit log verified: {report.rows} records, {report.heads} signed heads checked "
+            f"({witnessed}), root {report.root.hex()[:16]}; {report.unsigned} records after the "
+            "newest head await the next",
+            markup=False,
+        )
+        return
+    console.print(f"audit log BROKEN: {len(report.problems) + report.more} problems", markup=False)
+    for problem in report.problems:
+        console.print(f"  [{problem.kind}] {problem.message}", markup=False)
+    if report.more:
+        console.print(f"  ... and {report.more} more", markup=False)
 
 
 @app.command("verify")
-def verify() -> None:
-    """Recompute the audit hash chain; name the first broken row. Exit 1 if it is broken."""
-    engine = open_store(Settings(), "audit")
+def verify(
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Skip the heads published on the broker (audit.checkpoints).")
+    ] = False,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Skip checking the query columns against the signed records.")
+    ] = False,
+) -> None:
+    """Check every record against its leaf hash and the tree against every signed head (stored
+    and published). Names each changed, deleted, inserted or reordered row, truncation and
+    forks. Exit 1 if anything is wrong."""
+    settings = Settings()
+    engine = open_store(settings, "audit")
+    published = None if offline else asyncio.run(_published(settings))
     with engine.connect() as conn:
-        result = verify_chain(store.rows(conn))
-    if result.ok:
-        console.print(f"audit chain verified: {result.rows} rows, head {result.head.hex()[:16]}")
-        return
-    console.print(
-        f"audit chain BROKEN at row {result.broken_seq}: {result.problem} "
-        f"({result.rows} rows before it verify)",
-        markup=False,
+        report = verify_log(conn, _key(settings), published or (), deep=not fast)
+    _print_report(report, None if published is None else len(published))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _head(conn_heads: list[Head], size: int | None) -> Head:
+    if not conn_heads:
+        raise ConfigError("no signed head yet")
+    if size is None:
+        return conn_heads[-1]
+    for head in conn_heads:
+        if head.size == size:
+            return head
+    raise ConfigError(
+        f"no signed head of size {size}; heads: {', '.join(str(h.size) for h in conn_heads[-5:])}"
     )
+
+
+@proof_app.command("inclusion")
+def proof_inclusion(
+    seq: Annotated[int, typer.Argument(min=1, help="The record's position (seq).")],
+    size: Annotated[int | None, typer.Option(help="The signed head's size (default: the newest).")] = None,
+) -> None:
+    """Print, as JSON, the proof that a record is in a signed head, and check it."""
+    settings = Settings()
+    with open_store(settings, "audit").connect() as conn:
+        head = _head(store.checkpoints(conn), size)
+        if seq > head.size:
+            raise ConfigError(f"record {seq} is after the head of size {head.size}")
+        leaf = store.leaves(conn, seq - 1, 1)[0]
+        proof = Tree.over(lambda: conn).inclusion(seq, head.size)
+    check_inclusion(proof, leaf, head.root, seq, head.size)
+    out = {"seq": seq, "leaf_hash": leaf.hex(), "head": checkpoint.as_json(head), "proof": proof}
+    print(json.dumps(out, indent=2))
+
+
+@proof_app.command("consistency")
+def proof_consistency(
+    old: Annotated[int, typer.Argument(min=1, help="The earlier head's size.")],
+    new: Annotated[int, typer.Argument(min=1, help="The later head's size.")],
+) -> None:
+    """Print, as JSON, the proof that the earlier signed head is a prefix of the later, and check it."""
+    settings = Settings()
+    with open_store(settings, "audit").connect() as conn:
+        heads = store.checkpoints(conn)
+        prior, later = _head(heads, old), _head(heads, new)
+        if prior.size > later.size:
+            raise ConfigError("the earlier head must not be larger than the later")
+        proof = Tree.over(lambda: conn).consistency(prior.size, later.size)
+    try:
+        check_consistency(proof, (prior.size, prior.root), (later.size, later.root))
+    except InvalidProof as exc:
+        console.print(f"the heads are NOT consistent: {exc}", markup=False)
+        raise typer.Exit(1) from exc
+    out = {"prior": checkpoint.as_json(prior), "later": checkpoint.as_json(later), "proof": proof}
+    print(json.dumps(out, indent=2))
+
+
+@app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The bundle to write (a zip file).")],
+    run_id: Annotated[str | None, typer.Option("--run", help="One run's records (its full id).")] = None,
+    since: When = None,
+    until: When = None,
+) -> None:
+    """Write an evidence bundle: the records as JSONL, their inclusion proofs, the signed head
+    and the public key. `charter audit verify-bundle` checks it with nothing else."""
+    if not (run_id or since or until):
+        raise ConfigError("give --run ID, or --since/--until")
+    settings = Settings()
+    with open_store(settings, "audit").connect() as conn:
+        count, head = bundle.export(
+            conn, _key(settings), out, run_id=run_id, since=_utc(since), until=_utc(until)
+        )
+    print(
+        f"wrote {out}: {count} records, proven in the head of size {head.size} (root {head.root.hex()[:16]})"
+    )
+
+
+@app.command("verify-bundle")
+def verify_bundle(
+    path: Annotated[Path, typer.Argument(help="A bundle from `charter audit export`.")],
+    key_id: Annotated[
+        str | None, typer.Option("--key-id", help="Require this audit key id (from `charter keys show`).")
+    ] = None,
+) -> None:
+    """Check an evidence bundle offline: every record's bytes against its inclusion proof and the
+    signed head, needing no database, broker or configuration. Exit 1 if anything fails."""
+    result = bundle.verify_bundle(path)
+    head = result.head
+    assert head is not None
+    if key_id and head.key_id != key_id:
+        result.problems.append(f"signed by key {head.key_id}, not the required {key_id}")
+    if result.ok:
+        console.print(
+            f"bundle verified: {result.records} records proven in the head of size {head.size} "
+            f"signed at {checkpoint.as_json(head)['signed_at']} by key {head.key_id[:16]}",
+            markup=False,
+        )
+        return
+    console.print(f"bundle BROKEN: {len(result.problems)} problems", markup=False)
+    for problem in result.problems:
+        console.print(f"  {problem}", markup=False)
     raise typer.Exit(1)
+
+
+@app.command("purge")
+def purge(
+    subject: Annotated[str, typer.Option("--subject", help="The data subject's id.")],
+    by: Annotated[str, typer.Option("--by", help="Who asked for the purge, for the record.")],
+) -> None:
+    """Erase a data subject's personal data from the audit log by deleting its key
+    (crypto-shredding). Records and hashes stay; the chain still verifies."""
+    settings = Settings()
+    if personal.purge(open_store(settings, "audit"), subject, by):
+        print(f"purged: the personal data of {subject} can no longer be read")
+    else:
+        print(f"nothing to purge: no personal data of {subject} is held")
+
+
+@app.command("retention")
+def apply_retention(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, remove nothing.")] = False,
+) -> None:
+    """Remove event bytes older than their tenant's retention (CHARTER_AUDIT_RETENTION), keeping
+    each record's attribution and digest, so the log still verifies."""
+    settings = Settings()
+    rules = retention.parse(settings.audit_retention)
+    if not rules:
+        raise ConfigError("CHARTER_AUDIT_RETENTION is not set: everything is kept")
+    removed = retention.apply(open_store(settings, "audit"), rules, datetime.now(UTC), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for tenant, count in sorted(removed.items()):
+        print(f"{tenant}: {verb} the event bytes of {count} records")
+    if not removed:
+        print("nothing is past its retention")

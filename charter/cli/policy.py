@@ -105,7 +105,9 @@ def whatif(
         raise ConfigError(f"the candidate policies do not load: {bundle.error}")
     engine = open_store(settings, "audit")
     with engine.connect() as conn:
-        report = what_if(audit.rows(conn), Context(bundle, agents, registry), datetime.now(UTC))
+        report = what_if(
+            (v for _, v in audit.values(conn)), Context(bundle, agents, registry), datetime.now(UTC)
+        )
     out.write_text(json.dumps(report.as_json(), indent=2) + "\n")
     console.print(
         f"replayed {report.replayed} proposed actions through {candidate} (bundle {bundle.hash[:12]})"

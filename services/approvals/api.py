@@ -32,7 +32,7 @@ from charter.config import Settings
 from charter.identity.principal import Authenticator, Principal, Unauthenticated
 from charter.identity.roles import Permission
 from charter.identity.users import WatchedDirectory
-from charter.signing import Signer
+from charter.signing import Signer, Verifier
 from services.approvals.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class ApiContext:
     users: WatchedDirectory
     auth: Authenticator
     metrics: Metrics
+    audit_key: Verifier  # checks the audit's signed tree heads
 
 
 class ApiError(Exception):

@@ -152,12 +152,19 @@ class DecisionResult(BaseModel):
     )
 
 
+class Problem(BaseModel):
+    kind: str = Field(description="deleted, altered, moved, truncated, forked, mismatch, forged or column.")
+    position: int = Field(description="The record (seq) or head size it concerns.")
+    message: str
+
+
 class Verification(BaseModel):
     ok: bool
     rows: int
-    head: str
-    broken_seq: int | None
-    problem: str | None
+    root: str = Field(description="The Merkle tree hash of the whole log, hex.")
+    heads: int = Field(description="Signed heads checked (those stored with the log).")
+    signed: int = Field(description="Records covered by the newest head that matches.")
+    problems: list[Problem]
 
 
 class TokenIn(_In):

@@ -26,9 +26,8 @@ from services.approvals import store
 from services.approvals.api import ApiContext, ApiError, authenticate, context
 from services.approvals.routes import approval_detail, list_runs, run_detail
 from services.approvals.submit import approval_out, submit
-from services.audit import store as audit
 from services.audit import views
-from services.audit.decide import verify
+from services.audit.verify import verify
 
 COOKIE = "charter_session"
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -225,5 +224,5 @@ def audit_page(request: Request, ctx: Ctx, s: Session) -> HTMLResponse:
             request, who, csrf, ApiError(403, "forbidden", f"{who.user} may not read the audit log")
         )
     with ctx.audit_engine.connect() as conn:
-        result = verify(audit.rows(conn))
+        result = verify(conn, ctx.audit_key)
     return page(request, "audit.html", who, csrf, result=result)

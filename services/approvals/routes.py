@@ -30,6 +30,7 @@ from services.approvals.api_models import (
     EventIn,
     Health,
     Me,
+    Problem,
     RejectIn,
     RunDetail,
     RunList,
@@ -42,9 +43,8 @@ from services.approvals.api_models import (
     Verification,
 )
 from services.approvals.submit import approval_out, decision_out, load, submit
-from services.audit import store as audit
 from services.audit import views
-from services.audit.decide import verify
+from services.audit.verify import verify
 
 Ctx = Annotated[ApiContext, Depends(context)]
 STATUSES = "|".join(("all", *store.STATUSES))
@@ -269,15 +269,17 @@ async def reject(
 def audit_verify(
     ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.READ_AUDIT))]
 ) -> Verification:
-    """Recompute the audit log's hash chain; name the first broken row."""
+    """Check every record against its leaf hash and the tree against the signed heads stored
+    with the log; name every problem. (`charter audit verify` also checks the published heads.)"""
     with ctx.audit_engine.connect() as conn:
-        result = verify(audit.rows(conn))
+        result = verify(conn, ctx.audit_key)
     return Verification(
         ok=result.ok,
         rows=result.rows,
-        head=result.head.hex(),
-        broken_seq=result.broken_seq,
-        problem=result.problem,
+        root=result.root.hex(),
+        heads=result.heads,
+        signed=result.signed,
+        problems=[Problem(kind=p.kind, position=p.position, message=p.message) for p in result.problems],
     )
 
 

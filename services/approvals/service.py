@@ -242,7 +242,8 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     )
     pipeline = Pipeline(NAME, bus, handler.handle, clock)
     auth = Authenticator(engine, users, OidcVerifier.from_settings(settings), clock)
-    ctx = ApiContext(settings, engine, audit_engine, bus, signer, clock, users, auth, metrics)
+    audit_key = signing.Verifier.load(settings.keys, "audit")
+    ctx = ApiContext(settings, engine, audit_engine, bus, signer, clock, users, auth, metrics, audit_key)
     server = ApiServer(create_app(ctx), settings.api_host, settings.api_port)
     expiry = Expiry(engine, bus, signer, clock)
 

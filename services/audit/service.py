@@ -1,93 +1,166 @@
-"""The audit service's adapter: every topic, DLQs included, appended in batches.
+"""The audit service's adapter: every topic, DLQs included, appended in batches, heads signed.
 
 It reads raw records rather than going through the pipeline: a record that does not decode
 is still evidence, so it is kept byte for byte (as `Undecodable`) instead of dead-lettered.
-A batch is one database transaction; offsets are committed only after it commits.
+
+Group commit: a batch the consumer hands over (up to its fetch size) is one database
+transaction, with its leaves, any personal fields sealed, and a signed tree head when one is due
+(every CHARTER_AUDIT_CHECKPOINT_EVERY records, or CHARTER_AUDIT_CHECKPOINT_SECONDS after the
+last). Offsets are committed only after that transaction commits. Heads are then published to
+`audit.checkpoints`; one not yet published (a crash in between) is published on the next pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from charter import serde, store, telemetry, topics
+from charter import serde, signing, store, telemetry, topics
 from charter.bus import Bus
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.errors import InvalidMessage, RetryPolicy
+from charter.events import Event
 from charter.killswitch import ControlFollower, SwitchStore
 from charter.service import Parts
+from services.audit import checkpoint
 from services.audit import store as audit
+from services.audit.attribute import attribute
+from services.audit.merkle import Tree
+from services.audit.personal import Sealer
 
 log = logging.getLogger(__name__)
 NAME = "audit"
-UNDECODABLE = "Undecodable"
 
 
-def entry_of(delivery: Delivery) -> audit.Entry:
-    where = dict(
-        topic=delivery.topic, partition=delivery.partition, offset=delivery.offset, value=delivery.value
-    )
+def _decode(delivery: Delivery) -> Event | None:
     try:
-        event = serde.decode(delivery.value)
+        return serde.decode(delivery.value)
     except InvalidMessage:
-        position = f"{delivery.topic}:{delivery.partition}:{delivery.offset}"
-        return audit.Entry(
-            event_id=f"undecodable:{position}",
-            event_type=UNDECODABLE,
-            run_id=None,
-            agent=None,
-            tenant=None,
-            occurred_at=None,
-            **where,  # type: ignore[arg-type]
-        )
-    env = event.envelope
-    return audit.Entry(
-        event_id=env.event_id,
-        event_type=env.event_type,
-        run_id=env.run_id,
-        agent=env.agent,
-        tenant=env.tenant,
-        occurred_at=env.occurred_at,
-        **where,  # type: ignore[arg-type]
-    )
+        return None
 
 
 class Auditor:
-    def __init__(self, engine: Engine, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        signer: signing.Signer,
+        bus: Bus | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._engine = engine
+        self._settings = settings
+        self._signer = signer
+        self._bus = bus
         self._retry = retry or RetryPolicy(attempts=10)
+        self._sealer = Sealer.of(settings)
         self._tracer = telemetry.tracer("charter.audit")
+        self._conn: Connection | None = None
+        self._tree = Tree.over(self._current)
+        self._last: audit.Head | None = None
+        self._loaded = False
+
+    def _current(self) -> Connection:
+        if self._conn is None:
+            raise RuntimeError("the tree is read inside a transaction only")
+        return self._conn
+
+    def _pending(self, conn: Connection, delivery: Delivery, now_us: int) -> audit.Pending:
+        event = _decode(delivery)
+        sealed, subject = self._sealer.seal(conn, event, now_us) if event else (None, None)
+        return audit.Pending(attribute(delivery, event, now_us, subject), sealed or delivery.value)
 
     async def handle_batch(self, deliveries: list[Delivery]) -> None:
-        entries = [entry_of(d) for d in deliveries]
         with self._tracer.start_as_current_span(
-            "audit append", attributes={"charter.batch_size": len(entries)}
+            "audit append", attributes={"charter.batch_size": len(deliveries)}
         ):
-            for attempt in range(1, self._retry.attempts + 1):
-                try:
-                    with self._engine.begin() as conn:
-                        added = audit.append(conn, entries, time.time_ns() // 1000)
-                    log.debug("appended %d of %d", added, len(entries))
-                    return
-                except (OperationalError, IntegrityError) as exc:
-                    # A locked database or a concurrent appender: retry; never skip evidence.
-                    if attempt == self._retry.attempts:
-                        raise
-                    log.warning("append attempt %d failed, retrying: %s", attempt, exc)
-                    await asyncio.sleep(self._retry.delay(attempt))
+            await self._retrying(lambda conn, now_us: self._append(conn, deliveries, now_us))
+        await self.publish()
+
+    def _append(self, conn: Connection, deliveries: list[Delivery], now_us: int) -> None:
+        items = [self._pending(conn, d, now_us) for d in deliveries]
+        appended = audit.append(conn, items)
+        log.debug("appended %d of %d", appended.added, len(items))
+        self._checkpoint_if_due(conn, appended.size, now_us)
+
+    async def _retrying(self, work: Callable[[Connection, int], None]) -> None:
+        for attempt in range(1, self._retry.attempts + 1):
+            now_us = time.time_ns() // 1000
+            try:
+                with self._engine.begin() as conn:
+                    self._conn = conn
+                    work(conn, now_us)
+                return
+            except (OperationalError, IntegrityError) as exc:
+                # A locked database or a concurrent appender: retry; never skip evidence. What
+                # the tree cached from the rolled-back rows, and the last head, are forgotten.
+                self._tree.cache_clear()
+                self._loaded = False
+                if attempt == self._retry.attempts:
+                    raise
+                log.warning("audit attempt %d failed, retrying: %s", attempt, exc)
+                await asyncio.sleep(self._retry.delay(attempt))
+            finally:
+                self._conn = None
+
+    def _checkpoint_if_due(self, conn: Connection, size: int, now_us: int) -> None:
+        if not self._loaded:
+            self._last = audit.latest_checkpoint(conn)
+            self._loaded = True
+        last_size, last_at = (self._last.size, self._last.signed_at_us) if self._last else (0, 0)
+        if size <= last_size:
+            return
+        every = self._settings.audit_checkpoint_every
+        waited = now_us - last_at >= self._settings.audit_checkpoint_seconds * 1e6
+        if size - last_size < every and not waited:
+            return
+        head = checkpoint.sign(self._signer, size, self._tree.root(size), now_us)
+        audit.add_checkpoint(conn, head)
+        self._last = head
+
+    async def publish(self) -> None:
+        if self._bus is None:
+            return
+        with self._engine.connect() as conn:
+            heads = audit.checkpoints(conn, unpublished=True)
+        for head in heads:
+            await self._bus.publish(checkpoint.event_of(head, self._settings.tenant))
+        if heads:
+            with self._engine.begin() as conn:
+                audit.mark_published(conn, [h.size for h in heads])
+
+    async def sign_tail(self, stop: asyncio.Event) -> None:
+        """Sign what a quiet log has not had signed yet, every checkpoint interval."""
+        period = self._settings.audit_checkpoint_seconds
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=period)
+            try:
+                await self._retrying(
+                    lambda conn, now_us: self._checkpoint_if_due(conn, audit.size(conn), now_us)
+                )
+                await self.publish()
+            except Exception:
+                log.exception("signing the audit's tree head failed; the next pass tries again")
 
 
 async def build(settings: Settings, bus: Bus) -> Parts:
     engine = store.make_engine(settings.database_url_for(NAME))
     audit.create(engine)
+    auditor = Auditor(engine, settings, signing.Signer.load(settings.keys, NAME), bus)
+    # The audit's own heads are not audited: each would be a new record needing a new head.
+    heads = topics.name(settings, topics.Topic.AUDIT_CHECKPOINTS)
     return Parts(
-        topics=topics.all_names(settings),
-        handle_batch=Auditor(engine).handle_batch,
+        topics=[t for t in topics.all_names(settings) if t != heads],
+        handle_batch=auditor.handle_batch,
+        background=[auditor.sign_tail],
         close=engine.dispose,
         transactional=False,
         control=ControlFollower(

@@ -1,7 +1,9 @@
-"""The audit log in SQL: one row per event, chained by hash, never updated or deleted.
+"""The audit log in SQL: one row per event, a Merkle leaf each, and the signed tree heads.
 
-A duplicate event id (a redelivery) is not appended twice. Columns beside the raw bytes
-(type, run, agent, time) exist for queries; the hash covers the ones a query selects by.
+Rows are appended, never updated, except by retention (which removes a value and keeps its
+digest) and by a purge (which deletes a data subject's key, not a row). A duplicate event id (a
+redelivery) is not appended twice. The schema is Alembic's (services/audit/migrations); the
+tables here are what the code reads and writes, and a test keeps the two the same.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     DateTime,
@@ -23,10 +26,12 @@ from sqlalchemy import (
     Table,
     func,
     select,
+    update,
 )
 
 from charter.killswitch import switches_table
-from services.audit.decide import GENESIS, Row, row_hash
+from services.audit import migrations, record
+from services.audit.record import Attribution
 
 metadata = MetaData()
 log_table = Table(
@@ -37,110 +42,234 @@ log_table = Table(
     Column("event_type", String(100), nullable=False),
     Column("run_id", String(64), index=True),
     Column("agent", String(200)),
+    Column("actor", String(200)),
     Column("tenant", String(200)),
     Column("topic", String(255), nullable=False),
     Column("partition", Integer, nullable=False),
     Column("offset", BigInteger, nullable=False),
     Column("occurred_at", DateTime(timezone=True)),
     Column("recorded_at_us", BigInteger, nullable=False),
-    Column("value", LargeBinary, nullable=False),
-    Column("prev_hash", LargeBinary(32), nullable=False),
-    Column("hash", LargeBinary(32), nullable=False),
+    Column("service", String(200)),
+    Column("host", String(255)),
+    Column("source", String(400)),
+    Column("outcome", String(100)),
+    Column("policy_hash", String(64)),
+    Column("trace_id", String(32)),
+    Column("subject", String(200), index=True),
+    Column("meta", LargeBinary, nullable=False),
+    Column("value", LargeBinary),
+    Column("value_digest", LargeBinary(32)),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
 )
 
+checkpoints_table = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("signed_at_us", BigInteger, nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+    Column("published", Boolean, nullable=False),
+)
+
+subject_keys_table = Table(
+    "audit_subject_keys",
+    metadata,
+    Column("subject", String(200), primary_key=True),
+    # None once purged: the subject's sealed fields can no longer be read by anyone.
+    Column("key", LargeBinary(32)),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("purged_at_us", BigInteger),
+    Column("purged_by", String(200)),
+)
 
 switches = switches_table(metadata, "audit")
 
 
-@dataclass(frozen=True)
-class Entry:
-    """An event about to be appended, with what the service could read from it."""
+def create(engine: Engine) -> None:
+    """Bring the schema to the newest migration (creating it on a new database)."""
+    migrations.upgrade(engine)
 
-    event_id: str
-    event_type: str
-    run_id: str | None
-    agent: str | None
-    tenant: str | None
-    occurred_at: datetime | None
-    topic: str
-    partition: int
-    offset: int
+
+@dataclass(frozen=True)
+class Pending:
+    """An event about to be appended: what the audit read from it, and its (sealed) bytes."""
+
+    attribution: Attribution
     value: bytes
 
 
-def create(engine: Engine) -> None:
-    metadata.create_all(engine)
+@dataclass(frozen=True)
+class Appended:
+    added: int
+    size: int
 
 
-def append(conn: Connection, entries: Sequence[Entry], recorded_at_us: int) -> int:
-    """Append the entries not yet in the log, chained after its head. Returns how many."""
-    ids = list({e.event_id for e in entries})
+def size(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(log_table.c.seq), 0))).scalar_one())
+
+
+def append(conn: Connection, items: Sequence[Pending]) -> Appended:
+    """Append the items not yet in the log after its last row, each with its leaf hash."""
+    ids = list({p.attribution.event_id for p in items})
     seen = set(conn.execute(select(log_table.c.event_id).where(log_table.c.event_id.in_(ids))).scalars())
-    head = conn.execute(
-        select(log_table.c.seq, log_table.c.hash).order_by(log_table.c.seq.desc()).limit(1)
-    ).first()
-    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    seq = size(conn)
     rows = []
-    for entry in entries:
-        if entry.event_id in seen:
+    for item in items:
+        a = item.attribution
+        if a.event_id in seen:
             continue
-        seen.add(entry.event_id)
+        seen.add(a.event_id)
         seq += 1
-        digest = row_hash(
-            prev,
-            seq=seq,
-            event_id=entry.event_id,
-            event_type=entry.event_type,
-            run_id=entry.run_id,
-            topic=entry.topic,
-            partition=entry.partition,
-            offset=entry.offset,
-            recorded_at_us=recorded_at_us,
-            value=entry.value,
-        )
+        meta = record.encode_meta(seq, a)
         rows.append(
             {
+                **a.as_row(),
                 "seq": seq,
-                "event_id": entry.event_id,
-                "event_type": entry.event_type,
-                "run_id": entry.run_id,
-                "agent": entry.agent,
-                "tenant": entry.tenant,
-                "topic": entry.topic,
-                "partition": entry.partition,
-                "offset": entry.offset,
-                "occurred_at": entry.occurred_at,
-                "recorded_at_us": recorded_at_us,
-                "value": entry.value,
-                "prev_hash": prev,
-                "hash": digest,
+                "meta": meta,
+                "value": item.value,
+                "value_digest": None,
+                "leaf_hash": record.leaf(meta, record.value_digest(item.value)),
             }
         )
-        prev = digest
     if rows:
         conn.execute(log_table.insert(), rows)
-    return len(rows)
+    return Appended(len(rows), seq)
 
 
-def rows(conn: Connection, batch: int = 10_000) -> Iterator[Row]:
-    """Every row in chain order, read in pages so memory stays flat on a large log."""
+def leaves(conn: Connection, offset: int, width: int) -> list[bytes]:
+    """The leaf hashes of rows offset+1 .. offset+width, in order."""
+    query = (
+        select(log_table.c.leaf_hash)
+        .where(log_table.c.seq > offset, log_table.c.seq <= offset + width)
+        .order_by(log_table.c.seq)
+    )
+    return [bytes(h) for h in conn.execute(query).scalars()]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A row as verification reads it."""
+
+    seq: int
+    meta: bytes
+    value: bytes | None
+    value_digest: bytes | None
+    leaf_hash: bytes
+
+
+def stored(conn: Connection, batch: int = 20_000) -> Iterator[Stored]:
+    """Every row in log order, read in pages so memory stays flat on a large log."""
+    cols = (
+        log_table.c.seq,
+        log_table.c.meta,
+        log_table.c.value,
+        log_table.c.value_digest,
+        log_table.c.leaf_hash,
+    )
     after = 0
     while True:
         page = conn.execute(
-            select(*(log_table.c[f] for f in Row.__dataclass_fields__))
+            select(*cols).where(log_table.c.seq > after).order_by(log_table.c.seq).limit(batch)
+        ).all()
+        if not page:
+            return
+        for seq, meta, value, digest, leaf in page:
+            yield Stored(seq, bytes(meta), value, digest, bytes(leaf))
+        after = page[-1][0]
+
+
+def attributions(conn: Connection, batch: int = 20_000) -> Iterator[tuple[int, bytes, Attribution]]:
+    """Every row's query columns with its `meta`, in log order, for checking one against the other."""
+    cols = [log_table.c[f] for f in record.FIELDS]
+    after = 0
+    while True:
+        page = conn.execute(
+            select(log_table.c.seq, log_table.c.meta, *cols)
             .where(log_table.c.seq > after)
             .order_by(log_table.c.seq)
             .limit(batch)
         ).all()
         if not page:
             return
-        for r in page:
-            yield Row(**r._mapping)
-        after = page[-1].seq
+        for row in page:
+            yield row[0], bytes(row[1]), Attribution(*row[2:])
+        after = page[-1][0]
+
+
+def values(conn: Connection, batch: int = 5_000) -> Iterator[tuple[int, bytes]]:
+    """Every row's event bytes still held, in log order."""
+    after = 0
+    while True:
+        page = conn.execute(
+            select(log_table.c.seq, log_table.c.value)
+            .where(log_table.c.seq > after, log_table.c.value.is_not(None))
+            .order_by(log_table.c.seq)
+            .limit(batch)
+        ).all()
+        if not page:
+            return
+        for seq, value in page:
+            yield seq, bytes(value)
+        after = page[-1][0]
 
 
 def count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(log_table)).scalar_one())
+
+
+@dataclass(frozen=True)
+class Head:
+    """A signed tree head as stored and published."""
+
+    size: int
+    root: bytes
+    signed_at_us: int
+    key_id: str
+    signature: bytes
+
+
+def add_checkpoint(conn: Connection, head: Head) -> None:
+    conn.execute(
+        checkpoints_table.insert().values(
+            size=head.size,
+            root=head.root,
+            signed_at_us=head.signed_at_us,
+            key_id=head.key_id,
+            signature=head.signature,
+            published=False,
+        )
+    )
+
+
+def checkpoints(conn: Connection, *, unpublished: bool = False) -> list[Head]:
+    query = select(
+        checkpoints_table.c.size,
+        checkpoints_table.c.root,
+        checkpoints_table.c.signed_at_us,
+        checkpoints_table.c.key_id,
+        checkpoints_table.c.signature,
+    ).order_by(checkpoints_table.c.size)
+    if unpublished:
+        query = query.where(checkpoints_table.c.published.is_(False))
+    return [Head(s, bytes(r), at, k, bytes(sig)) for s, r, at, k, sig in conn.execute(query)]
+
+
+def latest_checkpoint(conn: Connection) -> Head | None:
+    heads = conn.execute(
+        select(checkpoints_table.c.size).order_by(checkpoints_table.c.size.desc()).limit(1)
+    ).scalar()
+    if heads is None:
+        return None
+    return next(h for h in checkpoints(conn) if h.size == heads)
+
+
+def mark_published(conn: Connection, sizes: Sequence[int]) -> None:
+    if sizes:
+        conn.execute(
+            update(checkpoints_table).where(checkpoints_table.c.size.in_(sizes)).values(published=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -149,7 +278,7 @@ class Recorded:
     event_type: str
     topic: str
     occurred_at: datetime | None
-    value: bytes
+    value: bytes | None
 
 
 def timeline(conn: Connection, run_id: str) -> list[Recorded]:

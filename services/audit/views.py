@@ -92,8 +92,8 @@ def timeline(conn: Connection, run_id: str) -> list[Entry]:
     out = []
     for r in sorted(store.timeline(conn, run_id), key=causal):
         try:
-            event: ev.Event | None = serde.decode(r.value)
-            text = describe(event) if event else ""
+            event: ev.Event | None = serde.decode(r.value) if r.value is not None else None
+            text = describe(event) if event else "(event bytes removed under retention)"
         except InvalidMessage as exc:
             event, text = None, f"(undecodable: {exc})"
         at = as_utc(r.occurred_at) if r.occurred_at else None
@@ -133,7 +133,7 @@ def export(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Audit records in chain order, each with its chain hashes, decoded where it decodes."""
+    """Audit records in log order, each with its attribution and leaf hash, decoded where it decodes."""
     query = select(log_table).order_by(log_table.c.seq)
     if run_id:
         query = query.where(log_table.c.run_id == run_id)
@@ -143,7 +143,7 @@ def export(
         query = query.where(log_table.c.occurred_at < until)
     for row in conn.execute(query.execution_options(yield_per=1000)):
         try:
-            event: dict[str, Any] | None = as_json(serde.decode(row.value))
+            event: dict[str, Any] | None = as_json(serde.decode(row.value)) if row.value else None
         except InvalidMessage:
             event = None
         yield {
@@ -152,13 +152,20 @@ def export(
             "event_type": row.event_type,
             "run_id": row.run_id,
             "agent": row.agent,
+            "actor": row.actor,
+            "tenant": row.tenant,
+            "service": row.service,
+            "host": row.host,
+            "source": row.source,
+            "outcome": row.outcome,
+            "policy_hash": row.policy_hash,
+            "trace_id": row.trace_id,
             "topic": row.topic,
             "partition": row.partition,
             "offset": row.offset,
             "occurred_at": as_utc(row.occurred_at).isoformat() if row.occurred_at else None,
             "recorded_at_us": row.recorded_at_us,
-            "prev_hash": bytes(row.prev_hash).hex(),
-            "hash": bytes(row.hash).hex(),
-            "value_b64": base64.b64encode(row.value).decode(),
+            "leaf_hash": bytes(row.leaf_hash).hex(),
+            "value_b64": base64.b64encode(row.value).decode() if row.value is not None else None,
             "event": event,
         }

@@ -16,7 +16,6 @@ from charter import serde
 from charter.clock import derive_id
 from charter.errors import InvalidMessage
 from charter.events import ActionProposed, Decision, Event
-from services.audit.decide import Row
 from services.policy.decide import Context, decide
 from services.policy.limits import Usage
 
@@ -55,18 +54,18 @@ class Report:
         }
 
 
-def _decoded(rows: Iterable[Row]) -> Iterator[Event]:
-    for row in rows:
+def _decoded(values: Iterable[bytes]) -> Iterator[Event]:
+    for value in values:
         try:
-            yield serde.decode(row.value)
+            yield serde.decode(value)
         except InvalidMessage:
             continue
 
 
-def what_if(rows: Iterable[Row], candidate: Context, now: datetime) -> Report:
+def what_if(values: Iterable[bytes], candidate: Context, now: datetime) -> Report:
     proposals: list[ActionProposed] = []
     decisions: dict[str, Decision] = {}
-    for event in _decoded(rows):
+    for event in _decoded(values):
         if isinstance(event, ActionProposed):
             proposals.append(event)
         decision = getattr(event, "decision", None)

@@ -106,7 +106,7 @@ def test_the_audit_log_is_whole_after_its_service_is_killed(own_stack: Stack) ->
         time.sleep(0.2)
     assert on_topics <= set(audited)
     assert len(audited) == len(set(audited))
-    assert "audit chain verified" in own_stack.cli("audit", "verify").stdout
+    assert "audit log verified" in own_stack.cli("audit", "verify").stdout
 
 
 def test_stop_takes_everything_down_within_10_seconds(own_stack: Stack) -> None:

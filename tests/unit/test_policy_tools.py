@@ -13,7 +13,6 @@ from pydantic import BaseModel
 from charter import agents, serde, tools
 from charter.events import Event
 from charter.tools import http_tool
-from services.audit.decide import GENESIS, Row
 from services.policy.bundle import PolicyBundle
 from services.policy.check import Case, check, load_cases, policy_lines, run_case
 from services.policy.decide import Context, decide
@@ -103,11 +102,8 @@ def test_the_shipped_cases_pass_and_a_wrong_expectation_fails() -> None:
     ]
 
 
-def _rows(events: list[Event]) -> list[Row]:
-    return [
-        Row(n + 1, e.event_id, type(e).__name__, e.run_id, "t", 0, n, 0, serde.encode(e), GENESIS, b"")
-        for n, e in enumerate(events)
-    ]
+def _rows(events: list[Event]) -> list[bytes]:
+    return [serde.encode(e) for e in events]
 
 
 def test_what_if_reports_the_decisions_a_candidate_would_change(tmp_path: Path) -> None:

@@ -1,0 +1,144 @@
+"""Who, what, when, where, source, outcome, policy and trace of an event, as the audit records it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from charter import events as ev
+from charter import telemetry
+from charter.bus import ORIGIN_HEADER
+from charter.consumer import Delivery
+from services.audit.record import Attribution
+
+UNDECODABLE = "Undecodable"
+
+_PLAIN: dict[type[ev.Event], str] = {
+    ev.TriggerReceived: "received",
+    ev.RunStarted: "started",
+    ev.RunCompleted: "completed",
+    ev.RunFailed: "failed",
+    ev.RunCancelled: "cancelled",
+    ev.RunEscalated: "escalated",
+    ev.ActionProposed: "proposed",
+    ev.ActionRejected: "denied",
+    ev.ApprovalRequested: "approval requested",
+    ev.ApprovalGranted: "approved",
+    ev.ApprovalRejected: "rejected",
+    ev.ApprovalAmended: "amended",
+    ev.ApprovalExpired: "expired",
+    ev.ApprovalRefused: "refused",
+    ev.ToolUnavailable: "tool unavailable",
+    ev.DeadLettered: "dead-lettered",
+    ev.KillSwitchAcknowledged: "acknowledged",
+    ev.CheckpointSigned: "signed",
+}
+
+
+def outcome(event: ev.Event) -> str:
+    match event:
+        case ev.ActionApproved():
+            return "allowed" if event.approved_by == "policy" else "approved, to be decided again"
+        case ev.ActionExecuted():
+            return "dry run" if event.dry_run else "succeeded"
+        case ev.ActionFailed():
+            return "in doubt" if event.in_doubt else "failed"
+        case ev.KillSwitchSet():
+            return "switched on" if event.active else "switched off"
+        case ev.PolicyReloaded():
+            return "loaded" if event.valid else "invalid"
+    return _PLAIN.get(type(event), "recorded")
+
+
+def actor(event: ev.Event) -> str | None:
+    """The human behind the event, where there is one."""
+    match event:
+        case ev.TriggerReceived():
+            return event.submitted_by
+        case ev.RunStarted():
+            return event.triggered_by
+        case ev.ActionProposed():
+            return event.amended_by or event.triggered_by
+        case ev.ApprovalRequested():
+            return event.amended_by or event.triggered_by
+        case ev.ApprovalGranted() | ev.ApprovalRejected() | ev.ApprovalAmended():
+            return event.approver_email or event.approver
+        case ev.ApprovalRefused():
+            return event.approver
+        case ev.ActionApproved() if event.approvers:
+            return ",".join(a.user for a in event.approvers)
+        case ev.KillSwitchSet():
+            return event.set_by
+    return None
+
+
+def policy_hash(event: ev.Event) -> str | None:
+    decision = getattr(event, "decision", None)
+    if isinstance(decision, ev.Decision):
+        return decision.policy_hash
+    if isinstance(event, ev.PolicyReloaded):
+        return event.policy_hash
+    return None
+
+
+def source(event: ev.Event) -> str | None:
+    """Where the event came from: a trigger's source system, else the event that caused it."""
+    if isinstance(event, ev.TriggerReceived):
+        return event.source
+    if isinstance(event, ev.DeadLettered):
+        return f"{event.source_topic}:{event.source_partition}:{event.source_offset}"
+    cause = event.envelope.causation_id
+    return f"event:{cause}" if cause else None
+
+
+def origin(headers: Sequence[tuple[str, bytes]]) -> tuple[str | None, str | None]:
+    """The producing service and host, from the header every Charter producer sets."""
+    for key, value in headers:
+        if key == ORIGIN_HEADER:
+            service, _, host = value.decode("utf-8", "replace").partition("@")
+            return service or None, host or None
+    return None, None
+
+
+def attribute(
+    delivery: Delivery, event: ev.Event | None, recorded_at_us: int, subject: str | None
+) -> Attribution:
+    service, host = origin(delivery.headers)
+    where = dict(
+        recorded_at_us=recorded_at_us,
+        topic=delivery.topic,
+        partition=delivery.partition,
+        offset=delivery.offset,
+        service=service,
+        host=host,
+        trace_id=telemetry.trace_id_of(delivery.headers),
+        subject=subject,
+    )
+    if event is None:
+        position = f"{delivery.topic}:{delivery.partition}:{delivery.offset}"
+        return Attribution(
+            event_id=f"undecodable:{position}",
+            event_type=UNDECODABLE,
+            run_id=None,
+            agent=None,
+            actor=None,
+            tenant=None,
+            occurred_at=None,
+            source=None,
+            outcome="undecodable",
+            policy_hash=None,
+            **where,  # type: ignore[arg-type]
+        )
+    env = event.envelope
+    return Attribution(
+        event_id=env.event_id,
+        event_type=env.event_type,
+        run_id=env.run_id,
+        agent=env.agent,
+        actor=actor(event),
+        tenant=env.tenant,
+        occurred_at=env.occurred_at,
+        source=source(event),
+        outcome=outcome(event),
+        policy_hash=policy_hash(event),
+        **where,  # type: ignore[arg-type]
+    )

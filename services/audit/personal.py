@@ -1,0 +1,188 @@
+"""Personal data in the audit log, sealed per data subject so it can be purged (crypto-shredding).
+
+Before an event is appended, the values of personal fields (CHARTER_PERSONAL_FIELDS) inside its
+payload objects (trigger data, action parameters, results, run outputs) are encrypted with the
+key of the data subject the event names (the first of CHARTER_SUBJECT_FIELDS found), AES-256-GCM
+bound to the event id and field. The sealed event is what the log stores and what its leaf
+covers. Purging a subject deletes its key: the sealed values stay, unreadable by anyone, and
+every hash still verifies. Events naming no subject are stored as they are.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection, Engine, select, text, update
+
+from charter import serde
+from charter.config import Settings
+from charter.events import Event
+from services.audit.store import subject_keys_table as keys
+
+SEALED = "charter-sealed:v1:"
+PURGED = "[purged]"
+PAYLOADS = frozenset({"data", "parameters", "result", "outputs"})
+NONCE = 12
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _aad(event_id: str, name: str) -> bytes:
+    return f"{event_id}/{name}".encode()
+
+
+class Sealer:
+    def __init__(self, personal: tuple[str, ...], subject_fields: tuple[str, ...]) -> None:
+        self._personal = frozenset(personal)
+        self._subject_fields = subject_fields
+
+    @classmethod
+    def of(cls, settings: Settings) -> Sealer:
+        return cls(_names(settings.personal_fields), _names(settings.subject_fields))
+
+    def subject(self, payloads: list[dict[str, Any]]) -> str | None:
+        for name in self._subject_fields:
+            for payload in payloads:
+                value = payload.get(name)
+                if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+                    return str(value)
+        return None
+
+    def seal(self, conn: Connection, event: Event, now_us: int) -> tuple[bytes | None, str | None]:
+        """The event's bytes with its personal fields sealed (None if nothing needed sealing),
+        and the data subject it names."""
+        dumped = event.model_dump(context={"objects": True})
+        payloads = _payloads(dumped)
+        subject = self.subject(payloads)
+        if subject is None or not any(self._personal & p.keys() for p in _all_objects(payloads)):
+            return None, subject
+        cipher = AESGCM(subject_key(conn, subject, now_us))
+
+        def seal_one(name: str, value: Any) -> str:
+            nonce = os.urandom(NONCE)
+            sealed = cipher.encrypt(nonce, json.dumps(value).encode(), _aad(event.event_id, name))
+            return SEALED + base64.urlsafe_b64encode(nonce + sealed).decode()
+
+        for payload in payloads:
+            _replace(payload, self._personal, seal_one)
+        return serde.encode(type(event).model_validate(dumped)), subject
+
+
+def _payloads(dumped: Any) -> list[dict[str, Any]]:
+    """The payload objects of a dumped event, wherever they are nested (never the envelope)."""
+    found: list[dict[str, Any]] = []
+    if isinstance(dumped, dict):
+        for key, value in dumped.items():
+            if key == "envelope":
+                continue
+            if key in PAYLOADS and isinstance(value, dict):
+                found.append(value)
+            else:
+                found.extend(_payloads(value))
+    elif isinstance(dumped, list):
+        for item in dumped:
+            found.extend(_payloads(item))
+    return found
+
+
+def _all_objects(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    stack: list[Any] = list(payloads)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            out.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return out
+
+
+def _replace(obj: Any, personal: frozenset[str], change: Callable[[str, Any], Any]) -> None:
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in personal:
+                obj[key] = change(key, value)
+            else:
+                _replace(value, personal, change)
+    elif isinstance(obj, list):
+        for item in obj:
+            _replace(item, personal, change)
+
+
+def subject_key(conn: Connection, subject: str, now_us: int) -> bytes:
+    """The subject's key, made on first use (and made afresh for data recorded after a purge)."""
+    row = conn.execute(select(keys.c.key).where(keys.c.subject == subject)).first()
+    if row is not None and row.key is not None:
+        return bytes(row.key)
+    key = AESGCM.generate_key(bit_length=256)
+    if row is None:
+        conn.execute(keys.insert().values(subject=subject, key=key, created_at_us=now_us))
+    else:
+        conn.execute(update(keys).where(keys.c.subject == subject).values(key=key, created_at_us=now_us))
+    return key
+
+
+def unseal(conn: Connection, event_id: str, obj: Any, subject: str | None) -> Any:
+    """A decoded event's JSON with sealed values opened, or shown as purged once the key is gone."""
+    key = None
+    if subject is not None:
+        key = conn.execute(select(keys.c.key).where(keys.c.subject == subject)).scalar()
+
+    def open_one(name: str, value: Any) -> Any:
+        if not (isinstance(value, str) and value.startswith(SEALED)):
+            return value
+        if key is None:
+            return PURGED
+        blob = base64.urlsafe_b64decode(value[len(SEALED) :].encode())
+        try:
+            plain = AESGCM(bytes(key)).decrypt(blob[:NONCE], blob[NONCE:], _aad(event_id, name))
+        except InvalidTag:
+            return PURGED  # sealed under an earlier key of the subject, purged since
+        return json.loads(plain)
+
+    _replace_sealed(obj, open_one)
+    return obj
+
+
+def _replace_sealed(obj: Any, change: Callable[[str, Any], Any]) -> None:
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, str) and value.startswith(SEALED):
+                obj[key] = change(key, value)
+            else:
+                _replace_sealed(value, change)
+    elif isinstance(obj, list):
+        for item in obj:
+            _replace_sealed(item, change)
+
+
+def purge(engine: Engine, subject: str, by: str) -> bool:
+    """Delete the subject's key, so nobody can read its sealed data again. True if there was one.
+
+    The key's bytes are overwritten in the database files too, not only unlinked: SQLite with
+    secure_delete and its write-ahead log checkpointed and truncated, PostgreSQL by a VACUUM."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text("PRAGMA secure_delete=ON"))
+        done = conn.execute(
+            update(keys)
+            .where(keys.c.subject == subject, keys.c.key.is_not(None))
+            .values(key=None, purged_at_us=time.time_ns() // 1000, purged_by=by)
+        ).rowcount
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+    else:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"VACUUM {keys.name}"))
+    return bool(done)

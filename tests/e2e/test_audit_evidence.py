@@ -1,0 +1,163 @@
+"""Evidence from the running stack: signed heads published to audit.checkpoints, a run's bundle
+verified by another process with nothing but the file, and truncation caught by the published
+heads after the database's own were cut away too."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from charter.client import Client
+from charter.events import CheckpointSigned
+from tests.conftest import REPO
+from tests.e2e.conftest import Stack, run_id, stack_env, wait_run_end
+
+pytestmark = pytest.mark.e2e
+
+
+def _export_when_signed(stack: Stack, run: str, out: Path, timeout: float = 30) -> str:
+    """Export the run's bundle once a signed head covers its records (one is signed within
+    CHARTER_AUDIT_CHECKPOINT_SECONDS)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = stack.cli("audit", "export", "--run", run, "--out", str(out), check=False)
+        if result.returncode == 0:
+            return result.stdout
+        assert "not covered by a signed head yet" in result.stderr or "no audit records" in result.stderr, (
+            result.stderr
+        )
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(0.5)
+
+
+def _alone(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """charter in a process of its own, in an empty directory, with no Charter settings at all."""
+    env = {k: v for k, v in stack_env(cwd).items() if not k.startswith("CHARTER_")}
+    env["CHARTER_HOME"] = str(cwd / "nothing-here")
+    return subprocess.run(
+        [sys.executable, "-m", "charter", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_runs_bundle_verifies_offline_in_another_process(stack: Stack, tmp_path: Path) -> None:
+    trigger = stack.publish(
+        "support.refund_requested", {"order_id": "E-1001", "amount": 30, "customer_id": "cust-9"}
+    )
+    run = run_id(trigger, "support-refunds")
+    wait_run_end(stack, run)
+    bundle = tmp_path / "out" / "evidence.zip"
+    bundle.parent.mkdir()
+    assert "records, proven in the head of size" in _export_when_signed(stack, run, bundle)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(bundle, elsewhere / "evidence.zip")
+    ok = _alone("audit", "verify-bundle", "evidence.zip", cwd=elsewhere)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "bundle verified" in ok.stdout
+    assert not (elsewhere / "nothing-here").exists()  # it opened no store and made no home
+
+    with zipfile.ZipFile(bundle) as z:
+        lines = z.read("events.jsonl").decode().splitlines()
+        members = {n: z.read(n) for n in z.namelist()}
+    records = [json.loads(line) for line in lines]
+    assert all(r["attribution"]["run_id"] == run for r in records)
+    assert {r["attribution"]["event_type"] for r in records} >= {
+        "RunStarted",
+        "ActionExecuted",
+        "RunCompleted",
+    }
+
+    # One changed amount in one record, and the bundle no longer verifies, naming the record.
+    victim = next(r for r in records if r["attribution"]["event_type"] == "ActionExecuted")
+    victim["event"]["action"]["parameters"]["amount"] = 3000
+    tampered = elsewhere / "tampered.zip"
+    with zipfile.ZipFile(tampered, "w") as z:
+        for name, data in members.items():
+            if name == "events.jsonl":
+                data = "".join(json.dumps(r) + "\n" for r in records).encode()
+            z.writestr(name, data)
+    broken = _alone("audit", "verify-bundle", "tampered.zip", cwd=elsewhere)
+    assert broken.returncode == 1
+    assert f"record {victim['seq']}: the decoded event shown differs from its signed bytes" in broken.stdout
+
+
+def _published(stack: Stack) -> list[CheckpointSigned]:
+    async def go() -> list[CheckpointSigned]:
+        async with Client(stack.settings) as client:
+            return [
+                r.event
+                async for r in client.replay("audit.checkpoints")
+                if isinstance(r.event, CheckpointSigned)
+            ]
+
+    return asyncio.run(go())
+
+
+def test_heads_are_published_and_a_truncated_copy_is_caught_by_them(stack: Stack, tmp_path: Path) -> None:
+    trigger = stack.publish("support.refund_requested", {"order_id": "E-2002", "amount": 30})
+    wait_run_end(stack, run_id(trigger, "support-refunds"))
+    deadline = time.monotonic() + 30
+    while not (heads := _published(stack)):
+        assert time.monotonic() < deadline, "no signed head was published"
+        time.sleep(0.5)
+    newest = max(h.size for h in heads)
+    verified = stack.cli("audit", "verify")
+    assert "audit log verified" in verified.stdout
+    assert "published" in verified.stdout
+
+    # A copy of the store cut back below the newest published head, its own heads cut with it.
+    copy = tmp_path / "copy"
+    (copy / "data").mkdir(parents=True)
+    with (
+        sqlite3.connect(stack.settings.data_dir / "audit.db") as src,
+        sqlite3.connect(copy / "data" / "audit.db") as dst,
+    ):
+        src.backup(dst)
+    keep = newest - 1
+    with sqlite3.connect(copy / "data" / "audit.db") as conn:
+        conn.execute("delete from audit_log where seq > ?", (keep,))
+        conn.execute("delete from audit_checkpoints where size > ?", (keep,))
+    env = stack_env(copy, CHARTER_KEYS_DIR=str(stack.settings.keys), **_broker_of(stack))
+    offline = _run(["audit", "verify", "--offline"], env)
+    assert offline.returncode == 0, offline.stdout  # the database alone looks whole...
+    online = _run(["audit", "verify"], env)
+    assert online.returncode == 1  # ...the heads on the broker say otherwise
+    assert f"[truncated] the log ends after {keep} rows" in online.stdout
+
+
+def _broker_of(stack: Stack) -> dict[str, str]:
+    """The running stack's broker, for a process whose home is elsewhere."""
+    s = stack.settings
+    return {
+        "CHARTER_BOOTSTRAP_SERVERS": s.bootstrap(),
+        "CHARTER_BROKER": s.broker_kind,
+        "CHARTER_TOPIC_PREFIX": s.topic_prefix,
+    }
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "charter", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )

@@ -1,0 +1,367 @@
+"""The audit log's contract, on SQLite and on PostgreSQL: appends, signed heads, and verify naming
+every kind of tampering where it happened; proofs; migrations; purge and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+
+from charter import serde, signing
+from charter.bus import ORIGIN_HEADER
+from charter.config import Settings
+from charter.consumer import Delivery
+from charter.events import EVENT_TYPES, Event, TriggerReceived
+from services.audit import checkpoint, migrations, personal, record, retention, store, views
+from services.audit.merkle import InvalidProof, Tree, check_consistency, check_inclusion
+from services.audit.service import Auditor
+from services.audit.store import log_table
+from services.audit.verify import Report, verify
+from tests.factories import one_of_each
+
+TRACE = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+HEADERS = (("traceparent", TRACE), (ORIGIN_HEADER, b"charter.planner@host-7"))
+
+
+def _deliveries(events: list[Event] | None = None, first_offset: int = 0) -> list[Delivery]:
+    chosen = events if events is not None else one_of_each()
+    return [
+        Delivery("charter.x", 0, first_offset + i, b"k", serde.encode(e), HEADERS, 0)
+        for i, e in enumerate(chosen)
+    ]
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    signing.ensure_keys(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def auditor(engine: Engine, keys: Path, tmp_path: Path) -> Auditor:
+    store.create(engine)
+    settings = Settings(home=tmp_path, keys_dir=keys, audit_checkpoint_every=4, audit_checkpoint_seconds=3600)
+    return Auditor(engine, settings, signing.Signer.load(keys, "audit"))
+
+
+@pytest.fixture
+def filled(auditor: Auditor, engine: Engine) -> Engine:
+    """The log of one of each event, fed in batches of 4: a head is signed after each full batch."""
+    deliveries = _deliveries()
+    for start in range(0, len(deliveries), 4):
+        asyncio.run(auditor.handle_batch(deliveries[start : start + 4]))
+    return engine
+
+
+def _key(keys: Path) -> signing.Verifier:
+    return signing.Verifier.load(keys, "audit")
+
+
+def _verify(engine: Engine, keys: Path, published: list[store.Head] | None = None) -> Report:
+    with engine.connect() as conn:
+        return verify(conn, _key(keys), published or ())
+
+
+def _kinds(report: Report) -> list[tuple[str, int]]:
+    return [(p.kind, p.position) for p in report.problems]
+
+
+def _heads(engine: Engine) -> list[store.Head]:
+    with engine.connect() as conn:
+        return store.checkpoints(conn)
+
+
+def _row(engine: Engine, seq: int) -> dict[str, object]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(log_table).where(log_table.c.seq == seq)).one()._mapping)
+
+
+def test_an_untouched_log_verifies_against_its_heads(filled: Engine, keys: Path) -> None:
+    report = _verify(filled, keys)
+    assert report.ok, report.problems
+    assert report.rows == len(EVENT_TYPES)
+    heads = _heads(filled)
+    assert [h.size for h in heads] == list(range(4, len(EVENT_TYPES) + 1, 4))
+    assert report.signed == heads[-1].size
+
+
+def test_records_carry_who_what_when_where_and_trace(filled: Engine) -> None:
+    with filled.connect() as conn:
+        rows = {r.event_type: r for r in conn.execute(select(log_table))}
+    granted = rows["ApprovalGranted"]
+    assert (granted.service, granted.host) == ("charter.planner", "host-7")
+    assert granted.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert granted.actor
+    assert granted.outcome == "approved"
+    assert rows["ActionApproved"].policy_hash
+    assert rows["ActionRejected"].outcome == "denied"
+    assert rows["TriggerReceived"].source
+    assert rows["ActionExecuted"].outcome == "succeeded"
+    assert all((r.occurred_at is not None and r.agent is not None) or r.run_id is None for r in rows.values())
+
+
+def test_duplicates_are_not_appended(auditor: Auditor, filled: Engine) -> None:
+    asyncio.run(auditor.handle_batch(_deliveries()))
+    with filled.connect() as conn:
+        assert store.count(conn) == len(EVENT_TYPES)
+
+
+def test_undecodable_records_are_kept_as_evidence(auditor: Auditor, filled: Engine, keys: Path) -> None:
+    asyncio.run(auditor.handle_batch([Delivery("charter.triggers", 1, 9, None, b"not avro", (), 0)]))
+    last = _row(filled, len(EVENT_TYPES) + 1)
+    assert (last["event_type"], last["value"]) == ("Undecodable", b"not avro")
+    assert _verify(filled, keys).ok
+
+
+def test_a_changed_byte_is_named_at_its_row(filled: Engine, keys: Path) -> None:
+    value = bytearray(_row(filled, 5)["value"])  # type: ignore[call-overload]
+    value[-1] ^= 0x01
+    with filled.begin() as conn:
+        conn.execute(update(log_table).where(log_table.c.seq == 5).values(value=bytes(value)))
+    report = _verify(filled, keys)
+    assert _kinds(report)[0] == ("altered", 5)
+    assert ("mismatch", 8) in _kinds(report)  # the heads after it no longer match
+
+
+def test_a_changed_query_column_is_named(filled: Engine, keys: Path) -> None:
+    with filled.begin() as conn:
+        conn.execute(update(log_table).where(log_table.c.seq == 3).values(run_id="someone-else"))
+    report = _verify(filled, keys)
+    assert _kinds(report) == [("column", 3)]
+    assert "run_id" in report.problems[0].message
+
+
+def test_a_deleted_row_is_named(filled: Engine, keys: Path) -> None:
+    with filled.begin() as conn:
+        conn.execute(delete(log_table).where(log_table.c.seq == 7))
+    report = _verify(filled, keys)
+    assert _kinds(report)[0] == ("deleted", 7)
+    assert "rows 7 are missing" in report.problems[0].message
+
+
+def _renumber(engine: Engine, after: int, by: int) -> None:
+    """Shift the seq of every row after `after`, highest first (or lowest first going down)."""
+    with engine.connect() as conn:
+        seqs = sorted(conn.execute(select(log_table.c.seq).where(log_table.c.seq > after)).scalars())
+    with engine.begin() as conn:
+        for seq in sorted(seqs, reverse=by > 0):
+            conn.execute(update(log_table).where(log_table.c.seq == seq).values(seq=seq + by))
+
+
+def test_a_deleted_row_hidden_by_renumbering_is_named(filled: Engine, keys: Path) -> None:
+    with filled.begin() as conn:
+        conn.execute(delete(log_table).where(log_table.c.seq == 6))
+    _renumber(filled, 6, -1)
+    report = _verify(filled, keys)
+    assert _kinds(report)[0] == ("moved", 6)
+    assert "1 row(s) deleted before row 6" in report.problems[0].message
+
+
+def test_an_inserted_row_is_named(filled: Engine, keys: Path) -> None:
+    forged = _row(filled, 2) | {"event_id": "forged", "seq": 3}
+    _renumber(filled, 2, +1)
+    with filled.begin() as conn:
+        conn.execute(insert(log_table).values(**forged))
+    report = _verify(filled, keys)
+    assert ("moved", 3) in _kinds(report)
+    assert any("1 row(s) inserted at or before row 3" in p.message for p in report.problems)
+
+
+def test_reordered_rows_are_named(filled: Engine, keys: Path) -> None:
+    four, five = _row(filled, 4), _row(filled, 5)
+    with filled.begin() as conn:
+        for seq, other in ((4, five), (5, four)):
+            moved = {k: v for k, v in other.items() if k not in ("seq", "event_id")}
+            conn.execute(update(log_table).where(log_table.c.seq == seq).values(**moved, event_id=f"x{seq}"))
+    report = _verify(filled, keys)
+    assert {("moved", 4), ("moved", 5)} <= set(_kinds(report))
+
+
+def test_truncation_past_a_published_head_is_named(filled: Engine, keys: Path) -> None:
+    published = _heads(filled)
+    with filled.begin() as conn:
+        # The attacker cuts the log and the heads kept with it; the published heads remain.
+        conn.execute(delete(log_table).where(log_table.c.seq > 9))
+        conn.execute(delete(store.checkpoints_table).where(store.checkpoints_table.c.size > 9))
+    assert _verify(filled, keys).ok  # what the database alone shows is consistent...
+    report = _verify(filled, keys, published)
+    assert ("truncated", 9) in _kinds(report)  # ...but not with what was published
+    assert "rows 10..12 were removed" in report.problems[0].message
+
+
+def _rewrite(engine: Engine, first: int) -> None:
+    """Change rows from `first` on and recompute their canonical bytes and leaves consistently."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(log_table).where(log_table.c.seq >= first)).all()
+    with engine.begin() as conn:
+        for row in rows:
+            value = bytes(row.value) + b"!"
+            conn.execute(
+                update(log_table)
+                .where(log_table.c.seq == row.seq)
+                .values(value=value, leaf_hash=record.leaf(bytes(row.meta), record.value_digest(value)))
+            )
+
+
+def test_a_history_rewritten_with_fresh_hashes_is_named_a_fork(filled: Engine, keys: Path) -> None:
+    _rewrite(filled, 6)
+    report = _verify(filled, keys)
+    assert ("forked", 5) in _kinds(report)
+    assert "rows 5..8 were rewritten" in report.problems[0].message
+
+
+def test_a_rewritten_history_signed_again_conflicts_with_the_published_heads(
+    filled: Engine, keys: Path
+) -> None:
+    published = _heads(filled)
+    _rewrite(filled, 2)
+    signer = signing.Signer.load(keys, "audit")  # an insider with the key re-signs everything
+    with filled.begin() as conn:
+        conn.execute(delete(store.checkpoints_table))
+        tree = Tree.over(lambda: conn)
+        for head in published:
+            store.add_checkpoint(
+                conn, checkpoint.sign(signer, head.size, tree.root(head.size), head.signed_at_us)
+            )
+    assert _verify(filled, keys).ok
+    report = _verify(filled, keys, published)
+    assert "forked" in {k for k, _ in _kinds(report)}
+    assert any("two genuine heads" in p.message for p in report.problems)
+
+
+def test_a_forged_head_is_named(filled: Engine, keys: Path, tmp_path: Path) -> None:
+    signing.ensure_keys(tmp_path / "other", ("audit",))
+    other = signing.Signer.load(tmp_path / "other", "audit")
+    with filled.connect() as conn:
+        forged = checkpoint.sign(other, 3, Tree.over(lambda: conn).root(3), 1)
+    assert _kinds(_verify(filled, keys, [forged])) == [("forged", 3)]
+
+
+def test_inclusion_and_consistency_proofs(filled: Engine) -> None:
+    heads = _heads(filled)
+    with filled.connect() as conn:
+        tree = Tree.over(lambda: conn)
+        leaf = store.leaves(conn, 4, 1)[0]
+        old, new = heads[0], heads[-1]
+        inclusion = tree.inclusion(5, new.size)
+        consistency = tree.consistency(old.size, new.size)
+    check_inclusion(inclusion, leaf, new.root, 5, new.size)
+    check_consistency(consistency, (old.size, old.root), (new.size, new.root))
+    with pytest.raises(InvalidProof):
+        check_inclusion(inclusion, hashlib.sha256(b"other").digest(), new.root, 5, new.size)
+    with pytest.raises(InvalidProof):
+        check_inclusion(inclusion, leaf, new.root, 6, new.size)
+    with pytest.raises(InvalidProof):
+        check_consistency(consistency, (old.size, new.root), (new.size, new.root))
+
+
+def test_the_tree_is_rfc_6962s(filled: Engine) -> None:
+    def mth(leaves: list[bytes]) -> bytes:
+        if len(leaves) == 1:
+            return leaves[0]
+        k = 1 << ((len(leaves) - 1).bit_length() - 1)
+        return hashlib.sha256(b"\x01" + mth(leaves[:k]) + mth(leaves[k:])).digest()
+
+    with filled.connect() as conn:
+        leaves = store.leaves(conn, 0, 100)
+        assert all(Tree.over(lambda: conn).root(n) == mth(leaves[:n]) for n in range(1, len(leaves) + 1))
+
+
+def test_the_migrations_make_the_schema_the_code_uses(engine: Engine) -> None:
+    store.create(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), store.metadata)
+    # Alembic's own version table is the one difference.
+    assert [d for d in diff if not (d[0] == "remove_table" and d[1].name == migrations.VERSION_TABLE)] == []
+
+
+def test_a_hash_chain_log_from_before_alembic_is_migrated_and_verifies(
+    engine: Engine, keys: Path, tmp_path: Path
+) -> None:
+    migrations.upgrade(engine, "0001")
+    marker = "%s" if engine.dialect.name == "postgresql" else "?"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {migrations.VERSION_TABLE}")  # as `create_all` made it
+        conn.exec_driver_sql(
+            "INSERT INTO audit_log (seq, event_id, event_type, run_id, agent, tenant, topic, partition,"
+            " \"offset\", occurred_at, recorded_at_us, value, prev_hash, hash) VALUES (1, 'e1',"
+            f" 'TriggerReceived', NULL, NULL, 'acme', 'charter.triggers', 0, 0, NULL, 5, {marker},"
+            f" {marker}, {marker})",
+            (serde.encode(one_of_each()[0]), bytes(32), bytes(32)),
+        )
+    store.create(engine)
+    settings = Settings(home=tmp_path, keys_dir=keys, audit_checkpoint_every=4)
+    auditor = Auditor(engine, settings, signing.Signer.load(keys, "audit"))
+    asyncio.run(auditor.handle_batch(_deliveries(first_offset=100)))
+    report = _verify(engine, keys)
+    assert report.ok, report.problems
+    assert report.rows == 1 + len(EVENT_TYPES)
+
+
+def _customer_trigger() -> TriggerReceived:
+    return TriggerReceived.create(
+        event_id="trig-personal",
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        tenant="acme",
+        correlation_id="c1",
+        name="support.refund_requested",
+        data={"customer_id": "cust-42", "email": "ada@example.com", "amount": 25},
+        source="test",
+    )
+
+
+def _exported(conn: Connection, event_id: str) -> dict[str, Any]:
+    (found,) = [
+        r for r in views.export(conn, since=datetime(2000, 1, 1, tzinfo=UTC)) if r["event_id"] == event_id
+    ]
+    return found
+
+
+def test_personal_fields_are_sealed_and_a_purge_erases_them(
+    auditor: Auditor, filled: Engine, keys: Path, tmp_path: Path
+) -> None:
+    asyncio.run(auditor.handle_batch(_deliveries([_customer_trigger()], first_offset=50)))
+    row = _row(filled, len(EVENT_TYPES) + 1)
+    assert row["subject"] == "cust-42"
+    assert b"ada@example.com" not in row["value"]  # type: ignore[operator]
+    with filled.connect() as conn:
+        exported = _exported(conn, "trig-personal")
+        key = conn.execute(select(store.subject_keys_table.c.key)).scalar_one()
+        opened = personal.unseal(conn, "trig-personal", exported["event"], "cust-42")
+    assert opened["data"]["email"] == "ada@example.com"
+    assert opened["data"]["amount"] == 25
+    assert personal.purge(filled, "cust-42", "dpo@example.com")
+    with filled.connect() as conn:
+        exported = _exported(conn, "trig-personal")
+        gone = personal.unseal(conn, "trig-personal", exported["event"], "cust-42")
+    assert gone["data"]["email"] == personal.PURGED
+    assert gone["data"]["customer_id"] == "cust-42"
+    if filled.dialect.name == "sqlite":
+        files = list(tmp_path.glob("store.db*"))
+        assert files
+        assert all(key not in f.read_bytes() for f in files)
+    assert _verify(filled, keys).ok
+
+
+def test_retention_removes_event_bytes_and_the_log_still_verifies(filled: Engine, keys: Path) -> None:
+    rules = retention.parse("acme=1d,default=3650d")
+    later = datetime.now(UTC) + timedelta(days=2)
+    with filled.connect() as conn:
+        acme = conn.execute(select(log_table.c.seq).where(log_table.c.tenant == "acme")).scalars().all()
+    assert retention.apply(filled, rules, later, dry_run=True) == {"acme": len(acme)}
+    assert retention.apply(filled, rules, later) == {"acme": len(acme)}
+    assert _row(filled, acme[0])["value"] is None
+    assert _verify(filled, keys).ok
+    assert retention.apply(filled, rules, later) == {}
+
+
+def test_retention_rules_are_checked() -> None:
+    with pytest.raises(Exception, match="tenant=<number>"):
+        retention.parse("acme=ninety days")
