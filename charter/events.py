@@ -346,6 +346,7 @@ class PolicyReloaded(Event):
     files: list[str]
     valid: bool
     error: str | None = None
+    sources: JsonObject = {}
 
 
 class CheckpointSigned(Event):

@@ -201,6 +201,7 @@ def one_of_each() -> list[ev.Event]:
             "files": ["x.cedar"],
             "valid": True,
             "error": None,
+            "sources": {"x.cedar": "permit(principal, action, resource);"},
         },
     }
     return [cls.create(**_env(cls), **payload) for cls, payload in payloads.items()]  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""charter audit verify | proof | export | verify-bundle | purge | retention"""
+"""charter audit verify | proof | export | verify-bundle | replay-decisions | purge | retention"""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ from typing import Annotated
 
 import typer
 
-from charter import topics
+from charter import agents as agent_files
+from charter import serde, tools, topics
 from charter.cli.output import console
 from charter.cli.stores import open_store
 from charter.client import Client
 from charter.config import Settings
-from charter.errors import ConfigError
-from charter.events import CheckpointSigned
+from charter.errors import ConfigError, InvalidMessage
+from charter.events import CheckpointSigned, Event
 from charter.signing import Verifier
-from services.audit import bundle, checkpoint, personal, retention, store
+from services.audit import bundle, checkpoint, personal, redecide, retention, store
 from services.audit.merkle import InvalidProof, Tree, check_consistency, check_inclusion
 from services.audit.store import Head
 from services.audit.verify import Report
 from services.audit.verify import verify as verify_log
+from services.policy.bundle import PolicyBundle
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident record of every event.")
 proof_app = typer.Typer(no_args_is_help=True, help="Inclusion and consistency proofs (RFC 6962).")
@@ -219,3 +221,40 @@ def apply_retention(
         print(f"{tenant}: {verb} the event bytes of {count} records")
     if not removed:
         print("nothing is past its retention")
+
+
+@app.command("replay-decisions")
+def replay_decisions(
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run (its full id).")] = None,
+) -> None:
+    """Feed the recorded history back through the planner's and policy's decide functions, each
+    decision under the policy version it recorded, and check they give the outputs the log holds.
+    Names every divergence with the event that caused it; exit 1 if there is one."""
+    settings = Settings()
+    registry = tools.load(settings.tool_module_list())
+    agents = agent_files.load(settings.agents_dir, registry)
+    with open_store(settings, "audit").connect() as conn:
+        events = [e for _, value in store.values(conn) if (e := _decoded(value)) is not None]
+    result = redecide.replay(
+        events,
+        agents,
+        registry,
+        Verifier.load(settings.keys, "approvals"),
+        run_id=run_id,
+        known=[PolicyBundle.load(settings.policies_dir)],
+    )
+    skipped = "".join(f"; skipped {n} {why}" for why, n in sorted(result.skipped.items()))
+    if result.same:
+        print(f"replayed {result.inputs} recorded inputs: {result.outputs} outputs, all as recorded{skipped}")
+        return
+    print(f"replayed {result.inputs} recorded inputs: {len(result.divergences)} DIVERGENCES{skipped}")
+    for d in result.divergences:
+        print(f"  {d.decider} on {d.cause}: {d.difference}")
+    raise typer.Exit(1)
+
+
+def _decoded(value: bytes) -> Event | None:
+    try:
+        return serde.decode(value)
+    except InvalidMessage:
+        return None

@@ -33,6 +33,8 @@ class PolicyBundle:
     resources: ResourceCatalog = field(default_factory=ResourceCatalog)
     limits: LimitsFile = field(default_factory=LimitsFile)
     error: str | None = None
+    # Every file's text by name, as hashed: recorded with the bundle so it can be rebuilt.
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def infos(self) -> dict[str, PolicyInfo]:
@@ -42,20 +44,25 @@ class PolicyBundle:
     def load(cls, directory: Path) -> PolicyBundle:
         paths = sorted(directory.glob("*.cedar")) if directory.is_dir() else []
         extras = [directory / name for name in (RESOURCES, LIMITS) if (directory / name).is_file()]
-        texts = {p.name: p.read_text() for p in [*paths, *extras]}
+        return cls.of({p.name: p.read_text() for p in [*paths, *extras]}, str(directory))
+
+    @classmethod
+    def of(cls, texts: dict[str, str], where: str = "the bundle") -> PolicyBundle:
+        """The bundle these files make, whether read from a directory or from the record."""
         digest = hashlib.sha256()
         for name in sorted(texts):
             digest.update(name.encode() + b"\0" + texts[name].encode() + b"\0")
         files = tuple(sorted(texts))
+        cedar_files = [n for n in files if n.endswith(".cedar")]
         try:
-            if not paths:
-                raise ValueError(f"no *.cedar files in {directory}")
-            cedar = CedarPolicies([(p.name, texts[p.name]) for p in paths])
+            if not cedar_files:
+                raise ValueError(f"no *.cedar files in {where}")
+            cedar = CedarPolicies([(n, texts[n]) for n in cedar_files])
             resources = _model(ResourceCatalog, texts, RESOURCES)
             limits = _model(LimitsFile, texts, LIMITS)
         except (ValueError, yaml.YAMLError) as exc:
-            return cls(digest.hexdigest(), files, None, error=_one_line(exc))
-        return cls(digest.hexdigest(), files, cedar, resources, limits)
+            return cls(digest.hexdigest(), files, None, error=_one_line(exc), sources=dict(texts))
+        return cls(digest.hexdigest(), files, cedar, resources, limits, sources=dict(texts))
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -147,6 +147,7 @@ class Policy:
                 files=list(b.files),
                 valid=b.error is None,
                 error=b.error,
+                sources=b.sources,
             )
         )
 

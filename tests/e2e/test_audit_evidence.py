@@ -87,10 +87,9 @@ def test_a_runs_bundle_verifies_offline_in_another_process(stack: Stack, tmp_pat
     victim = next(r for r in records if r["attribution"]["event_type"] == "ActionExecuted")
     victim["event"]["action"]["parameters"]["amount"] = 3000
     tampered = elsewhere / "tampered.zip"
+    members["events.jsonl"] = "".join(json.dumps(r) + "\n" for r in records).encode()
     with zipfile.ZipFile(tampered, "w") as z:
         for name, data in members.items():
-            if name == "events.jsonl":
-                data = "".join(json.dumps(r) + "\n" for r in records).encode()
             z.writestr(name, data)
     broken = _alone("audit", "verify-bundle", "tampered.zip", cwd=elsewhere)
     assert broken.returncode == 1
@@ -161,3 +160,44 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
         timeout=60,
         check=False,
     )
+
+
+def test_recorded_decisions_replay_to_the_same_outputs(stack: Stack) -> None:
+    small = stack.publish("support.refund_requested", {"order_id": "R-1001", "amount": 30})
+    denied = stack.publish("support.refund_requested", {"order_id": "R-1002", "amount": 90_000})
+    for trigger in (small, denied):
+        wait_run_end(stack, run_id(trigger, "support-refunds"))
+    run = run_id(small, "support-refunds")
+    deadline = time.monotonic() + 10
+    while (one := stack.cli("audit", "replay-decisions", "--run", run, check=False)).returncode != 0:
+        # The audit may not have appended the run's last records yet.
+        assert time.monotonic() < deadline, one.stdout
+        time.sleep(0.5)
+    assert "all as recorded" in one.stdout
+    everything = stack.cli("audit", "replay-decisions", check=False)
+    assert everything.returncode == 0, everything.stdout
+    inputs = int(everything.stdout.split("replayed ")[1].split()[0])
+    assert inputs >= 6, everything.stdout
+
+
+def test_a_decision_that_would_now_differ_is_reported_with_its_cause(stack: Stack, tmp_path: Path) -> None:
+    trigger = stack.publish("support.refund_requested", {"order_id": "R-1003", "amount": 40})
+    run = run_id(trigger, "support-refunds")
+    wait_run_end(stack, run)
+    # The same history against an agent whose notify message has changed since.
+    agents = tmp_path / "agents"
+    shutil.copytree(stack.settings.agents_dir, agents)
+    playbook = agents / "support-refunds.yaml"
+    playbook.write_text(playbook.read_text().replace("We refunded", "We have refunded"))
+    env = {**stack.env, "CHARTER_AGENTS_DIR": str(agents)}
+    deadline = time.monotonic() + 10
+    while True:
+        changed = _run(["audit", "replay-decisions", "--run", run], env)
+        if "message" in changed.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert changed.returncode == 1
+    assert "1 DIVERGENCES" in changed.stdout
+    assert "planner on ActionExecuted" in changed.stdout
+    assert "action.parameters: replayed" in changed.stdout
+    assert "We have refunded 40 EUR" in changed.stdout
