@@ -23,6 +23,8 @@ from charter.events import DeadLettered, Event
 log = logging.getLogger(__name__)
 # Every record names the client and host that produced it, for the audit's "where".
 ORIGIN_HEADER = "charter-origin"
+# A record put back on a topic (a dead letter, a replay) names where it was read from.
+REPLAYED_FROM = "charter-replayed-from"
 
 
 @dataclass(frozen=True)
@@ -110,16 +112,20 @@ class Bus:
         return await self.send_record(route(self.settings, event))
 
     async def send_record(
-        self, out: Outgoing, headers: Sequence[tuple[str, bytes]] = ()
+        self, out: Outgoing, headers: Sequence[tuple[str, bytes]] = (), *, as_is: bool = False
     ) -> asyncio.Future[Any]:
         """Send bytes as they are (an event already routed, or a record being put back), with
-        the trace context and any extra headers."""
+        the trace context, the origin and any extra headers; `as_is`: with `headers` only (a
+        replayed record keeps the headers it had)."""
         if self._producer is None:
             raise RuntimeError("Bus.send before Bus.start")
         if self._in_txn:
             self._sent_in_txn += 1
         future: asyncio.Future[Any] = await self._producer.send(
-            out.topic, out.value, key=out.key, headers=[*telemetry.inject(), self._origin, *headers]
+            out.topic,
+            out.value,
+            key=out.key,
+            headers=list(headers) if as_is else [*telemetry.inject(), self._origin, *headers],
         )
         return future
 

@@ -43,6 +43,7 @@ class Received:
     headers: tuple[tuple[str, bytes], ...]
     event: Event | None
     error: str | None = None
+    value: bytes = b""  # the record's bytes as they are, for putting it back on a topic
 
     @property
     def trace_id(self) -> str | None:
@@ -82,12 +83,15 @@ class Client:
         with telemetry.tracer("charter.client").start_as_current_span(f"publish {event.envelope.event_type}"):
             await bus.publish(event)
 
-    async def send_record(self, out: Outgoing, headers: Sequence[tuple[str, bytes]] = ()) -> Any:
+    async def send_record(
+        self, out: Outgoing, headers: Sequence[tuple[str, bytes]] = (), *, as_is: bool = False
+    ) -> Any:
         """Publish a record's bytes as they are (a dead letter's original, say), and wait until
-        the broker has it; returns where it landed (topic, partition, offset)."""
+        the broker has it; returns where it landed (topic, partition, offset). `as_is`: with
+        `headers` only, not this client's trace context and origin."""
         bus = await self._producer()
         with telemetry.tracer("charter.client").start_as_current_span(f"publish to {out.topic}"):
-            return await (await bus.send_record(out, headers))
+            return await (await bus.send_record(out, headers, as_is=as_is))
 
     async def publish(
         self,
@@ -129,14 +133,24 @@ class Client:
 
     async def replay(
         self,
-        name: str,
-        *,
+        *names: str,
         from_offset: int | None = None,
         from_time: datetime | None = None,
         run_id: str | None = None,
+        until: datetime | None = None,
+        to_offset: int | None = None,
+        other_topics: bool = False,
     ) -> AsyncGenerator[Received, None]:
-        """The records of one topic from an offset, a time, or the beginning, up to its end."""
-        async with self._reader([name]) as (consumer, parts):
+        """The records of some topics from an offset, a time, or the beginning, up to their end,
+        or up to a time (`until`, exclusive) or an offset (`to_offset`, inclusive).
+        `other_topics`: names outside the contract are read as they are."""
+        window = _Window(
+            int(from_time.timestamp() * 1000) if from_time else None,
+            int(until.timestamp() * 1000) if until else None,
+            to_offset,
+            run_id,
+        )
+        async with self._reader(list(names), other_topics) as (consumer, parts):
             if from_time is not None:
                 await _seek_to_time(consumer, parts, from_time)
             elif from_offset is not None:
@@ -145,22 +159,40 @@ class Client:
             else:
                 await consumer.seek_to_beginning(*parts)
             ends = await consumer.end_offsets(parts)
-            floor_ms = int(from_time.timestamp() * 1000) if from_time else None
             while True:
                 batch = await consumer.getmany(timeout_ms=_QUIET_MS)
                 for records in batch.values():
                     for r in records:
                         item = _received(r)
-                        if floor_ms is not None and r.timestamp < floor_ms:
-                            continue
-                        if run_id is None or (item.event is not None and item.event.run_id == run_id):
+                        if window.admits(item):
                             yield item
                 if not batch and all(await _positions(consumer, parts, ends)):
                     return
 
-    def _reader(self, names: Sequence[str]) -> _Reader:
-        full = [topics.resolve(self.settings, n) for n in names] or topics.all_names(self.settings)
+    def _reader(self, names: Sequence[str], other: bool = False) -> _Reader:
+        full = [topics.resolve(self.settings, n, other=other) for n in names] or topics.all_names(
+            self.settings
+        )
         return _Reader(self.settings, full)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Which records a replay yields: a time range, an offset bound, one run."""
+
+    from_ms: int | None
+    until_ms: int | None
+    to_offset: int | None
+    run_id: str | None
+
+    def admits(self, item: Received) -> bool:
+        if self.from_ms is not None and item.timestamp_ms < self.from_ms:
+            return False
+        if self.until_ms is not None and item.timestamp_ms >= self.until_ms:
+            return False
+        if self.to_offset is not None and item.offset > self.to_offset:
+            return False
+        return self.run_id is None or (item.event is not None and item.event.run_id == self.run_id)
 
 
 class _Reader:
@@ -213,7 +245,15 @@ def _received(record: Any) -> Received:
         error = str(exc)
     headers = tuple(record.headers or ())
     return Received(
-        record.topic, record.partition, record.offset, record.key, record.timestamp, headers, event, error
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.timestamp,
+        headers,
+        event,
+        error,
+        record.value,
     )
 
 

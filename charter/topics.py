@@ -70,9 +70,12 @@ def all_names(settings: Settings) -> list[str]:
     return names + [dlq_name(n) for n in names]
 
 
-def resolve(settings: Settings, text: str) -> str:
-    """A topic as a user typed it (`runs`, `charter.runs`, `triggers.dlq`) to its full name."""
+def resolve(settings: Settings, text: str, *, other: bool = False) -> str:
+    """A topic as a user typed it (`runs`, `charter.runs`, `triggers.dlq`) to its full name;
+    `other`: a name outside the contract (a sandbox to replay into) is taken as it is."""
     full = text if text.startswith(settings.topic_prefix) else f"{settings.topic_prefix}{text}"
+    if other and full not in all_names(settings):
+        return text
     if full not in all_names(settings):
         known = ", ".join(n.removeprefix(settings.topic_prefix) for n in all_names(settings))
         raise ConfigError(f"unknown topic {text!r}; known: {known}")
@@ -84,6 +87,17 @@ def specs(settings: Settings) -> dict[str, int]:
     out = {name(settings, t): settings.partitions for t in Topic}
     out.update({dlq_name(n): settings.dlq_partitions for n in list(out)})
     return out
+
+
+async def ensure_other(settings: Settings, name: str) -> None:
+    """Create a topic outside the contract (with the contract's partition count) if missing."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap())
+    await admin.start()
+    try:
+        if name not in set(await admin.list_topics()):
+            await admin.create_topics([NewTopic(name, settings.partitions, settings.replication_factor)])
+    finally:
+        await admin.close()
 
 
 async def ensure(admin: AIOKafkaAdminClient, settings: Settings) -> list[str]:

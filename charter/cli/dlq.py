@@ -20,7 +20,7 @@ import typer
 from pydantic import ValidationError
 
 from charter import serde, topics
-from charter.bus import Outgoing, route
+from charter.bus import REPLAYED_FROM, Outgoing, route
 from charter.cli.output import console, table
 from charter.cli.stores import resolve_id
 from charter.client import Client, Received
@@ -28,7 +28,6 @@ from charter.config import Settings
 from charter.errors import ConfigError, InvalidMessage
 from charter.events import EVENT_TYPES, DeadLettered, Event
 
-REPLAYED_FROM = "charter-replayed-from"
 REASON_WIDTH = 80
 
 app = typer.Typer(

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from charter import topics
+from charter.bus import REPLAYED_FROM, Outgoing
 from charter.cli.output import console, received_json, received_line
 from charter.client import Client, Received
 from charter.config import Settings
@@ -89,35 +90,78 @@ def tail(
 
 
 def replay(
-    topic: Annotated[str, typer.Option("--topic", help="The topic to read, e.g. actions.proposed.")],
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--topic", help="A topic to read, e.g. actions.proposed; repeat for more (default: all)."
+        ),
+    ] = None,
     from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
     from_offset: Annotated[
         int | None, typer.Option("--from-offset", min=0, help="Start at this offset in every partition.")
     ] = None,
+    to_offset: Annotated[
+        int | None, typer.Option("--to-offset", min=0, help="Stop after this offset in every partition.")
+    ] = None,
     from_time: Annotated[
         datetime | None, typer.Option("--from-time", help="Start at this time (ISO 8601; UTC if no zone).")
     ] = None,
+    until: Annotated[
+        datetime | None, typer.Option("--until", help="Stop before this time (ISO 8601; UTC if no zone).")
+    ] = None,
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run's events (its full id).")] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Publish the records to this topic (any name; made if missing) instead of printing "
+            f"them: keys, headers and bytes as they were, marked with a {REPLAYED_FROM} header.",
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Print the decoded events of a range of one topic, through a fresh consumer that commits nothing."""
+    """Replay a range of records, by run, time or offset, through a fresh consumer that commits
+    nothing: printed decoded, or published to another topic (--to)."""
     chosen = sum([from_beginning, from_offset is not None, from_time is not None])
-    if chosen != 1:
-        raise ConfigError("give exactly one of --from-beginning, --from-offset N, --from-time ISO")
+    if chosen > 1 or (chosen == 0 and run_id is None):
+        raise ConfigError("give one of --from-beginning, --from-offset N, --from-time ISO (or only --run)")
     settings = Settings()
-    name = topics.resolve(settings, topic)
-    start = from_time.replace(tzinfo=from_time.tzinfo or UTC) if from_time else None
+    names = [topics.resolve(settings, t) for t in topic or []]
+    target = topics.resolve(settings, to, other=True) if to else None
+    if target and target in (names or topics.all_names(settings)):
+        raise ConfigError("--to must be another topic than the ones replayed")
+    window = dict(
+        from_offset=from_offset,
+        from_time=_utc(from_time),
+        until=_utc(until),
+        to_offset=to_offset,
+        run_id=run_id,
+    )
 
     async def go() -> int:
         count = 0
+        if target:
+            await topics.ensure_other(settings, target)
         async with Client(settings) as client:
-            async for received in client.replay(
-                name, from_offset=from_offset, from_time=start, run_id=run_id
-            ):
-                _print(received, as_json, settings.topic_prefix)
+            async for received in client.replay(*names, **window):  # type: ignore[arg-type]
+                if target:
+                    marker = (
+                        REPLAYED_FROM,
+                        f"{received.topic}:{received.partition}:{received.offset}".encode(),
+                    )
+                    out = Outgoing(target, received.key, received.value)
+                    await client.send_record(out, [*received.headers, marker], as_is=True)
+                else:
+                    _print(received, as_json, settings.topic_prefix)
                 count += 1
         return count
 
     count = asyncio.run(go())
-    if not as_json:
+    if target:
+        print(f"-- {count} records replayed to {target}")
+    elif not as_json:
         print(f"-- {count} events")
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    return at.replace(tzinfo=at.tzinfo or UTC) if at else None

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from charter.client import Client
+from charter.client import Client, Received
 from charter.events import RunCompleted
 from tests.e2e.conftest import Stack, run_events, run_id, stack_env, wait_run_end
 
@@ -138,3 +139,36 @@ def test_replay_prints_a_runs_events_and_exits(stack: Stack) -> None:
     assert all(r["trace_id"] for r in records)
     later = stack.cli("replay", "--topic", "runs", "--from-time", "2999-01-01T00:00:00").stdout
     assert later.strip() == "-- 0 events"
+
+
+def test_replay_by_run_across_topics_into_a_sandbox_topic_keeps_keys_and_headers(stack: Stack) -> None:
+    trigger = stack.publish("support.refund_requested", {"order_id": "R-1004", "amount": 30})
+    run = run_id(trigger, "support-refunds")
+    wait_run_end(stack, run)
+    sandbox = f"sandbox-{run[:8]}"
+    out = stack.cli("replay", "--run", run, "--to", sandbox).stdout
+    count = int(out.split("-- ")[1].split()[0])
+    assert count >= 8, out  # started, 3 proposals, 3 approvals, 3 results, completed
+
+    async def read(name: str, **window: Any) -> list[Received]:
+        async with Client(stack.settings) as client:
+            return [r async for r in client.replay(name, other_topics=True, **window)]
+
+    copies = asyncio.run(read(sandbox, from_offset=0))
+    originals = {
+        (r.topic, r.partition, r.offset): r
+        for topic in ("runs", "actions.proposed", "actions.approved", "actions.results")
+        for r in asyncio.run(read(topic, run_id=run))
+    }
+    assert len(copies) == count == len(originals)
+    for copy in copies:
+        marker = dict(copy.headers)["charter-replayed-from"].decode()
+        topic, partition, offset = marker.rsplit(":", 2)
+        original = originals[(topic, int(partition), int(offset))]
+        assert (copy.key, copy.value) == (original.key, original.value)
+        assert [h for h in copy.headers if h[0] != "charter-replayed-from"] == list(original.headers)
+    # A time range and an offset range select less.
+    none = stack.cli("replay", "--topic", "runs", "--from-beginning", "--until", "2000-01-01T00:00:00").stdout
+    assert none.strip() == "-- 0 events"
+    first = stack.cli("replay", "--topic", "runs", "--from-offset", "0", "--to-offset", "0", "--json").stdout
+    assert all(json.loads(line)["offset"] == 0 for line in first.splitlines())
