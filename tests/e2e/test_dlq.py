@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from charter import topics
-from charter.cli.dlq import REPLAYED_FROM
+from charter.bus import REPLAYED_FROM
 from charter.client import Client
 from charter.clock import new_id
 from charter.events import DeadLettered, Event, RunCompleted
