@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from charter import events as ev
-from charter import telemetry
 from charter.bus import ORIGIN_HEADER
 from charter.consumer import Delivery
 from services.audit.record import Attribution
 
 UNDECODABLE = "Undecodable"
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 _PLAIN: dict[type[ev.Event], str] = {
     ev.TriggerReceived: "received",
@@ -90,6 +91,17 @@ def source(event: ev.Event) -> str | None:
     return f"event:{cause}" if cause else None
 
 
+def trace_id(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The trace id of a W3C `traceparent` header (version-traceid-spanid-flags), read directly:
+    the propagator's general path cost more than the rest of the attribution."""
+    for key, value in headers:
+        if key == "traceparent":
+            parts = value.decode("latin-1").split("-")
+            if len(parts) >= 4 and _TRACE_ID.fullmatch(parts[1]) and parts[1] != "0" * 32:
+                return parts[1]
+    return None
+
+
 def origin(headers: Sequence[tuple[str, bytes]]) -> tuple[str | None, str | None]:
     """The producing service and host, from the header every Charter producer sets."""
     for key, value in headers:
@@ -110,7 +122,7 @@ def attribute(
         offset=delivery.offset,
         service=service,
         host=host,
-        trace_id=telemetry.trace_id_of(delivery.headers),
+        trace_id=trace_id(delivery.headers),
         subject=subject,
     )
     if event is None:

@@ -8,7 +8,9 @@ subtrees, which never change once written, so the service's tree costs O(new lea
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pymerkle import BaseMerkleTree, ConsistencyProof, InclusionProof, InvalidProof
@@ -18,7 +20,7 @@ from services.audit import store
 
 Fetch = Callable[[int, int], Sequence[bytes]]
 
-__all__ = ["InvalidProof", "Tree", "check_consistency", "check_inclusion"]
+__all__ = ["Frontier", "InvalidProof", "Tree", "check_consistency", "check_inclusion"]
 
 
 class Tree(BaseMerkleTree):  # type: ignore[misc]
@@ -64,6 +66,49 @@ class Tree(BaseMerkleTree):  # type: ignore[misc]
 
     def _get_size(self) -> int:
         return self._size()
+
+
+NODE_PREFIX = b"\x01"
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """A tree of `size` leaves as the roots of its perfect subtrees, largest first (RFC 6962's
+    compact range). Appending a leaf merges as many roots as the new size has trailing zero
+    bits, so the service keeps its root current at O(1) hashes a record, with no reads; pymerkle
+    builds the first one from the stored leaves, and a test holds both to the same roots."""
+
+    size: int
+    roots: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, tree: Tree, size: int) -> Frontier:
+        roots, offset = [], 0
+        for power in reversed(range(size.bit_length())):
+            if size >> power & 1:
+                roots.append(bytes(tree._get_subroot(offset, 1 << power)))
+                offset += 1 << power
+        return cls(size, tuple(roots))
+
+    def extended(self, leaves: Sequence[bytes]) -> Frontier:
+        roots, size = list(self.roots), self.size
+        for leaf in leaves:
+            roots.append(leaf)
+            size += 1
+            merges = size
+            while merges & 1 == 0:
+                right = roots.pop()
+                roots.append(hashlib.sha256(NODE_PREFIX + roots.pop() + right).digest())
+                merges >>= 1
+        return Frontier(size, tuple(roots))
+
+    def root(self) -> bytes:
+        if not self.roots:
+            return hashlib.sha256(b"").digest()
+        digest = self.roots[-1]
+        for left in reversed(self.roots[:-1]):
+            digest = hashlib.sha256(NODE_PREFIX + left + digest).digest()
+        return digest
 
 
 def check_inclusion(proof: dict[str, Any], leaf: bytes, root: bytes, index: int, size: int) -> None:

@@ -57,6 +57,11 @@ class Sealer:
                     return str(value)
         return None
 
+    def mentions(self, value: bytes) -> bool:
+        """Whether the encoded event may name a subject: payloads are JSON text inside the
+        Avro record, so a field name that is not in the bytes is in no payload."""
+        return any(b'"%s"' % name.encode() in value for name in self._subject_fields)
+
     def seal(self, conn: Connection, event: Event, now_us: int) -> tuple[bytes | None, str | None]:
         """The event's bytes with its personal fields sealed (None if nothing needed sealing),
         and the data subject it names."""

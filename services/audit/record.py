@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -51,7 +51,8 @@ class Attribution:
     subject: str | None
 
     def as_row(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every field, which dominated the append path.
+        return dict(vars(self))
 
 
 FIELDS = tuple(Attribution.__dataclass_fields__)

@@ -24,9 +24,9 @@ from sqlalchemy import Connection
 from charter.signing import Verifier
 from services.audit import record, store
 from services.audit.checkpoint import genuine
-from services.audit.merkle import Tree
-from services.audit.record import Attribution
-from services.audit.store import Head, Stored
+from services.audit.merkle import Frontier
+from services.audit.record import LEAF_PREFIX, Attribution
+from services.audit.store import Head, Row
 
 LIMIT = 50  # problems named one by one; the rest are counted
 
@@ -75,7 +75,9 @@ def _event_id(meta: bytes) -> str:
 
 
 class _Rows:
-    """The walk over the rows: leaves recomputed from content, problems named by position."""
+    """The walk over the rows: leaves recomputed from content, problems named by position.
+    `see` is the loop a large log runs a million times: the common case is kept to a few
+    hash calls and comparisons, and everything else goes to `_unusual`."""
 
     def __init__(self, report: Report) -> None:
         self.report = report
@@ -83,33 +85,47 @@ class _Rows:
         self.expected = 1
         self._shift: tuple[int, int] | None = None  # (first row, offset) of a run of moved rows
 
-    def see(self, row: Stored) -> None:
-        if row.seq != self.expected:
-            gap = f"{self.expected}" if row.seq == self.expected + 1 else f"{self.expected}..{row.seq - 1}"
+    def walk(self, rows: Iterable[Row]) -> None:
+        sha256, leaves, expected = hashlib.sha256, self.leaves, self.expected
+        append = leaves.append
+        for seq, meta, value, value_digest, stored_leaf in rows:
+            digest = sha256(value).digest() if value is not None else value_digest or b""
+            computed = sha256(LEAF_PREFIX + meta + digest).digest()
+            if (
+                seq != expected
+                or computed != stored_leaf
+                or not meta.startswith(b"%d\n" % seq)
+                or self._shift
+            ):
+                self.expected = expected
+                self._unusual(seq, meta, value, computed, stored_leaf)
+                expected = self.expected
+            append(computed)
+            expected += 1
+        self.expected = expected
+        self.report.rows = len(leaves)
+
+    def _unusual(self, seq: int, meta: bytes, value: bytes | None, computed: bytes, stored: bytes) -> None:
+        if seq != self.expected:
+            gap = f"{self.expected}" if seq == self.expected + 1 else f"{self.expected}..{seq - 1}"
             self.report.add("deleted", self.expected, f"rows {gap} are missing: deleted")
-            self.expected = row.seq
-        self._position(row)
-        digest = hashlib.sha256(row.value).digest() if row.value is not None else row.value_digest or b""
-        computed = record.leaf(row.meta, digest)
-        if computed != row.leaf_hash:
-            what = "its event bytes or attribution were" if row.value is not None else "its attribution was"
+            self.expected = seq
+        self._position(seq, meta)
+        if computed != stored:
+            what = "its event bytes or attribution were" if value is not None else "its attribution was"
             self.report.add(
                 "altered",
-                row.seq,
-                f"row {row.seq} (event {_event_id(row.meta)}) no longer matches its leaf hash: "
-                f"{what} altered",
+                seq,
+                f"row {seq} (event {_event_id(meta)}) no longer matches its leaf hash: {what} altered",
             )
-        self.leaves.append(computed)
-        self.expected += 1
-        self.report.rows += 1
 
-    def _position(self, row: Stored) -> None:
-        written = _written_for(row.meta)
-        offset = None if written == row.seq else (written or 0) - row.seq
+    def _position(self, seq: int, meta: bytes) -> None:
+        written = _written_for(meta)
+        offset = None if written == seq else (written or 0) - seq
         if self._shift and (offset is None or offset != self._shift[1]):
-            self._close(row.seq - 1)
+            self._close(seq - 1)
         if offset is not None and self._shift is None:
-            self._shift = (row.seq, offset)
+            self._shift = (seq, offset)
 
     def _close(self, last: int) -> None:
         if self._shift is None:
@@ -131,10 +147,9 @@ class _Rows:
         self._close(self.expected - 1)
 
 
-def check_rows(rows: Iterable[Stored], report: Report) -> list[bytes]:
+def check_rows(rows: Iterable[Row], report: Report) -> list[bytes]:
     walk = _Rows(report)
-    for row in rows:
-        walk.see(row)
+    walk.walk(rows)
     walk.done()
     return walk.leaves
 
@@ -142,9 +157,18 @@ def check_rows(rows: Iterable[Stored], report: Report) -> list[bytes]:
 ROW_KINDS = ("deleted", "altered", "moved")
 
 
+def roots_at(leaves: Sequence[bytes], sizes: Iterable[int]) -> dict[int, bytes]:
+    """The tree's root at each size, in one pass over the leaves."""
+    frontier, out = Frontier(0, ()), {}
+    for size in sorted({s for s in sizes if 0 <= s <= len(leaves)}):
+        frontier = frontier.extended(leaves[frontier.size : size])
+        out[size] = frontier.root()
+    return out
+
+
 def check_heads(leaves: Sequence[bytes], heads: Iterable[Head], key: Verifier, report: Report) -> None:
-    tree = Tree.of(leaves)
     distinct = sorted({(h.size, h.root, h.signature): h for h in heads}.values(), key=lambda h: h.size)
+    roots = roots_at(leaves, [*(h.size for h in distinct), len(leaves)])
     matched = 0
     broken: Head | None = None
     by_size: dict[int, Head] = {}
@@ -167,7 +191,7 @@ def check_heads(leaves: Sequence[bytes], heads: Iterable[Head], key: Verifier, r
                 f"{head.size}: rows {len(leaves) + 1}..{head.size} were removed",
             )
             continue
-        if tree.root(head.size) == head.root:
+        if roots[head.size] == head.root:
             if broken is not None:
                 report.add(
                     "forked",
@@ -181,7 +205,7 @@ def check_heads(leaves: Sequence[bytes], heads: Iterable[Head], key: Verifier, r
         broken = broken or head
         _mismatch(head, matched, report)
     report.signed = matched
-    report.root = tree.root(len(leaves)) if leaves else b""
+    report.root = roots[len(leaves)] if leaves else b""
 
 
 def _mismatch(head: Head, matched: int, report: Report) -> None:
