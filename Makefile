@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor clean
+.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -47,9 +47,13 @@ bench: $(STAMP) $(AGT)/.installed
 	$(BIN)/python bench/latency.py --broker kafka
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/executor.py
+	$(BIN)/python -m bench.audit
 
 bench-executor: $(STAMP)
 	$(BIN)/python bench/executor.py
+
+bench-audit: $(STAMP) postgres
+	$(BIN)/python -m bench.audit --postgres postgresql://charter:charter@127.0.0.1:5432/postgres
 
 bench-policy: $(STAMP) $(AGT)/.installed
 	$(BIN)/python bench/policy.py

@@ -1,1 +1,2 @@
-"""The audit service: every event on every topic, in a hash chain that shows any tampering."""
+"""The audit service: every event on every topic, as the leaves of a Merkle tree whose signed
+heads show any tampering."""

@@ -26,10 +26,11 @@ __all__ = ["Frontier", "InvalidProof", "Tree", "check_consistency", "check_inclu
 class Tree(BaseMerkleTree):  # type: ignore[misc]
     """A read-only view: leaves are appended by the store, never through the tree."""
 
-    def __init__(self, fetch: Fetch, size: Callable[[], int]) -> None:
+    def __init__(self, fetch: Fetch, size: Callable[[], int], tiles: Fetch | None = None) -> None:
         super().__init__("sha256")
         self._fetch = fetch
         self._size = size
+        self._tiles = tiles
 
     @classmethod
     def of(cls, leaves: Sequence[bytes]) -> Tree:
@@ -38,7 +39,11 @@ class Tree(BaseMerkleTree):  # type: ignore[misc]
     @classmethod
     def over(cls, conn: Callable[[], Connection]) -> Tree:
         """The log's tree, read through whichever connection `conn` returns at the time."""
-        return cls(lambda offset, width: store.leaves(conn(), offset, width), lambda: store.size(conn()))
+        return cls(
+            lambda offset, width: store.leaves(conn(), offset, width),
+            lambda: store.size(conn()),
+            lambda first, count: store.tiles(conn(), first, count),
+        )
 
     def root(self, size: int) -> bytes:
         return bytes(self.get_root(size))
@@ -66,6 +71,15 @@ class Tree(BaseMerkleTree):  # type: ignore[misc]
 
     def _get_size(self) -> int:
         return self._size()
+
+    def _get_subroot_uncached(self, offset: int, width: int) -> bytes:
+        # A subtree in the tree is aligned to its width: one of TILE leaves or more is made of
+        # whole tiles, whose stored roots save reading its leaves.
+        if self._tiles is not None and width >= store.TILE and offset % store.TILE == 0:
+            roots = self._tiles(offset // store.TILE, width // store.TILE)
+            if len(roots) == width // store.TILE:
+                return store.perfect_root(roots)
+        return bytes(super()._get_subroot_uncached(offset, width))
 
 
 NODE_PREFIX = b"\x01"

@@ -256,4 +256,19 @@ def verify(conn: Connection, key: Verifier, published: Iterable[Head] = (), *, d
     check_heads(leaves, [*store.checkpoints(conn), *published], key, report)
     if deep:
         check_columns(store.attributions(conn), report)
+        check_tiles(leaves, store.tiles(conn, 0, len(leaves) // store.TILE), report)
     return report
+
+
+def check_tiles(leaves: Sequence[bytes], stored: Sequence[bytes], report: Report) -> None:
+    """The stored tile roots proofs are built from, against the leaves (a wrong one would make
+    proofs that fail, not false ones: this names it before anyone asks for a proof)."""
+    for tile in range(len(leaves) // store.TILE):
+        start = tile * store.TILE
+        root = store.perfect_root(leaves[start : start + store.TILE])
+        if tile >= len(stored) or stored[tile] != root:
+            report.add(
+                "tile",
+                start + 1,
+                f"the proof tile of rows {start + 1}..{start + store.TILE} is missing or wrong",
+            )

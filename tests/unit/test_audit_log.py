@@ -263,6 +263,35 @@ def test_inclusion_and_consistency_proofs(filled: Engine) -> None:
         check_consistency(consistency, (old.size, new.root), (new.size, new.root))
 
 
+def test_proofs_from_tiles_are_the_proofs_from_leaves(auditor: Auditor, engine: Engine, keys: Path) -> None:
+    values = [serde.encode(e) for e in one_of_each()]
+    deliveries = [Delivery("charter.x", 0, i, b"k", values[i % len(values)], HEADERS, 0) for i in range(700)]
+    # Distinct event ids: the same bytes under 700 ids would be deduplicated to 23.
+    for start in range(0, 700, 100):
+        batch = [replace_id(d, f"ev-{d.offset}") for d in deliveries[start : start + 100]]
+        asyncio.run(auditor.handle_batch(batch))
+    with engine.connect() as conn:
+        leaves = store.leaves(conn, 0, 700)
+        assert len(store.tiles(conn, 0, 10)) == 700 // store.TILE
+        tiled, plain = Tree.over(lambda: conn), Tree.of(leaves)
+        for index, size in ((1, 700), (300, 700), (513, 600), (700, 700)):
+            assert tiled.inclusion(index, size) == plain.inclusion(index, size)
+        assert tiled.consistency(256, 700) == plain.consistency(256, 700)
+        assert tiled.root(700) == mth(leaves)
+    assert _verify(engine, keys).ok
+    with engine.begin() as conn:
+        conn.execute(update(store.tiles_table).where(store.tiles_table.c.tile == 1).values(root=bytes(32)))
+    assert _kinds(_verify(engine, keys)) == [("tile", 257)]
+
+
+def replace_id(delivery: Delivery, event_id: str) -> Delivery:
+    event = serde.decode(delivery.value)
+    renamed = event.model_copy(update={"envelope": event.envelope.model_copy(update={"event_id": event_id})})
+    return Delivery(
+        delivery.topic, delivery.partition, delivery.offset, delivery.key, serde.encode(renamed), HEADERS, 0
+    )
+
+
 def test_signed_roots_are_rfc_6962_roots_of_the_stored_leaves(filled: Engine) -> None:
     with filled.connect() as conn:
         leaves = store.leaves(conn, 0, 100)
