@@ -30,7 +30,6 @@ app = typer.Typer(no_args_is_help=True, help="The tamper-evident record of every
 proof_app = typer.Typer(no_args_is_help=True, help="Inclusion and consistency proofs (RFC 6962).")
 app.add_typer(proof_app, name="proof")
 
-When = Annotated[datetime | None, typer.Option(help="ISO 8601; UTC if no zone.")]
 
 
 def _key(settings: Settings) -> Verifier:
@@ -147,13 +146,17 @@ def proof_consistency(
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="The bundle to write (a zip file).")],
     run_id: Annotated[str | None, typer.Option("--run", help="One run's records (its full id).")] = None,
-    since: When = None,
-    until: When = None,
+    since: Annotated[
+        datetime | None, typer.Option("--from", help="Records from this time (ISO 8601; UTC if no zone).")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option("--to", help="Records before this time (ISO 8601; UTC if no zone).")
+    ] = None,
 ) -> None:
     """Write an evidence bundle: the records as JSONL, their inclusion proofs, the signed head
     and the public key. `charter audit verify-bundle` checks it with nothing else."""
     if not (run_id or since or until):
-        raise ConfigError("give --run ID, or --since/--until")
+        raise ConfigError("give --run ID, or --from/--to")
     settings = Settings()
     with open_store(settings, "audit").connect() as conn:
         count, head = bundle.export(

@@ -121,3 +121,16 @@ def init() -> None:
         f"keys in {settings.keys}: created {', '.join(created) or 'none'}; kept {', '.join(kept) or 'none'}",
         markup=False,
     )
+
+
+@keys_app.command("show")
+def show() -> None:
+    """Print each signing key's id (SHA-256 of the public key): what `charter audit verify-bundle
+    --key-id` pins, and what others compare before trusting a signature."""
+    settings = Settings()
+    for name in signing.SIGNERS:
+        try:
+            key_id = signing.Verifier.load(settings.keys, name).key_id
+        except ConfigError:
+            key_id = "(none: run `charter keys init`)"
+        console.print(f"{name:<10} {key_id}", markup=False)

@@ -151,11 +151,17 @@ def verify_bundle(path: Path) -> BundleCheck:
     if not checkpoint.genuine(head, key):
         result.problems.append("the tree head's signature does not verify with the bundled key")
         return result
-    by_seq = {int(p["seq"]): p["proof"] for p in map(json.loads, proofs)}
-    for text in events:
-        line = json.loads(text)
-        proof = by_seq.get(int(line["seq"]))
-        problem = "no inclusion proof" if proof is None else _check_line(line, proof, head)
+    try:
+        by_seq = {int(p["seq"]): p["proof"] for p in map(json.loads, proofs)}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"bundle {path}: proofs.jsonl is malformed: {exc}") from exc
+    for number, text in enumerate(events, 1):
+        try:
+            line = json.loads(text)
+            proof = by_seq.get(int(line["seq"]))
+            problem = "no inclusion proof" if proof is None else _check_line(line, proof, head)
+        except (ValueError, KeyError, TypeError, InvalidMessage) as exc:
+            problem = f"line {number} of events.jsonl is malformed: {exc}"
         if problem:
             result.problems.append(problem)
         result.records += 1

@@ -67,9 +67,15 @@ def test_a_runs_bundle_verifies_offline_in_another_process(stack: Stack, tmp_pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(bundle, elsewhere / "evidence.zip")
-    ok = _alone("audit", "verify-bundle", "evidence.zip", cwd=elsewhere)
+    key_id = next(
+        line.split()[1] for line in stack.cli("keys", "show").stdout.splitlines() if line.startswith("audit")
+    )
+    ok = _alone("audit", "verify-bundle", "evidence.zip", "--key-id", key_id, cwd=elsewhere)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "bundle verified" in ok.stdout
+    foreign = _alone("audit", "verify-bundle", "evidence.zip", "--key-id", "0" * 64, cwd=elsewhere)
+    assert foreign.returncode == 1
+    assert f"signed by key {key_id}, not the required" in foreign.stdout
     assert not (elsewhere / "nothing-here").exists()  # it opened no store and made no home
 
     with zipfile.ZipFile(bundle) as z:
