@@ -31,7 +31,6 @@ proof_app = typer.Typer(no_args_is_help=True, help="Inclusion and consistency pr
 app.add_typer(proof_app, name="proof")
 
 
-
 def _key(settings: Settings) -> Verifier:
     return Verifier.load(settings.keys, "audit")
 
@@ -152,6 +151,12 @@ def export(
     until: Annotated[
         datetime | None, typer.Option("--to", help="Records before this time (ISO 8601; UTC if no zone).")
     ] = None,
+    open_personal: Annotated[
+        bool,
+        typer.Option(
+            "--open-personal", help="Also write the sealed personal fields opened (where not purged)."
+        ),
+    ] = False,
 ) -> None:
     """Write an evidence bundle: the records as JSONL, their inclusion proofs, the signed head
     and the public key. `charter audit verify-bundle` checks it with nothing else."""
@@ -160,7 +165,13 @@ def export(
     settings = Settings()
     with open_store(settings, "audit").connect() as conn:
         count, head = bundle.export(
-            conn, _key(settings), out, run_id=run_id, since=_utc(since), until=_utc(until)
+            conn,
+            _key(settings),
+            out,
+            run_id=run_id,
+            since=_utc(since),
+            until=_utc(until),
+            open_personal=open_personal,
         )
     print(
         f"wrote {out}: {count} records, proven in the head of size {head.size} (root {head.root.hex()[:16]})"
@@ -182,9 +193,15 @@ def verify_bundle(
     if key_id and head.key_id != key_id:
         result.problems.append(f"signed by key {head.key_id}, not the required {key_id}")
     if result.ok:
+        pinned = (
+            "the required key"
+            if key_id
+            else "the key in the bundle, NOT PINNED: compare its id with the audit key's "
+            "(`charter keys show`), or pass --key-id"
+        )
         console.print(
             f"bundle verified: {result.records} records proven in the head of size {head.size} "
-            f"signed at {checkpoint.as_json(head)['signed_at']} by key {head.key_id[:16]}",
+            f"signed at {checkpoint.as_json(head)['signed_at']} by key {head.key_id}, {pinned}",
             markup=False,
         )
         return

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
+from dataclasses import replace
+
+from sqlalchemy import String
 
 from charter import events as ev
 from charter.bus import ORIGIN_HEADER
 from charter.consumer import Delivery
 from services.audit.record import Attribution
+from services.audit.store import log_table
 
 UNDECODABLE = "Undecodable"
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -111,7 +116,35 @@ def origin(headers: Sequence[tuple[str, bytes]]) -> tuple[str | None, str | None
     return None, None
 
 
+# The widths of the log's text columns. Producers choose these values (ids, names, headers):
+# one too long for PostgreSQL would fail its batch again at every redelivery and stop the audit,
+# so each is fitted; the event's bytes keep the full value.
+_WIDTHS = {c.name: c.type.length for c in log_table.columns if isinstance(c.type, String) and c.type.length}
+
+
+def _fit(value: str, width: int) -> str:
+    if len(value) <= width:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+    return f"{value[: width - 25]}…sha256:{digest}"
+
+
+def fitted(a: Attribution) -> Attribution:
+    changes = {
+        name: _fit(value, width)
+        for name, width in _WIDTHS.items()
+        if isinstance(value := getattr(a, name, None), str) and len(value) > width
+    }
+    return replace(a, **changes) if changes else a  # type: ignore[arg-type]
+
+
 def attribute(
+    delivery: Delivery, event: ev.Event | None, recorded_at_us: int, subject: str | None
+) -> Attribution:
+    return fitted(_attribute(delivery, event, recorded_at_us, subject))
+
+
+def _attribute(
     delivery: Delivery, event: ev.Event | None, recorded_at_us: int, subject: str | None
 ) -> Attribution:
     service, host = origin(delivery.headers)

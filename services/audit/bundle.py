@@ -46,7 +46,7 @@ def _selected(
     yield from conn.execute(query.execution_options(yield_per=1000))
 
 
-def _event_json(conn: Connection, row: Any) -> tuple[Any, Any]:
+def _event_json(conn: Connection, row: Any, open_personal: bool) -> tuple[Any, Any]:
     if row.value is None:
         return None, None
     try:
@@ -54,6 +54,8 @@ def _event_json(conn: Connection, row: Any) -> tuple[Any, Any]:
     except InvalidMessage:
         return None, None
     decoded = event.model_dump(mode="json", context={"objects": True})
+    if not open_personal:
+        return decoded, None
     opened = personal.unseal(conn, event.event_id, json.loads(json.dumps(decoded)), row.subject)
     return decoded, (opened if opened != decoded else None)
 
@@ -66,6 +68,7 @@ def export(
     run_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    open_personal: bool = False,
 ) -> tuple[int, store.Head]:
     """Write the bundle; return how many records it holds and the head they are proven in."""
     head = store.latest_checkpoint(conn)
@@ -81,7 +84,7 @@ def export(
     tree = Tree.over(lambda: conn)
     events, proofs = io.StringIO(), io.StringIO()
     for row in rows:
-        decoded, opened = _event_json(conn, row)
+        decoded, opened = _event_json(conn, row, open_personal)
         line = {
             "seq": row.seq,
             "meta": base64.b64encode(row.meta).decode(),
@@ -128,11 +131,28 @@ def _check_line(line: dict[str, Any], proof: dict[str, Any], head: store.Head) -
         check_inclusion(proof, leaf, head.root, seq, head.size)
     except InvalidProof as exc:
         return f"record {seq}: not proven in the signed head ({exc}): altered or not in the log"
-    if value is not None and line["event"] is not None:
-        event = serde.decode(value).model_dump(mode="json", context={"objects": True})
-        if event != line["event"]:
-            return f"record {seq}: the decoded event shown differs from its signed bytes"
+    if value is None:
+        if line["event"] is not None or line["personal_opened"] is not None:
+            return f"record {seq}: an event is shown for bytes removed under retention"
+        return None
+    event = serde.decode(value).model_dump(mode="json", context={"objects": True}) if line["event"] else None
+    if line["event"] is not None and event != line["event"]:
+        return f"record {seq}: the decoded event shown differs from its signed bytes"
+    if line["personal_opened"] is not None and not _opens(line["event"], line["personal_opened"]):
+        return f"record {seq}: the personal data shown opened differs from the event beyond its sealed fields"
     return None
+
+
+def _opens(sealed: Any, opened: Any) -> bool:
+    """`opened` is `sealed` with sealed values replaced, and nothing else changed. (What a sealed
+    value held cannot be checked without its subject's key; that it is where one was, can.)"""
+    if isinstance(sealed, str) and sealed.startswith(personal.SEALED):
+        return True
+    if isinstance(sealed, dict) and isinstance(opened, dict):
+        return sealed.keys() == opened.keys() and all(_opens(sealed[k], opened[k]) for k in sealed)
+    if isinstance(sealed, list) and isinstance(opened, list):
+        return len(sealed) == len(opened) and all(_opens(a, b) for a, b in zip(sealed, opened, strict=True))
+    return bool(sealed == opened)
 
 
 def verify_bundle(path: Path) -> BundleCheck:

@@ -139,7 +139,10 @@ class CedarPolicies:
             entities,
         )
         diagnostics = result.diagnostics
-        return Verdict(result.allowed, tuple(diagnostics.reasons), tuple(diagnostics.errors))
+        # Cedar reports the determining policies as a set, in no stable order: sorted, the same
+        # request gives the same decision, byte for byte, in every process (replay-decisions
+        # found two recorded in the other order).
+        return Verdict(result.allowed, tuple(sorted(diagnostics.reasons)), tuple(diagnostics.errors))
 
 
 def _may_apply(scope: dict[str, Any], tool: str) -> bool:

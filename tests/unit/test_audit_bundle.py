@@ -4,6 +4,8 @@ doctoring one is caught."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import zipfile
 from collections.abc import Callable
@@ -89,6 +91,21 @@ def _other_root(members: dict[str, bytes]) -> None:
     members["head.json"] = json.dumps(head).encode()
 
 
+def _event_for_removed_bytes(members: dict[str, bytes]) -> None:
+    lines = _lines(members, "events.jsonl")
+    value = base64.b64decode(lines[0]["value"])
+    lines[0]["value"], lines[0]["value_digest"] = None, hashlib.sha256(value).hexdigest()
+    _put(members, "events.jsonl", lines)
+
+
+def _opened_beyond_sealed(members: dict[str, bytes]) -> None:
+    lines = _lines(members, "events.jsonl")
+    opened = json.loads(json.dumps(lines[0]["event"]))
+    opened["envelope"]["tenant"] = "someone-else"
+    lines[0]["personal_opened"] = opened
+    _put(members, "events.jsonl", lines)
+
+
 def _garbage_line(members: dict[str, bytes]) -> None:
     members["events.jsonl"] += b"{not json\n"
 
@@ -102,6 +119,8 @@ def _garbage_line(members: dict[str, bytes]) -> None:
         (_bent_proof, "not proven in the signed head"),
         (_other_root, "signature does not verify"),
         (_garbage_line, "is malformed"),
+        (_event_for_removed_bytes, "an event is shown for bytes removed under retention"),
+        (_opened_beyond_sealed, "differs from the event beyond its sealed fields"),
     ],
 )
 def test_a_doctored_bundle_is_caught(

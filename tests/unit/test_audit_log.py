@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -306,27 +309,51 @@ def test_the_migrations_make_the_schema_the_code_uses(engine: Engine) -> None:
     assert [d for d in diff if not (d[0] == "remove_table" and d[1].name == migrations.VERSION_TABLE)] == []
 
 
+LEGACY = importlib.import_module("services.audit.migrations.versions.0002_transparency_log")
+
+
+def _legacy_log(engine: Engine, rows: int, *, break_at: int | None = None) -> None:
+    """A log as the hash chain wrote it before Alembic: `create_all`'s tables, no version table."""
+    migrations.upgrade(engine, "0001")
+    chain = sa.table(
+        "audit_log", *(sa.column(c) for c in ("seq", "event_id", "event_type", "run_id", "agent", "tenant")),
+        *(sa.column(c) for c in ("topic", "partition", "offset", "occurred_at", "recorded_at_us", "value")),
+        sa.column("prev_hash"), sa.column("hash"),
+    )  # fmt: skip
+    prev = bytes(32)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {migrations.VERSION_TABLE}")
+        for seq, event in enumerate(one_of_each()[:rows], 1):
+            row = SimpleNamespace(
+                seq=seq, event_id=event.event_id, event_type=event.envelope.event_type, run_id=event.run_id,
+                agent=event.envelope.agent, tenant="acme", topic="charter.runs", partition=0, offset=seq,
+                occurred_at=event.envelope.occurred_at, recorded_at_us=5, value=serde.encode(event),
+            )  # fmt: skip
+            digest = LEGACY._chain_hash(prev, row)
+            if seq == break_at:
+                row.value += b"!"  # changed after it was chained
+            conn.execute(insert(chain).values(**vars(row), prev_hash=prev, hash=digest))
+            prev = digest
+
+
 def test_a_hash_chain_log_from_before_alembic_is_migrated_and_verifies(
     engine: Engine, keys: Path, tmp_path: Path
 ) -> None:
-    migrations.upgrade(engine, "0001")
-    marker = "%s" if engine.dialect.name == "postgresql" else "?"
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP TABLE {migrations.VERSION_TABLE}")  # as `create_all` made it
-        conn.exec_driver_sql(
-            "INSERT INTO audit_log (seq, event_id, event_type, run_id, agent, tenant, topic, partition,"
-            " \"offset\", occurred_at, recorded_at_us, value, prev_hash, hash) VALUES (1, 'e1',"
-            f" 'TriggerReceived', NULL, NULL, 'acme', 'charter.triggers', 0, 0, NULL, 5, {marker},"
-            f" {marker}, {marker})",
-            (serde.encode(one_of_each()[0]), bytes(32), bytes(32)),
-        )
+    _legacy_log(engine, 3)
     store.create(engine)
     settings = Settings(home=tmp_path, keys_dir=keys, audit_checkpoint_every=4)
     auditor = Auditor(engine, settings, signing.Signer.load(keys, "audit"))
     asyncio.run(auditor.handle_batch(_deliveries(first_offset=100)))
     report = _verify(engine, keys)
     assert report.ok, report.problems
-    assert report.rows == 1 + len(EVENT_TYPES)
+    assert report.rows == len(EVENT_TYPES)  # the three old ones are deduplicated by id, 20 new
+    assert _row(engine, 1)["occurred_at"] is not None
+
+
+def test_a_broken_hash_chain_is_not_laundered_into_leaves(engine: Engine) -> None:
+    _legacy_log(engine, 3, break_at=2)
+    with pytest.raises(RuntimeError, match="hash chain is broken at row 2"):
+        store.create(engine)
 
 
 def _customer_trigger() -> TriggerReceived:

@@ -7,12 +7,13 @@ The chain's columns go: the signed tree heads replace them.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from datetime import UTC
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from services.audit import record
 
 revision = "0002"
 down_revision = "0001"
@@ -32,20 +33,80 @@ NEW: tuple[tuple[str, sa.types.TypeEngine[Any]], ...] = (
 )
 
 
+# Frozen here as they were at this revision: a migration must do tomorrow what it did today,
+# whatever the application code becomes.
+FIELDS = (
+    "event_id", "event_type", "run_id", "agent", "actor", "tenant", "occurred_at", "recorded_at_us",
+    "topic", "partition", "offset", "service", "host", "source", "outcome", "policy_hash", "trace_id",
+    "subject",
+)  # fmt: skip
+CHAIN = ("seq", "event_id", "event_type", "run_id", "topic", "partition", "offset", "recorded_at_us", "value")
+PAGE = 5_000
+ADDED = ("actor", "service", "host", "source", "outcome", "policy_hash", "trace_id", "subject")
+
+
+def _chain_hash(prev: bytes, row: Any) -> bytes:
+    """The hash chain's row hash (the schema before this revision)."""
+    digest = hashlib.sha256(prev)
+    for name in CHAIN:
+        value = getattr(row, name)
+        field = bytes(value) if name == "value" else str(value if value is not None else "").encode()
+        digest.update(len(field).to_bytes(8, "big"))
+        digest.update(field)
+    return digest.digest()
+
+
+def _meta(seq: int, row: Any) -> bytes:
+    # What the chain recorded; the attribution it did not know is empty.
+    values = [None if f in ADDED else getattr(row, f) for f in FIELDS]
+    at = row.occurred_at
+    if at is not None:
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+        values[FIELDS.index("occurred_at")] = at.isoformat(timespec="microseconds")
+    return b"%d\n" % seq + json.dumps(values, separators=(",", ":"), ensure_ascii=True).encode()
+
+
 def _backfill() -> None:
+    """Check the old chain, then give each row its canonical bytes and leaf. A broken chain
+    stops the migration: new leaves over tampered rows would make them verify."""
     conn = op.get_bind()
     log = sa.table(
         "audit_log",
-        *(sa.column(c) for c in ("seq", "meta", "leaf_hash", "value")),
-        *(sa.column(f) for f in record.FIELDS),
+        sa.column("seq", sa.BigInteger),
+        sa.column("event_id", sa.String),
+        sa.column("event_type", sa.String),
+        sa.column("run_id", sa.String),
+        sa.column("agent", sa.String),
+        sa.column("tenant", sa.String),
+        sa.column("topic", sa.String),
+        sa.column("partition", sa.Integer),
+        sa.column("offset", sa.BigInteger),
+        sa.column("occurred_at", sa.DateTime(timezone=True)),
+        sa.column("recorded_at_us", sa.BigInteger),
+        sa.column("value", sa.LargeBinary),
+        sa.column("prev_hash", sa.LargeBinary),
+        sa.column("hash", sa.LargeBinary),
+        sa.column("meta", sa.LargeBinary),
+        sa.column("leaf_hash", sa.LargeBinary),
     )
-    rows = conn.execute(sa.select(log).where(log.c.meta.is_(None)).order_by(log.c.seq)).all()
-    for row in rows:
-        fields = {f: getattr(row, f) for f in record.FIELDS}
-        attribution = record.Attribution(**fields)
-        meta = record.encode_meta(row.seq, attribution)
-        leaf = record.leaf(meta, record.value_digest(bytes(row.value)))
-        conn.execute(sa.update(log).where(log.c.seq == row.seq).values(meta=meta, leaf_hash=leaf))
+    prev, expected, after = bytes(32), 1, 0
+    while rows := conn.execute(sa.select(log).where(log.c.seq > after).order_by(log.c.seq).limit(PAGE)).all():
+        for row in rows:
+            fine = (
+                row.seq == expected
+                and bytes(row.prev_hash) == prev
+                and _chain_hash(prev, row) == bytes(row.hash)
+            )
+            if not fine:
+                raise RuntimeError(
+                    f"the audit log's hash chain is broken at row {row.seq}: it is not migrated, since "
+                    "new leaves would make tampered rows verify; restore the audit store from a backup"
+                )
+            meta = _meta(row.seq, row)
+            leaf = hashlib.sha256(b"\x00" + meta + hashlib.sha256(bytes(row.value)).digest()).digest()
+            conn.execute(sa.update(log).where(log.c.seq == row.seq).values(meta=meta, leaf_hash=leaf))
+            prev, expected = bytes(row.hash), expected + 1
+        after = rows[-1].seq
 
 
 def upgrade() -> None:
