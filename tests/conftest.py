@@ -7,6 +7,7 @@ that needs it fails when it is missing; it is never skipped.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -48,8 +49,22 @@ def postgres_url() -> Iterator[str]:
     try:
         yield f"{base}/{name}"
     finally:
-        with _admin() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop(name)
+
+
+def _drop(name: str) -> None:
+    # FORCE ends the test's own connections; an autovacuum worker that has just started on the
+    # database (a test wrote enough to trigger one) belongs to the superuser and cannot be ended
+    # by this role, but it gives way within moments.
+    for attempt in range(50):
+        try:
+            with _admin() as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

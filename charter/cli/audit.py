@@ -11,13 +11,13 @@ from typing import Annotated
 import typer
 
 from charter import agents as agent_files
-from charter import serde, tools, topics
+from charter import tools, topics
 from charter.cli.output import console
 from charter.cli.stores import open_store
 from charter.client import Client
 from charter.config import Settings
-from charter.errors import ConfigError, InvalidMessage
-from charter.events import CheckpointSigned, Event
+from charter.errors import ConfigError
+from charter.events import CheckpointSigned
 from charter.signing import Verifier
 from services.audit import bundle, checkpoint, personal, redecide, retention, store
 from services.audit.merkle import InvalidProof, Tree, check_consistency, check_inclusion
@@ -254,7 +254,7 @@ def replay_decisions(
     registry = tools.load(settings.tool_module_list())
     agents = agent_files.load(settings.agents_dir, registry)
     with open_store(settings, "audit").connect() as conn:
-        events = [e for _, value in store.values(conn) if (e := _decoded(value)) is not None]
+        events, purged = personal.history(conn)
     result = redecide.replay(
         events,
         agents,
@@ -263,6 +263,8 @@ def replay_decisions(
         run_id=run_id,
         known=[PolicyBundle.load(settings.policies_dir)],
     )
+    if purged:
+        result.skipped["events whose personal data was purged"] = purged
     skipped = "".join(f"; skipped {n} {why}" for why, n in sorted(result.skipped.items()))
     if result.same:
         print(f"replayed {result.inputs} recorded inputs: {result.outputs} outputs, all as recorded{skipped}")
@@ -271,10 +273,3 @@ def replay_decisions(
     for d in result.divergences:
         print(f"  {d.decider} on {d.cause}: {d.difference}")
     raise typer.Exit(1)
-
-
-def _decoded(value: bytes) -> Event | None:
-    try:
-        return serde.decode(value)
-    except InvalidMessage:
-        return None

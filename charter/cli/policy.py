@@ -106,7 +106,7 @@ def whatif(
     engine = open_store(settings, "audit")
     with engine.connect() as conn:
         report = what_if(
-            (v for _, v in audit.values(conn)), Context(bundle, agents, registry), datetime.now(UTC)
+            (v for _, v, _ in audit.values(conn)), Context(bundle, agents, registry), datetime.now(UTC)
         )
     out.write_text(json.dumps(report.as_json(), indent=2) + "\n")
     console.print(

@@ -23,7 +23,9 @@ from sqlalchemy import Connection, Engine, select, text, update
 
 from charter import serde
 from charter.config import Settings
+from charter.errors import InvalidMessage
 from charter.events import Event
+from services.audit import store
 from services.audit.store import subject_keys_table as keys
 
 SEALED = "charter-sealed:v1:"
@@ -157,6 +159,26 @@ def unseal(conn: Connection, event_id: str, obj: Any, subject: str | None) -> An
 
     _replace_sealed(obj, open_one)
     return obj
+
+
+def history(conn: Connection) -> tuple[list[Event], int]:
+    """Every event the log still holds, in log order, decoded with its personal fields opened:
+    what the services saw, so that deciding it again means something. Events whose subject was
+    purged cannot be opened and are left out; the second value counts them."""
+    events, purged = [], 0
+    for _, value, subject in store.values(conn):
+        try:
+            event = serde.decode(value)
+        except InvalidMessage:
+            continue
+        if subject is not None:
+            dumped = unseal(conn, event.event_id, event.model_dump(context={"objects": True}), subject)
+            if PURGED in json.dumps(dumped, default=str):
+                purged += 1
+                continue
+            event = type(event).model_validate(dumped)
+        events.append(event)
+    return events, purged
 
 
 def _replace_sealed(obj: Any, change: Callable[[str, Any], Any]) -> None:

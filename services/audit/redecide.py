@@ -113,6 +113,9 @@ class Replayer:
         self._used: set[str] = set()
         self._runs: dict[str, planner.RunState] = {}
         self.result = Replayed()
+        # Runs (and their triggers) whose outputs are compared; None: all. The rest of the log
+        # is still decided, so state and limit counters are what they were at the time.
+        self.only: set[str | None] | None = None
 
     def know(self, bundle: PolicyBundle) -> None:
         """A policy version from elsewhere than the log (the policy directory as it is now)."""
@@ -121,8 +124,7 @@ class Replayer:
     def feed(self, event: Event) -> None:
         match event:
             case PolicyReloaded():
-                if event.sources:
-                    self._bundles[event.policy_hash] = PolicyBundle.of(dict(event.sources))
+                self._policy_version(event)
             case KillSwitchSet():
                 self._switch(event)
             case TriggerReceived():
@@ -133,6 +135,18 @@ class Replayer:
                 self._policy_on_approval(event)
             case ActionExecuted() | ActionFailed() | ActionRejected() | ToolUnavailable():
                 self._on_outcome(event)
+
+    def _policy_version(self, event: PolicyReloaded) -> None:
+        if not event.sources:
+            return
+        bundle = PolicyBundle.of(dict(event.sources))
+        if bundle.hash != event.policy_hash:
+            self.result.skip("policy versions whose recorded files do not hash to their recorded hash")
+            return
+        self._bundles[bundle.hash] = bundle
+
+    def _relevant(self, cause: Event) -> bool:
+        return self.only is None or cause.run_id in self.only or cause.event_id in self.only
 
     # The planner's side.
 
@@ -181,8 +195,10 @@ class Replayer:
         self._planner(switch, cancel)
 
     def _planner(self, cause: Event, decide_at: Callable[[datetime], list[Event]]) -> None:
-        self.result.inputs += 1
         outputs = decide_at(cause.envelope.occurred_at)
+        if not self._relevant(cause):
+            return
+        self.result.inputs += 1
         self._compare("planner", cause, outputs)
         produced = {o.event_id for o in outputs}
         for recorded in self._by_cause.get(cause.event_id, []):
@@ -214,8 +230,10 @@ class Replayer:
         ctx = self._context(decision.policy_hash, proposed)
         if ctx is None:
             return
-        self.result.inputs += 1
-        self._compare("policy", proposed, decide(proposed, ctx, self._usage, recorded.envelope.occurred_at))
+        outputs = decide(proposed, ctx, self._usage, recorded.envelope.occurred_at)
+        if self._relevant(proposed):
+            self.result.inputs += 1
+            self._compare("policy", proposed, outputs)
 
     def _policy_on_approval(self, approved: ActionApproved) -> None:
         recorded = self._recorded.get(derive_id(approved.event_id, "revalidated"))
@@ -226,12 +244,13 @@ class Replayer:
         ctx = self._context(decision.policy_hash, approved)
         if ctx is None:
             return
-        self.result.inputs += 1
         approval = approved.approval_id or ""
         outputs = revalidate(approved, ctx, recorded.envelope.occurred_at, used=approval in self._used)
         if approval and any(isinstance(o, ActionApproved) for o in outputs):
             self._used.add(approval)
-        self._compare("policy", approved, outputs)
+        if self._relevant(approved):
+            self.result.inputs += 1
+            self._compare("policy", approved, outputs)
 
     # Both.
 
@@ -272,17 +291,10 @@ def replay(
     replayer = Replayer({e.event_id: e for e in events}, agents, tools, approvals_key)
     for bundle in known:
         replayer.know(bundle)
+    if run_id:
+        triggers = {e.trigger_event_id for e in events if isinstance(e, RunStarted) and e.run_id == run_id}
+        replayer.only = {run_id, *triggers}
     # In the order things happened: the log's order is arrival order, across topics.
-    ordered = sorted(events, key=lambda e: as_utc(e.envelope.occurred_at))
-    for event in _of_run(ordered, run_id) if run_id else ordered:
+    for event in sorted(events, key=lambda e: as_utc(e.envelope.occurred_at)):
         replayer.feed(event)
     return replayer.result
-
-
-def _of_run(events: list[Event], run_id: str) -> list[Event]:
-    triggers = {e.trigger_event_id for e in events if isinstance(e, RunStarted) and e.run_id == run_id}
-    return [
-        e
-        for e in events
-        if e.run_id == run_id or e.event_id in triggers or isinstance(e, PolicyReloaded | KillSwitchSet)
-    ]

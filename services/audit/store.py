@@ -282,20 +282,20 @@ def attributions(conn: Connection, batch: int = 20_000) -> Iterator[tuple[int, b
         after = page[-1][0]
 
 
-def values(conn: Connection, batch: int = 5_000) -> Iterator[tuple[int, bytes]]:
-    """Every row's event bytes still held, in log order."""
+def values(conn: Connection, batch: int = 5_000) -> Iterator[tuple[int, bytes, str | None]]:
+    """Every row's event bytes still held, with the data subject they name, in log order."""
     after = 0
     while True:
         page = conn.execute(
-            select(log_table.c.seq, log_table.c.value)
+            select(log_table.c.seq, log_table.c.value, log_table.c.subject)
             .where(log_table.c.seq > after, log_table.c.value.is_not(None))
             .order_by(log_table.c.seq)
             .limit(batch)
         ).all()
         if not page:
             return
-        for seq, value in page:
-            yield seq, bytes(value)
+        for seq, value, subject in page:
+            yield seq, bytes(value), subject
         after = page[-1][0]
 
 

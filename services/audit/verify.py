@@ -45,6 +45,7 @@ class Report:
     more: int = 0
     heads: int = 0
     signed: int = 0  # rows covered by the newest head that matches
+    last: int = 0  # the last row's position (beyond `rows` when rows are missing)
     root: bytes = b""
 
     @property
@@ -104,6 +105,7 @@ class _Rows:
             expected += 1
         self.expected = expected
         self.report.rows = len(leaves)
+        self.report.last = expected - 1
 
     def _unusual(self, seq: int, meta: bytes, value: bytes | None, computed: bytes, stored: bytes) -> None:
         if seq != self.expected:
@@ -131,17 +133,21 @@ class _Rows:
         if self._shift is None:
             return
         first, offset = self._shift
-        span = f"row {first}" if first == last else f"rows {first}..{last}"
+        self._shift = None
+        if first == last:
+            self.report.add(
+                "moved",
+                first,
+                f"row {first} holds the record written for row {first + offset}: rows reordered",
+            )
+            return
         if offset > 0:
             cause = f"{offset} row(s) deleted before row {first} and the rows after renumbered"
-        elif first == last:
-            cause = f"a record moved here from row {first + offset}, or a row inserted: reordered"
         else:
             cause = f"{-offset} row(s) inserted at or before row {first}"
         self.report.add(
-            "moved", first, f"{span} hold records written {abs(offset)} position(s) away: {cause}"
+            "moved", first, f"rows {first}..{last} hold records written {abs(offset)} away: {cause}"
         )
-        self._shift = None
 
     def done(self) -> None:
         self._close(self.expected - 1)
@@ -183,15 +189,16 @@ def check_heads(leaves: Sequence[bytes], heads: Iterable[Head], key: Verifier, r
                 "forked", head.size, f"two genuine heads for size {head.size} differ: the history forked"
             )
             continue
-        if head.size > len(leaves):
+        end = max(report.last, len(leaves))  # rows deleted below the end are named by the walk
+        if head.size > end:
             report.add(
                 "truncated",
-                len(leaves),
-                f"the log ends after {len(leaves)} rows, but a head signed at {_when(head)} covers "
-                f"{head.size}: rows {len(leaves) + 1}..{head.size} were removed",
+                end,
+                f"the log ends after {end} rows, but a head signed at {_when(head)} covers "
+                f"{head.size}: rows {end + 1}..{head.size} were removed",
             )
             continue
-        if roots[head.size] == head.root:
+        if roots.get(head.size) == head.root:
             if broken is not None:
                 report.add(
                     "forked",

@@ -19,7 +19,7 @@ import pytest
 from charter.client import Client
 from charter.events import CheckpointSigned
 from tests.conftest import REPO
-from tests.e2e.conftest import Stack, run_id, stack_env, wait_run_end
+from tests.e2e.conftest import Stack, run_id, stack_env, wait_approval, wait_run_end
 
 pytestmark = pytest.mark.e2e
 
@@ -168,22 +168,29 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
+def _replayed(stack: Stack, run: str, *args: str) -> str:
+    """`replay-decisions --run`, once the audit holds the run's last records."""
+    deadline = time.monotonic() + 10
+    while (out := stack.cli("audit", "replay-decisions", "--run", run, *args, check=False)).returncode != 0:
+        assert time.monotonic() < deadline, out.stdout
+        time.sleep(0.5)
+    return out.stdout
+
+
 def test_recorded_decisions_replay_to_the_same_outputs(stack: Stack) -> None:
     small = stack.publish("support.refund_requested", {"order_id": "R-1001", "amount": 30})
     denied = stack.publish("support.refund_requested", {"order_id": "R-1002", "amount": 90_000})
-    for trigger in (small, denied):
+    approved = stack.publish("support.refund_requested", {"order_id": "R-1005", "amount": 750})
+    request = wait_approval(stack, run_id(approved, "support-refunds"))
+    stack.as_user("dana", "approvals", "approve", request.approval_id)
+    for trigger in (small, denied, approved):
         wait_run_end(stack, run_id(trigger, "support-refunds"))
-    run = run_id(small, "support-refunds")
-    deadline = time.monotonic() + 10
-    while (one := stack.cli("audit", "replay-decisions", "--run", run, check=False)).returncode != 0:
-        # The audit may not have appended the run's last records yet.
-        assert time.monotonic() < deadline, one.stdout
-        time.sleep(0.5)
-    assert "all as recorded" in one.stdout
-    everything = stack.cli("audit", "replay-decisions", check=False)
-    assert everything.returncode == 0, everything.stdout
-    inputs = int(everything.stdout.split("replayed ")[1].split()[0])
-    assert inputs >= 6, everything.stdout
+    # Proposals, policy decisions (allowed, denied, approval asked, decided again after the
+    # human's approval) and the planner's every step: all as recorded.
+    for trigger, at_least in ((small, 7), (denied, 3), (approved, 8)):
+        out = _replayed(stack, run_id(trigger, "support-refunds"))
+        assert "all as recorded" in out
+        assert int(out.split("replayed ")[1].split()[0]) >= at_least, out
 
 
 def test_a_decision_that_would_now_differ_is_reported_with_its_cause(stack: Stack, tmp_path: Path) -> None:
