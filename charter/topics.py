@@ -89,6 +89,14 @@ def specs(settings: Settings) -> dict[str, int]:
     return out
 
 
+def configs(settings: Settings, topic: str) -> dict[str, str]:
+    """Topic settings beyond the broker's defaults: the audit's signed heads are kept forever,
+    since a head that expires can no longer show a log cut short behind it."""
+    if topic == name(settings, Topic.AUDIT_CHECKPOINTS):
+        return {"retention.ms": "-1", "retention.bytes": "-1"}
+    return {}
+
+
 async def ensure_other(settings: Settings, name: str) -> None:
     """Create a topic outside the contract (with the contract's partition count) if missing."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap())
@@ -104,7 +112,11 @@ async def ensure(admin: AIOKafkaAdminClient, settings: Settings) -> list[str]:
     """Create missing topics; refuse to run on existing ones with another partition count."""
     wanted = specs(settings)
     existing = set(await admin.list_topics())
-    missing = [NewTopic(n, p, settings.replication_factor) for n, p in wanted.items() if n not in existing]
+    missing = [
+        NewTopic(n, p, settings.replication_factor, topic_configs=configs(settings, n))
+        for n, p in wanted.items()
+        if n not in existing
+    ]
     if missing:
         await admin.create_topics(missing)
     present = [n for n in wanted if n in existing]

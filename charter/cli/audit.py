@@ -72,7 +72,10 @@ def verify(
         bool, typer.Option("--offline", help="Skip the heads published on the broker (audit.checkpoints).")
     ] = False,
     fast: Annotated[
-        bool, typer.Option("--fast", help="Skip checking the query columns against the signed records.")
+        bool,
+        typer.Option(
+            "--fast", help="Skip the query columns and proof tiles; the cryptographic checks remain."
+        ),
     ] = False,
 ) -> None:
     """Check every record against its leaf hash and the tree against every signed head (stored
@@ -80,25 +83,40 @@ def verify(
     forks. Exit 1 if anything is wrong."""
     settings = Settings()
     engine = open_store(settings, "audit")
+    with engine.connect() as conn:
+        sent = store.published_sizes(conn)  # before reading the broker, which then holds them all
     published = None if offline else asyncio.run(_published(settings))
     with engine.connect() as conn:
         report = verify_log(conn, _key(settings), published or (), deep=not fast)
+    gone = sorted(sent - {h.size for h in published}) if published is not None else []
     _print_report(report, None if published is None else len(published))
+    if gone:
+        console.print(
+            f"warning: {len(gone)} heads the audit published are not on audit.checkpoints any more (sizes "
+            f"{', '.join(map(str, gone[:5]))}{'...' if len(gone) > 5 else ''}): deleted or expired there, so "
+            "they cannot witness against a log cut short behind them",
+            markup=False,
+        )
     if not report.ok:
         raise typer.Exit(1)
 
 
-def _head(conn_heads: list[Head], size: int | None) -> Head:
+def _head(conn_heads: list[Head], size: int | None, key: Verifier) -> Head:
+    """A stored head of `size` (default: the newest), refused unless the audit key signed it."""
     if not conn_heads:
         raise ConfigError("no signed head yet")
-    if size is None:
-        return conn_heads[-1]
-    for head in conn_heads:
-        if head.size == size:
-            return head
-    raise ConfigError(
-        f"no signed head of size {size}; heads: {', '.join(str(h.size) for h in conn_heads[-5:])}"
-    )
+    found = conn_heads[-1] if size is None else next((h for h in conn_heads if h.size == size), None)
+    if found is None:
+        sizes = ", ".join(str(h.size) for h in conn_heads[-5:])
+        raise ConfigError(f"no signed head of size {size}; the newest: {sizes}")
+    if not checkpoint.genuine(found, key):
+        raise ConfigError(f"the stored head of size {found.size} is not signed by the audit key")
+    return found
+
+
+def _not_proven(what: str, exc: InvalidProof) -> typer.Exit:
+    console.print(f"{what} does NOT verify: {exc}; run `charter audit verify`", markup=False)
+    return typer.Exit(1)
 
 
 @proof_app.command("inclusion")
@@ -109,12 +127,18 @@ def proof_inclusion(
     """Print, as JSON, the proof that a record is in a signed head, and check it."""
     settings = Settings()
     with open_store(settings, "audit").connect() as conn:
-        head = _head(store.checkpoints(conn), size)
+        head = _head(store.checkpoints(conn), size, _key(settings))
         if seq > head.size:
             raise ConfigError(f"record {seq} is after the head of size {head.size}")
-        leaf = store.leaves(conn, seq - 1, 1)[0]
+        # The leaf as the record's content gives it, not as stored beside it.
+        leaf = store.content_leaf(conn, seq)
+        if leaf is None:
+            raise ConfigError(f"there is no record {seq}")
         proof = Tree.over(lambda: conn).inclusion(seq, head.size)
-    check_inclusion(proof, leaf, head.root, seq, head.size)
+    try:
+        check_inclusion(proof, leaf, head.root, seq, head.size)
+    except InvalidProof as exc:
+        raise _not_proven(f"record {seq}'s inclusion in the head of size {head.size}", exc) from exc
     out = {"seq": seq, "leaf_hash": leaf.hex(), "head": checkpoint.as_json(head), "proof": proof}
     print(json.dumps(out, indent=2))
 
@@ -127,16 +151,15 @@ def proof_consistency(
     """Print, as JSON, the proof that the earlier signed head is a prefix of the later, and check it."""
     settings = Settings()
     with open_store(settings, "audit").connect() as conn:
-        heads = store.checkpoints(conn)
-        prior, later = _head(heads, old), _head(heads, new)
+        heads, key = store.checkpoints(conn), _key(settings)
+        prior, later = _head(heads, old, key), _head(heads, new, key)
         if prior.size > later.size:
             raise ConfigError("the earlier head must not be larger than the later")
         proof = Tree.over(lambda: conn).consistency(prior.size, later.size)
     try:
         check_consistency(proof, (prior.size, prior.root), (later.size, later.root))
     except InvalidProof as exc:
-        console.print(f"the heads are NOT consistent: {exc}", markup=False)
-        raise typer.Exit(1) from exc
+        raise _not_proven(f"the consistency of heads {prior.size} and {later.size}", exc) from exc
     out = {"prior": checkpoint.as_json(prior), "later": checkpoint.as_json(later), "proof": proof}
     print(json.dumps(out, indent=2))
 

@@ -118,6 +118,10 @@ def replay(
             f"them: keys, headers and bytes as they were, marked with a {REPLAYED_FROM} header.",
         ),
     ] = None,
+    into_live: Annotated[
+        bool,
+        typer.Option("--into-live", help="Allow --to to name a topic of the contract, which services read."),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Replay a range of records, by run, time or offset, through a fresh consumer that commits
@@ -130,6 +134,8 @@ def replay(
     target = topics.resolve(settings, to, other=True) if to else None
     if target and target in (names or topics.all_names(settings)):
         raise ConfigError("--to must be another topic than the ones replayed")
+    if target and target in topics.all_names(settings) and not into_live:
+        raise ConfigError(f"{target} is read by the services; replay into it only with --into-live")
     window = dict(
         from_offset=from_offset,
         from_time=_utc(from_time),

@@ -75,7 +75,9 @@ def encode_meta(seq: int, a: Attribution) -> bytes:
 def decode_meta(meta: bytes) -> tuple[int, dict[str, Any]]:
     """The position and attribution fields `meta` holds (times as ISO 8601 text)."""
     head, _, body = meta.partition(b"\n")
-    return int(head), dict(zip(FIELDS, json.loads(body), strict=True))
+    values = json.loads(body)
+    # Fields are only ever added at the end: a record written before one was added lacks it.
+    return int(head), {name: values[i] if i < len(values) else None for i, name in enumerate(FIELDS)}
 
 
 def value_digest(value: bytes) -> bytes:

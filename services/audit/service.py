@@ -66,6 +66,7 @@ class Auditor:
         self._tree = Tree.over(self._current)
         self._last: audit.Head | None = None
         self._loaded = False
+        self._refused: str | None = None  # why heads are no longer signed, if they are not
         # The tree as committed; a transaction works on a copy, adopted once it commits.
         self._frontier: Frontier | None = None
         self._pending_frontier: Frontier | None = None
@@ -86,7 +87,12 @@ class Auditor:
             "audit append", attributes={"charter.batch_size": len(deliveries)}
         ):
             await self._retrying(lambda conn, now_us: self._append(conn, deliveries, now_us))
-        await self.publish()
+        try:
+            await self.publish()
+        except Exception:
+            # The batch is committed; its offsets may be too. The head stays marked unpublished
+            # and the next pass (or the signing loop) publishes it.
+            log.exception("publishing the audit's tree heads failed; they are published on the next pass")
 
     def _append(self, conn: Connection, deliveries: list[Delivery], now_us: int) -> None:
         self._store(conn, [self._pending(conn, d, now_us) for d in deliveries], now_us)
@@ -127,10 +133,15 @@ class Auditor:
                 self._conn = None
                 self._pending_frontier = None
 
-    def _checkpoint_if_due(self, conn: Connection, size: int, now_us: int) -> None:
+    def _load_last(self, conn: Connection) -> None:
         if not self._loaded:
             self._last = audit.latest_checkpoint(conn)
             self._loaded = True
+
+    def _checkpoint_if_due(self, conn: Connection, size: int, now_us: int) -> None:
+        self._load_last(conn)
+        if self._refused:
+            return
         last_size, last_at = (self._last.size, self._last.signed_at_us) if self._last else (0, 0)
         if size <= last_size:
             return
@@ -150,7 +161,23 @@ class Auditor:
         failed transaction, or rows another replica appended) rebuilt from the stored leaves."""
         if self._frontier is None or self._frontier.size != size:
             self._frontier = Frontier.of(self._tree, size)
+            self._check_against_last(conn)
         return self._frontier
+
+    def _check_against_last(self, conn: Connection) -> None:
+        """A tree rebuilt from the database must still hold the last head signed: if it does not,
+        the stored leaves were changed, and signing on would lend them the key. Fail closed:
+        records are still appended (nothing is lost), no head is signed until it is resolved."""
+        self._load_last(conn)
+        last = self._last
+        if last is None or self._frontier is None or last.size > self._frontier.size:
+            return
+        if Frontier.of(self._tree, last.size).root() != last.root:
+            self._refused = (
+                f"the stored leaves no longer give the root of the head signed at size {last.size}: "
+                "no more heads are signed; run `charter audit verify`"
+            )
+            log.error("audit: %s", self._refused)
 
     async def publish(self) -> None:
         if self._bus is None:

@@ -299,6 +299,19 @@ def values(conn: Connection, batch: int = 5_000) -> Iterator[tuple[int, bytes, s
         after = page[-1][0]
 
 
+def content_leaf(conn: Connection, seq: int) -> bytes | None:
+    """Record `seq`'s leaf recomputed from its canonical bytes and event bytes (or their digest)."""
+    row = conn.execute(
+        select(log_table.c.meta, log_table.c.value, log_table.c.value_digest).where(log_table.c.seq == seq)
+    ).first()
+    if row is None:
+        return None
+    digest = (
+        record.value_digest(bytes(row.value)) if row.value is not None else bytes(row.value_digest or b"")
+    )
+    return record.leaf(bytes(row.meta), digest)
+
+
 def count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(log_table)).scalar_one())
 
@@ -347,6 +360,12 @@ def latest_checkpoint(conn: Connection) -> Head | None:
     if heads is None:
         return None
     return next(h for h in checkpoints(conn) if h.size == heads)
+
+
+def published_sizes(conn: Connection) -> set[int]:
+    """The sizes of the heads the service has published to audit.checkpoints."""
+    query = select(checkpoints_table.c.size).where(checkpoints_table.c.published.is_(True))
+    return set(conn.execute(query).scalars())
 
 
 def mark_published(conn: Connection, sizes: Sequence[int]) -> None:

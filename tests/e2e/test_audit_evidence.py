@@ -121,10 +121,22 @@ def test_heads_are_published_and_a_truncated_copy_is_caught_by_them(stack: Stack
     while not (heads := _published(stack)):
         assert time.monotonic() < deadline, "no signed head was published"
         time.sleep(0.5)
-    newest = max(h.size for h in heads)
+    first = max(h.size for h in heads)
+    again = stack.publish("support.refund_requested", {"order_id": "E-2003", "amount": 30})
+    wait_run_end(stack, run_id(again, "support-refunds"))
+    while (newest := max(h.size for h in _published(stack))) == first:
+        assert time.monotonic() < deadline + 30, "no second head was published"
+        time.sleep(0.5)
     verified = stack.cli("audit", "verify")
     assert "audit log verified" in verified.stdout
-    assert "published" in verified.stdout
+    published = int(verified.stdout.split("(")[1].split()[0])
+    assert published >= 2, verified.stdout
+
+    inclusion = json.loads(stack.cli("audit", "proof", "inclusion", "1", "--size", str(newest)).stdout)
+    assert (inclusion["head"]["size"], inclusion["seq"]) == (newest, 1)
+    assert len(inclusion["proof"]["path"]) >= 2
+    consistency = json.loads(stack.cli("audit", "proof", "consistency", str(first), str(newest)).stdout)
+    assert (consistency["prior"]["size"], consistency["later"]["size"]) == (first, newest)
 
     # A copy of the store cut back below the newest published head, its own heads cut with it.
     copy = tmp_path / "copy"

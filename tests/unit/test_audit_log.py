@@ -439,3 +439,19 @@ def test_retention_removes_event_bytes_and_the_log_still_verifies(filled: Engine
 def test_retention_rules_are_checked() -> None:
     with pytest.raises(Exception, match="tenant=<number>"):
         retention.parse("acme=ninety days")
+
+
+def test_the_service_signs_no_head_over_leaves_changed_under_it(
+    filled: Engine, keys: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _rewrite(filled, 6)
+    restarted = Auditor(
+        filled,
+        Settings(home=tmp_path, keys_dir=keys, audit_checkpoint_every=1),
+        signing.Signer.load(keys, "audit"),
+    )
+    asyncio.run(restarted.handle_batch(_deliveries([_customer_trigger()], first_offset=90)))
+    with filled.connect() as conn:
+        assert store.count(conn) == len(EVENT_TYPES) + 1  # still appended
+    assert _heads(filled)[-1].size == 20  # but nothing signed over the rewritten rows
+    assert "no more heads are signed" in caplog.text
