@@ -242,10 +242,16 @@ def purge(
     """Erase a data subject's personal data from the audit log by deleting its key
     (crypto-shredding). Records and hashes stay; the chain still verifies."""
     settings = Settings()
-    if personal.purge(open_store(settings, "audit"), subject, by):
-        print(f"purged: the personal data of {subject} can no longer be read")
-    else:
+    purged = personal.purge(open_store(settings, "audit"), subject, by)
+    if not purged.found:
         print(f"nothing to purge: no personal data of {subject} is held")
+        return
+    print(f"purged: the personal data of {subject} can no longer be read")
+    if not purged.scrubbed:
+        print(
+            "warning: the database's write-ahead log stayed busy; the deleted key's bytes leave it "
+            "at its next checkpoint"
+        )
 
 
 @app.command("retention")

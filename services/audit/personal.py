@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -24,10 +26,11 @@ from sqlalchemy import Connection, Engine, select, text, update
 from charter import serde
 from charter.config import Settings
 from charter.errors import InvalidMessage
-from charter.events import Event
+from charter.events import DeadLettered, Event
 from services.audit import store
 from services.audit.store import subject_keys_table as keys
 
+log = logging.getLogger(__name__)
 SEALED = "charter-sealed:v1:"
 PURGED = "[purged]"
 PAYLOADS = frozenset({"data", "parameters", "result", "outputs"})
@@ -66,11 +69,20 @@ class Sealer:
 
     def seal(self, conn: Connection, event: Event, now_us: int) -> tuple[bytes | None, str | None]:
         """The event's bytes with its personal fields sealed (None if nothing needed sealing),
-        and the data subject it names."""
+        and the data subject it names. A dead letter's original record is sealed inside it."""
+        if isinstance(event, DeadLettered):
+            return self._seal_letter(conn, event, now_us)
         dumped = event.model_dump(context={"objects": True})
         payloads = _payloads(dumped)
         subject = self.subject(payloads)
-        if subject is None or not any(self._personal & p.keys() for p in _all_objects(payloads)):
+        personal = any(self._personal & p.keys() for p in _all_objects(payloads))
+        if subject is None and personal:
+            log.warning(
+                "event %s carries personal fields but names no data subject (%s): stored unsealed",
+                event.event_id,
+                ", ".join(self._subject_fields),
+            )
+        if subject is None or not personal:
             return None, subject
         cipher = AESGCM(subject_key(conn, subject, now_us))
 
@@ -82,6 +94,18 @@ class Sealer:
         for payload in payloads:
             _replace(payload, self._personal, seal_one)
         return serde.encode(type(event).model_validate(dumped)), subject
+
+    def _seal_letter(
+        self, conn: Connection, letter: DeadLettered, now_us: int
+    ) -> tuple[bytes | None, str | None]:
+        try:
+            original = serde.decode(letter.value)
+        except InvalidMessage:
+            return None, None  # not an event at all: nothing to find a subject in
+        sealed, subject = self.seal(conn, original, now_us)
+        if sealed is None:
+            return None, subject
+        return serde.encode(letter.model_copy(update={"value": sealed})), subject
 
 
 def _payloads(dumped: Any) -> list[dict[str, Any]]:
@@ -193,11 +217,19 @@ def _replace_sealed(obj: Any, change: Callable[[str, Any], Any]) -> None:
             _replace_sealed(item, change)
 
 
-def purge(engine: Engine, subject: str, by: str) -> bool:
-    """Delete the subject's key, so nobody can read its sealed data again. True if there was one.
+@dataclass(frozen=True)
+class Purged:
+    found: bool  # the subject had a key, now deleted
+    scrubbed: bool  # its bytes are gone from the database's files as far as the database can tell
 
-    The key's bytes are overwritten in the database files too, not only unlinked: SQLite with
-    secure_delete and its write-ahead log checkpointed and truncated, PostgreSQL by a VACUUM."""
+
+def purge(engine: Engine, subject: str, by: str) -> Purged:
+    """Delete the subject's key, so nobody can read its sealed data again.
+
+    The key's bytes are also scrubbed from the database's files where the database allows:
+    SQLite overwrites deleted content (secure_delete) and its write-ahead log is checkpointed and
+    truncated (retried while a reader holds it); PostgreSQL's VACUUM removes the old row
+    version. Backups, replicas and PostgreSQL's WAL archive keep what they had until they cycle."""
     with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
             conn.execute(text("PRAGMA secure_delete=ON"))
@@ -206,10 +238,14 @@ def purge(engine: Engine, subject: str, by: str) -> bool:
             .where(keys.c.subject == subject, keys.c.key.is_not(None))
             .values(key=None, purged_at_us=time.time_ns() // 1000, purged_by=by)
         ).rowcount
-    if engine.dialect.name == "sqlite":
-        with engine.connect() as conn:
-            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-    else:
+    if engine.dialect.name != "sqlite":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text(f"VACUUM {keys.name}"))
-    return bool(done)
+        return Purged(bool(done), True)
+    for _ in range(50):
+        with engine.connect() as conn:
+            busy = conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)")).first()
+        if busy is not None and busy[0] == 0:
+            return Purged(bool(done), True)
+        time.sleep(0.1)  # a reader (the audit service, the API) holds the log for a moment
+    return Purged(bool(done), False)

@@ -21,7 +21,7 @@ from charter import serde, signing
 from charter.bus import ORIGIN_HEADER
 from charter.config import Settings
 from charter.consumer import Delivery
-from charter.events import EVENT_TYPES, Event, TriggerReceived
+from charter.events import EVENT_TYPES, DeadLettered, Event, TriggerReceived
 from services.audit import checkpoint, migrations, personal, record, retention, store, views
 from services.audit.merkle import InvalidProof, Tree, check_consistency, check_inclusion
 from services.audit.service import Auditor
@@ -411,7 +411,7 @@ def test_personal_fields_are_sealed_and_a_purge_erases_them(
         opened = personal.unseal(conn, "trig-personal", exported["event"], "cust-42")
     assert opened["data"]["email"] == "ada@example.com"
     assert opened["data"]["amount"] == 25
-    assert personal.purge(filled, "cust-42", "dpo@example.com")
+    assert personal.purge(filled, "cust-42", "dpo@example.com") == personal.Purged(found=True, scrubbed=True)
     with filled.connect() as conn:
         exported = _exported(conn, "trig-personal")
         gone = personal.unseal(conn, "trig-personal", exported["event"], "cust-42")
@@ -455,3 +455,25 @@ def test_the_service_signs_no_head_over_leaves_changed_under_it(
         assert store.count(conn) == len(EVENT_TYPES) + 1  # still appended
     assert _heads(filled)[-1].size == 20  # but nothing signed over the rewritten rows
     assert "no more heads are signed" in caplog.text
+
+
+def test_a_dead_letters_original_is_sealed_too(auditor: Auditor, filled: Engine, keys: Path) -> None:
+    trigger = _customer_trigger()
+    letter = DeadLettered.caused_by(
+        trigger,
+        now=trigger.envelope.occurred_at,
+        label="dlq",
+        source_topic="charter.triggers",
+        source_partition=0,
+        source_offset=7,
+        key=b"k",
+        value=serde.encode(trigger),
+        reason="refused",
+        error_type="Test",
+        service="planner",
+    )
+    asyncio.run(auditor.handle_batch(_deliveries([letter], first_offset=60)))
+    row = _row(filled, len(EVENT_TYPES) + 1)
+    assert row["subject"] == "cust-42"
+    assert b"ada@example.com" not in row["value"]  # type: ignore[operator]
+    assert _verify(filled, keys).ok
