@@ -87,7 +87,13 @@ def verify(
         sent = store.published_sizes(conn)  # before reading the broker, which then holds them all
     published = None if offline else asyncio.run(_published(settings))
     with engine.connect() as conn:
-        report = verify_log(conn, _key(settings), published or (), deep=not fast)
+        report = verify_log(
+            conn,
+            _key(settings),
+            published or (),
+            deep=not fast,
+            retention_rules=retention.parse(settings.audit_retention),
+        )
     gone = sorted(sent - {h.size for h in published}) if published is not None else []
     _print_report(report, None if published is None else len(published))
     if gone:

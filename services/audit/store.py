@@ -299,6 +299,17 @@ def values(conn: Connection, batch: int = 5_000) -> Iterator[tuple[int, bytes, s
         after = page[-1][0]
 
 
+def removed(conn: Connection) -> Iterator[tuple[int, bytes, int]]:
+    """The rows whose event bytes were removed: seq, meta, when recorded."""
+    query = (
+        select(log_table.c.seq, log_table.c.meta, log_table.c.recorded_at_us)
+        .where(log_table.c.value.is_(None))
+        .order_by(log_table.c.seq)
+    )
+    for seq, meta, recorded_at_us in conn.execute(query):
+        yield seq, bytes(meta), recorded_at_us
+
+
 def content_leaf(conn: Connection, seq: int) -> bytes | None:
     """Record `seq`'s leaf recomputed from its canonical bytes and event bytes (or their digest)."""
     row = conn.execute(

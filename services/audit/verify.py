@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
 from charter.signing import Verifier
-from services.audit import record, store
+from services.audit import record, retention, store
 from services.audit.checkpoint import genuine
 from services.audit.merkle import Frontier
 from services.audit.record import LEAF_PREFIX, Attribution
@@ -255,12 +255,43 @@ def _when(head: Head) -> str:
     return datetime.fromtimestamp(head.signed_at_us / 1e6, UTC).isoformat(timespec="seconds")
 
 
-def verify(conn: Connection, key: Verifier, published: Iterable[Head] = (), *, deep: bool = True) -> Report:
-    """The whole check: rows, the heads stored with the log and those published, and (deep)
-    the query columns."""
+def check_removed(
+    removed: Iterable[tuple[int, bytes, int]], rules: dict[str, timedelta], now: datetime, report: Report
+) -> None:
+    """Event bytes gone from records still inside their tenant's retention: removing a value
+    keeps the leaf valid (its digest stays), so this is how an erasure outside retention shows."""
+    for seq, meta, recorded_at_us in removed:
+        try:
+            tenant = record.decode_meta(meta)[1].get("tenant")
+        except (ValueError, TypeError):
+            continue  # an unreadable meta is already reported as an altered row
+        period = rules.get(str(tenant), rules.get(retention.DEFAULT))
+        recorded = datetime.fromtimestamp(recorded_at_us / 1e6, UTC)
+        if period is None or recorded > now - period:
+            kept = (
+                "no retention applies to it"
+                if period is None
+                else f"its tenant's retention is {period.days} day(s)"
+            )
+            report.add("removed", seq, f"row {seq}: its event bytes were removed, but {kept}")
+
+
+def verify(
+    conn: Connection,
+    key: Verifier,
+    published: Iterable[Head] = (),
+    *,
+    deep: bool = True,
+    retention_rules: dict[str, timedelta] | None = None,
+    now: datetime | None = None,
+) -> Report:
+    """The whole check: rows, the heads stored with the log and those published, event bytes
+    removed outside retention (given the rules), and (deep) the query columns and tiles."""
     report = Report()
     leaves = check_rows(store.stored(conn), report)
     check_heads(leaves, [*store.checkpoints(conn), *published], key, report)
+    if retention_rules is not None:
+        check_removed(store.removed(conn), retention_rules, now or datetime.now(UTC), report)
     if deep:
         check_columns(store.attributions(conn), report)
         check_tiles(leaves, store.tiles(conn, 0, len(leaves) // store.TILE), report)

@@ -434,6 +434,15 @@ def test_retention_removes_event_bytes_and_the_log_still_verifies(filled: Engine
     assert _row(filled, acme[0])["value"] is None
     assert _verify(filled, keys).ok
     assert retention.apply(filled, rules, later) == {}
+    with filled.connect() as conn:
+        # Judged when the rules allowed it, the removal is in order...
+        assert verify(conn, _key(keys), retention_rules=rules, now=later).ok
+        # ...judged today, or with no retention configured, each removal is named.
+        early = verify(conn, _key(keys), retention_rules=rules)
+        unruled = verify(conn, _key(keys), retention_rules={})
+    assert _kinds(early) == [("removed", seq) for seq in acme]
+    assert "its tenant's retention is 1 day(s)" in early.problems[0].message
+    assert "no retention applies to it" in unruled.problems[0].message
 
 
 def test_retention_rules_are_checked() -> None:
