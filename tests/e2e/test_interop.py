@@ -144,6 +144,11 @@ def test_a_java_consumer_decodes_every_event_type_from_the_avsc_files_alone(
     }
     java_garbage = {(r["topic"], r["partition"], r["offset"]) for r in records if "error" in r}
     python_decoded, python_garbage = _python_view(stack)
+    # The audit keeps signing heads while the records settle: what it published after the Java
+    # reader finished is not a disagreement.
+    heads = topics.name(stack.settings, topics.Topic.AUDIT_CHECKPOINTS)
+    seen = {(t, p): o for t, p, o, _ in sorted(java_decoded) if t == heads}
+    python_decoded = {r for r in python_decoded if r[0] != heads or r[2] <= seen.get((r[0], r[1]), -1)}
     # Record for record, the two readers agree on what the topics hold.
     assert java_decoded == python_decoded
     assert java_garbage == python_garbage
