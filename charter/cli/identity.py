@@ -22,7 +22,9 @@ from charter.identity.users import Directory
 from charter.store import make_engine
 
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens: issue, list, revoke.")
-keys_app = typer.Typer(no_args_is_help=True, help="The signing keys of the policy, approvals and audit services.")
+keys_app = typer.Typer(
+    no_args_is_help=True, help="The signing keys of the policy, approvals and audit services."
+)
 UNITS = {"m": 60, "h": 3600, "d": 86_400}
 
 
