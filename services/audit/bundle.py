@@ -15,35 +15,20 @@ import base64
 import io
 import json
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from charter import serde
 from charter.errors import ConfigError, InvalidMessage
 from charter.signing import Verifier
 from services.audit import checkpoint, personal, record, store
 from services.audit.merkle import InvalidProof, Tree, check_inclusion
-from services.audit.store import log_table
 
 FORMAT = "charter-evidence-bundle/1"
-
-
-def _selected(
-    conn: Connection, run_id: str | None, since: datetime | None, until: datetime | None
-) -> Iterator[Any]:
-    query = select(log_table).order_by(log_table.c.seq)
-    if run_id:
-        query = query.where(log_table.c.run_id == run_id)
-    if since:
-        query = query.where(log_table.c.occurred_at >= since)
-    if until:
-        query = query.where(log_table.c.occurred_at < until)
-    yield from conn.execute(query.execution_options(yield_per=1000))
 
 
 def _event_json(conn: Connection, row: Any, open_personal: bool) -> tuple[Any, Any]:
@@ -72,7 +57,7 @@ def export(
 ) -> tuple[int, store.Head]:
     """Write the bundle; return how many records it holds and the head they are proven in."""
     head = store.latest_checkpoint(conn)
-    rows = list(_selected(conn, run_id, since, until))
+    rows = list(store.selected(conn, run_id=run_id, since=since, until=until))
     if not rows:
         raise ConfigError("no audit records match")
     last = rows[-1].seq

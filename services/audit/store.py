@@ -386,6 +386,24 @@ def mark_published(conn: Connection, sizes: Sequence[int]) -> None:
         )
 
 
+def selected(
+    conn: Connection,
+    *,
+    run_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Iterator[Any]:
+    """Whole rows, in log order, of one run and/or a time range, streamed."""
+    query = select(log_table).order_by(log_table.c.seq)
+    if run_id:
+        query = query.where(log_table.c.run_id == run_id)
+    if since:
+        query = query.where(log_table.c.occurred_at >= since)
+    if until:
+        query = query.where(log_table.c.occurred_at < until)
+    yield from conn.execute(query.execution_options(yield_per=1000))
+
+
 @dataclass(frozen=True)
 class Recorded:
     seq: int

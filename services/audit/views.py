@@ -134,14 +134,7 @@ def export(
     until: datetime | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Audit records in log order, each with its attribution and leaf hash, decoded where it decodes."""
-    query = select(log_table).order_by(log_table.c.seq)
-    if run_id:
-        query = query.where(log_table.c.run_id == run_id)
-    if since:
-        query = query.where(log_table.c.occurred_at >= since)
-    if until:
-        query = query.where(log_table.c.occurred_at < until)
-    for row in conn.execute(query.execution_options(yield_per=1000)):
+    for row in store.selected(conn, run_id=run_id, since=since, until=until):
         try:
             event: dict[str, Any] | None = as_json(serde.decode(row.value)) if row.value else None
         except InvalidMessage:

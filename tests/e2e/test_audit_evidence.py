@@ -43,15 +43,7 @@ def _alone(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """charter in a process of its own, in an empty directory, with no Charter settings at all."""
     env = {k: v for k, v in stack_env(cwd).items() if not k.startswith("CHARTER_")}
     env["CHARTER_HOME"] = str(cwd / "nothing-here")
-    return subprocess.run(
-        [sys.executable, "-m", "charter", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return _run(list(args), env, cwd)
 
 
 def test_a_runs_bundle_verifies_offline_in_another_process(stack: Stack, tmp_path: Path) -> None:
@@ -168,13 +160,13 @@ def _broker_of(stack: Stack) -> dict[str, str]:
     }
 
 
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str], env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "charter", *args],
         capture_output=True,
         text=True,
         env=env,
-        cwd=REPO,
+        cwd=cwd,
         timeout=60,
         check=False,
     )
