@@ -97,10 +97,12 @@ def verify(
     gone = sorted(sent - {h.size for h in published}) if published is not None else []
     _print_report(report, None if published is None else len(published))
     if gone:
+        sizes = ", ".join(map(str, gone[:5])) + ("..." if len(gone) > 5 else "")
         console.print(
-            f"warning: {len(gone)} heads the audit published are not on audit.checkpoints any more (sizes "
-            f"{', '.join(map(str, gone[:5]))}{'...' if len(gone) > 5 else ''}): deleted or expired there, so "
-            "they cannot witness against a log cut short behind them",
+            f"warning: {len(gone)} heads the audit published are not on audit.checkpoints any more "
+            f"(sizes {sizes}): deleted or expired there (the embedded broker keeps topics in memory, so "
+            "a restart of `charter up` loses them), so they cannot witness against a log cut short "
+            "behind them",
             markup=False,
         )
     if not report.ok:
