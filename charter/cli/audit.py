@@ -15,6 +15,7 @@ from charter import tools, topics
 from charter.cli.output import console
 from charter.cli.stores import open_store
 from charter.client import Client
+from charter.clock import as_utc
 from charter.config import Settings
 from charter.errors import ConfigError
 from charter.events import CheckpointSigned
@@ -33,10 +34,6 @@ app.add_typer(proof_app, name="proof")
 
 def _key(settings: Settings) -> Verifier:
     return Verifier.load(settings.keys, "audit")
-
-
-def _utc(at: datetime | None) -> datetime | None:
-    return at.replace(tzinfo=at.tzinfo or UTC) if at else None
 
 
 async def _published(settings: Settings) -> list[Head]:
@@ -200,8 +197,8 @@ def export(
             _key(settings),
             out,
             run_id=run_id,
-            since=_utc(since),
-            until=_utc(until),
+            since=as_utc(since) if since else None,
+            until=as_utc(until) if until else None,
             open_personal=open_personal,
         )
     print(

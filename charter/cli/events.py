@@ -15,6 +15,7 @@ from charter import topics
 from charter.bus import REPLAYED_FROM, Outgoing
 from charter.cli.output import console, received_json, received_line
 from charter.client import Client, Received
+from charter.clock import as_utc
 from charter.config import Settings
 from charter.errors import ConfigError
 
@@ -138,8 +139,8 @@ def replay(
         raise ConfigError(f"{target} is read by the services; replay into it only with --into-live")
     window = dict(
         from_offset=from_offset,
-        from_time=_utc(from_time),
-        until=_utc(until),
+        from_time=as_utc(from_time) if from_time else None,
+        until=as_utc(until) if until else None,
         to_offset=to_offset,
         run_id=run_id,
     )
@@ -167,7 +168,3 @@ def replay(
         print(f"-- {count} records replayed to {target}")
     elif not as_json:
         print(f"-- {count} events")
-
-
-def _utc(at: datetime | None) -> datetime | None:
-    return at.replace(tzinfo=at.tzinfo or UTC) if at else None

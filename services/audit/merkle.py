@@ -17,6 +17,7 @@ from pymerkle import BaseMerkleTree, ConsistencyProof, InclusionProof, InvalidPr
 from sqlalchemy import Connection
 
 from services.audit import store
+from services.audit.record import node
 
 Fetch = Callable[[int, int], Sequence[bytes]]
 
@@ -82,9 +83,6 @@ class Tree(BaseMerkleTree):  # type: ignore[misc]
         return bytes(super()._get_subroot_uncached(offset, width))
 
 
-NODE_PREFIX = b"\x01"
-
-
 @dataclass(frozen=True)
 class Frontier:
     """A tree of `size` leaves as the roots of its perfect subtrees, largest first (RFC 6962's
@@ -112,7 +110,7 @@ class Frontier:
             merges = size
             while merges & 1 == 0:
                 right = roots.pop()
-                roots.append(hashlib.sha256(NODE_PREFIX + roots.pop() + right).digest())
+                roots.append(node(roots.pop(), right))
                 merges >>= 1
         return Frontier(size, tuple(roots))
 
@@ -121,7 +119,7 @@ class Frontier:
             return hashlib.sha256(b"").digest()
         digest = self.roots[-1]
         for left in reversed(self.roots[:-1]):
-            digest = hashlib.sha256(NODE_PREFIX + left + digest).digest()
+            digest = node(left, digest)
         return digest
 
 

@@ -25,6 +25,7 @@ from charter.clock import as_utc
 
 # RFC 6962, 2.1: leaves and interior nodes are hashed with different prefixes.
 LEAF_PREFIX = b"\x00"
+NODE_PREFIX = b"\x01"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ def value_digest(value: bytes) -> bytes:
 
 def leaf(meta: bytes, digest: bytes) -> bytes:
     return hashlib.sha256(LEAF_PREFIX + meta + digest).digest()
+
+
+def node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(NODE_PREFIX + left + right).digest()
 
 
 def comparable(a: Attribution) -> dict[str, Any]:

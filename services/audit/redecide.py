@@ -221,31 +221,34 @@ class Replayer:
             return None
         return Context(bundle, self._agents, self._tools, list(self._switches.values()), self._approvals_key)
 
-    def _policy_on_proposal(self, proposed: ActionProposed) -> None:
-        recorded = self._recorded.get(derive_id(proposed.event_id, "policy"))
+    def _recorded_decision(self, cause: Event, label: str, what: str) -> tuple[Context, datetime] | None:
+        """The context of the decision the log records on `cause` (under its policy version),
+        and when it was made; None (counted) when there is none to replay."""
+        recorded = self._recorded.get(derive_id(cause.event_id, label))
         decision = getattr(recorded, "decision", None)
         if recorded is None or decision is None:
-            self.result.skip("proposals with no recorded decision")
+            self.result.skip(f"{what} with no recorded decision")
+            return None
+        ctx = self._context(decision.policy_hash, cause)
+        return (ctx, recorded.envelope.occurred_at) if ctx is not None else None
+
+    def _policy_on_proposal(self, proposed: ActionProposed) -> None:
+        found = self._recorded_decision(proposed, "policy", "proposals")
+        if found is None:
             return
-        ctx = self._context(decision.policy_hash, proposed)
-        if ctx is None:
-            return
-        outputs = decide(proposed, ctx, self._usage, recorded.envelope.occurred_at)
+        ctx, at = found
+        outputs = decide(proposed, ctx, self._usage, at)
         if self._relevant(proposed):
             self.result.inputs += 1
             self._compare("policy", proposed, outputs)
 
     def _policy_on_approval(self, approved: ActionApproved) -> None:
-        recorded = self._recorded.get(derive_id(approved.event_id, "revalidated"))
-        decision = getattr(recorded, "decision", None)
-        if recorded is None or decision is None:
-            self.result.skip("approved actions with no recorded decision")
+        found = self._recorded_decision(approved, "revalidated", "approved actions")
+        if found is None:
             return
-        ctx = self._context(decision.policy_hash, approved)
-        if ctx is None:
-            return
+        ctx, at = found
         approval = approved.approval_id or ""
-        outputs = revalidate(approved, ctx, recorded.envelope.occurred_at, used=approval in self._used)
+        outputs = revalidate(approved, ctx, at, used=approval in self._used)
         if approval and any(isinstance(o, ActionApproved) for o in outputs):
             self._used.add(approval)
         if self._relevant(approved):

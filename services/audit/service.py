@@ -66,6 +66,7 @@ class Auditor:
         self._tree = Tree.over(self._current)
         self._last: audit.Head | None = None
         self._loaded = False
+        self._unpublished = True  # heads may wait to be published (from before a restart, say)
         self._refused: str | None = None  # why heads are no longer signed, if they are not
         # The tree as committed; a transaction works on a copy, adopted once it commits.
         self._frontier: Frontier | None = None
@@ -154,6 +155,7 @@ class Auditor:
         self._pending_frontier = frontier
         head = checkpoint.sign(self._signer, size, frontier.root(), now_us)
         audit.add_checkpoint(conn, head)
+        self._unpublished = True
         self._last = head
 
     def _committed(self, conn: Connection, size: int) -> Frontier:
@@ -180,15 +182,22 @@ class Auditor:
             log.error("audit: %s", self._refused)
 
     async def publish(self) -> None:
-        if self._bus is None:
+        # Most batches sign nothing: the store is asked only when a head may be waiting (one
+        # signed since, or left from before a restart or a failed publish).
+        if self._bus is None or not self._unpublished:
             return
-        with self._engine.connect() as conn:
-            heads = audit.checkpoints(conn, unpublished=True)
-        for head in heads:
-            await self._bus.publish(checkpoint.event_of(head, self._settings.tenant))
-        if heads:
-            with self._engine.begin() as conn:
-                audit.mark_published(conn, [h.size for h in heads])
+        self._unpublished = False
+        try:
+            with self._engine.connect() as conn:
+                heads = audit.checkpoints(conn, unpublished=True)
+            for head in heads:
+                await self._bus.publish(checkpoint.event_of(head, self._settings.tenant))
+            if heads:
+                with self._engine.begin() as conn:
+                    audit.mark_published(conn, [h.size for h in heads])
+        except BaseException:
+            self._unpublished = True
+            raise
 
     async def sign_tail(self, stop: asyncio.Event) -> None:
         """Sign what a quiet log has not had signed yet, every checkpoint interval."""

@@ -8,7 +8,6 @@ tables here are what the code reads and writes, and a test keeps the two the sam
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -176,7 +175,7 @@ def perfect_root(hashes: Sequence[bytes]) -> bytes:
     """The root of a perfect subtree over `hashes` (a power of two of them), RFC 6962's nodes."""
     level = list(hashes)
     while len(level) > 1:
-        level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+        level = [record.node(level[i], level[i + 1]) for i in range(0, len(level), 2)]
     return level[0]
 
 
