@@ -31,10 +31,10 @@ from charter.config import Settings
 from charter.consumer import Delivery
 from charter.events import Action, ActionApproved, ActionExecuted, Decision
 from charter.killswitch import ControlFollower
+from charter.secrets import Secrets
 from charter.store import make_engine
 from charter.tools import Registry, ToolContext, tool
 from services.executor import store as executions
-from services.executor.secrets import Secrets
 from services.executor.service import Executor
 
 REPO = Path(__file__).resolve().parent.parent

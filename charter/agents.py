@@ -1,12 +1,14 @@
-"""Agents, declared in YAML: who owns them, what starts them, which tools they hold, and the
-playbook they follow. Loaded and checked at start; a bad file stops the service with its name.
+"""Agents, declared in YAML: who owns them, what starts them, which tools they hold, and how
+they plan: a playbook of steps (`plan: playbook`, the default), or a model that chooses among
+the agent's tools (`plan: llm`). Loaded and checked at start; a bad file stops the service with
+its name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -44,6 +46,31 @@ class Step(_Strict):
     compensate: Compensation | None = Field(
         None, description="How to undo the step; defaults to its tool's declared compensation."
     )
+    when: str | None = Field(
+        None, description="Jinja expression over the run (trigger, steps); false skips the step."
+    )
+    expect: str | None = Field(
+        None,
+        description="Jinja expression over the step's `result` (and the run) that must hold: a "
+        "verification step. False fails the run, which undoes what it did.",
+    )
+
+
+class ModelPlan(_Strict):
+    """How a `plan: llm` agent reasons: its instructions, and the bounds on the loop."""
+
+    instructions: str = Field(min_length=1, description="The system prompt.")
+    model: str | None = Field(None, description="Overrides CHARTER_LLM_MODEL for this agent.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_turns: int = Field(10, ge=1, le=200, description="Model calls one run may make.")
+    max_errors: int = Field(
+        3, ge=0, le=50, description="Malformed, failed or denied tool calls answered before escalating."
+    )
+    resources: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per tool, the templated target of a call, over `params` and `trigger`; "
+        "defaults to the tool name.",
+    )
 
 
 class Agent(_Strict):
@@ -54,29 +81,51 @@ class Agent(_Strict):
     roles: list[str] = Field(default_factory=list)
     triggers: list[TriggerRule] = Field(min_length=1)
     tools: list[str] = Field(min_length=1)
-    steps: list[Step] = Field(min_length=1)
+    plan: Literal["playbook", "llm"] = "playbook"
+    steps: list[Step] = Field(default_factory=list)
+    llm: ModelPlan | None = None
     limits: AgentLimits = AgentLimits()
+
+    @property
+    def reasons(self) -> bool:
+        """A model plans this agent's runs."""
+        return self.plan == "llm"
 
     @model_validator(mode="after")
     def _consistent(self) -> Agent:
+        if self.plan == "llm":
+            if self.llm is None or self.steps:
+                raise ValueError("a `plan: llm` agent needs an `llm:` section and no steps")
+            for name, resource in self.llm.resources.items():
+                if name not in self.tools:
+                    raise ValueError(f"llm.resources names {name!r}, which the agent does not hold")
+                check(resource)
+        elif self.llm is not None or not self.steps:
+            raise ValueError("a playbook agent needs steps, and no `llm:` section")
         ids = [s.id for s in self.steps]
         if len(set(ids)) != len(ids):
             raise ValueError("step ids must be unique")
         for step in self.steps:
-            if step.tool not in self.tools:
-                raise ValueError(f"step {step.id!r} uses tool {step.tool!r}, which the agent does not hold")
-            check(step.parameters)
-            check(step.resource)
-            if step.compensate is not None:
-                if step.compensate.tool not in self.tools:
-                    undo = step.compensate.tool
-                    raise ValueError(f"step {step.id!r} is undone by {undo!r}, which the agent does not hold")
-                check(step.compensate.parameters)
-                check(step.compensate.resource)
+            self._check_step(step)
         for rule in self.triggers:
             if rule.when is not None:
                 check("{{ " + rule.when + " }}")
         return self
+
+    def _check_step(self, step: Step) -> None:
+        if step.tool not in self.tools:
+            raise ValueError(f"step {step.id!r} uses tool {step.tool!r}, which the agent does not hold")
+        check(step.parameters)
+        check(step.resource)
+        for expression in (step.when, step.expect):
+            if expression is not None:
+                check("{{ " + expression + " }}")
+        if step.compensate is not None:
+            if step.compensate.tool not in self.tools:
+                undo = step.compensate.tool
+                raise ValueError(f"step {step.id!r} is undone by {undo!r}, which the agent does not hold")
+            check(step.compensate.parameters)
+            check(step.compensate.resource)
 
 
 def _error_line(exc: ValidationError | TemplateFailure | yaml.YAMLError) -> str:

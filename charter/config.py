@@ -45,9 +45,23 @@ class Settings(BaseSettings):
         None, description="YAML file of secret names to values (or a directory, one file a name)."
     )
     breaker_failures: int = Field(
-        5, ge=1, description="Transient failures in a row that open a tool's circuit."
+        5, ge=1, description="Transient failures in a row that open a tool's (or the model's) circuit."
     )
     breaker_cooldown_s: float = Field(30.0, gt=0, description="How long an open circuit refuses calls.")
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible API for `plan: llm` agents, e.g. https://api.openai.com/v1."
+    )
+    llm_model: str | None = Field(None, description="The model, unless an agent names its own.")
+    llm_api_key_secret: str = Field(
+        "LLM_API_KEY",
+        pattern=r"^[A-Z][A-Z0-9_]*$",
+        description="Name of the secret holding the API key (CHARTER_SECRET_<NAME> or the secrets file); "
+        "unset secret: no key is sent.",
+    )
+    llm_timeout_s: float = Field(60.0, gt=0, description="Bound on one model call.")
+    llm_max_attempts: int = Field(3, ge=1, le=10, description="Tries of one model call on transient errors.")
+    llm_input_cost_per_1k: float = Field(0.0, ge=0, description="Cost units per 1,000 prompt tokens.")
+    llm_output_cost_per_1k: float = Field(0.0, ge=0, description="Cost units per 1,000 completion tokens.")
     audit_checkpoint_every: int = Field(
         1000, ge=1, description="The audit signs a tree head after this many new records..."
     )

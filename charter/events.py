@@ -181,6 +181,8 @@ class RunStarted(Event):
 class RunCompleted(Event):
     steps_completed: int
     outputs: JsonObject
+    llm_tokens: int = 0
+    llm_cost: float = 0.0
 
 
 class RunFailed(Event):
@@ -199,6 +201,15 @@ class RunEscalated(Event):
     cause: str
     reason: str
     step: int | None = None
+    llm_tokens: int = 0
+    llm_cost: float = 0.0
+    context: JsonObject = {}
+
+
+class RunInstructed(Event):
+    command: str
+    instruction: str = ""
+    instructed_by: str
 
 
 class ActionProposed(Event):
@@ -366,6 +377,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunFailed,
         RunCancelled,
         RunEscalated,
+        RunInstructed,
         ActionProposed,
         ActionApproved,
         ActionRejected,

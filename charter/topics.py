@@ -30,6 +30,8 @@ class Topic(StrEnum):
 
 TOPIC_OF: dict[type[ev.Event], Topic] = {
     ev.TriggerReceived: Topic.TRIGGERS,
+    # A human's direction of a run reaches the planner with the events that drive runs.
+    ev.RunInstructed: Topic.TRIGGERS,
     ev.RunStarted: Topic.RUNS,
     ev.RunCompleted: Topic.RUNS,
     ev.RunFailed: Topic.RUNS,

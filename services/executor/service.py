@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from charter import signing, store, tools, topics
+from charter.breaker import Breakers
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
@@ -19,13 +20,12 @@ from charter.errors import ForgedEvent, RetryPolicy
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
 from charter.killswitch import ControlFollower, SwitchStore, matching
 from charter.pipeline import Pipeline
+from charter.secrets import MissingSecret, Secrets, guard_logs
 from charter.service import Parts
 from charter.tools import Registry, ToolContext, ToolSpec
 from charter.topics import Topic
 from services.executor import decide, egress
 from services.executor import store as executions
-from services.executor.breaker import Breakers
-from services.executor.secrets import MissingSecret, Secrets, guard_logs
 from services.executor.tools import NOT_REACHED, Limits, ToolFailure, call
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,18 @@
 """The planner's decisions, with no Kafka, database or clock of their own.
 
 A trigger starts one run per matching agent; each run proposes its playbook's steps one at a
-time, and moves on only when the previous step's result comes back. Run ids derive from the
-trigger's id and the agent's, so the same trigger never starts the same agent twice.
+time, and moves on only when the previous step's result comes back. A step may be skipped by
+its condition (`when`), and a verification step (`expect`) fails the run when the result it
+checks does not hold. Run ids derive from the trigger's id and the agent's, so the same
+trigger never starts the same agent twice. A model-planned agent's runs are decided in
+reason.py instead, through the same entry points.
 
 A run that fails or is cancelled after steps that can be undone first compensates them, last
 first (a saga): each compensation is an action like any other, proposed, governed, executed
 and audited, numbered after the playbook's steps. A compensation that does not succeed
 escalates the run to a human. So does an action whose effect is in doubt, and a tool whose
-circuit is open: neither is a verdict on the work.
+circuit is open: neither is a verdict on the work. A human resumes an escalated run (its step
+is proposed again, under new ids) or cancels it.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from charter.agents import Agent
 from charter.clock import derive_id
@@ -30,68 +34,24 @@ from charter.events import (
     ActionRejected,
     Event,
     KillSwitchSet,
-    RunCancelled,
     RunCompleted,
-    RunEscalated,
-    RunFailed,
+    RunInstructed,
     RunStarted,
     ToolUnavailable,
     TriggerReceived,
     canonical_json,
 )
 from charter.templating import TemplateFailure, evaluate, render
+from services.planner import reason
+from services.planner.run import Done, Ending, RunState, Status, Transition, end, escalate
+
+__all__ = ["Done", "Ending", "RunState", "Status", "Transition"]
 
 log = logging.getLogger(__name__)
 
 # Rejections that end a run as escalated to a human rather than failed.
 ESCALATE = frozenset({"loop", "approval_expired"})
-Status = Literal["running", "cancelling", "compensating", "completed", "failed", "cancelled", "escalated"]
 Outcome = ActionExecuted | ActionFailed | ActionRejected | ToolUnavailable
-
-
-@dataclass(frozen=True)
-class Done:
-    """A step that took effect, with what a compensation needs to undo it."""
-
-    step_index: int
-    resource: str
-    parameters: dict[str, Any]
-    result: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Ending:
-    """How a compensating run ends once its compensations succeed."""
-
-    kind: Literal["failed", "cancelled"]
-    cause: str
-    reason: str
-    step: int | None = None
-    switch_id: str | None = None
-
-
-@dataclass(frozen=True)
-class RunState:
-    """Everything the planner keeps about a run. The agent is a snapshot taken when the run
-    started, so editing an agent's file never changes a run already under way."""
-
-    run_id: str
-    agent: Agent
-    trigger: TriggerReceived
-    status: Status = "running"
-    step_index: int = 0
-    results: dict[str, Any] = field(default_factory=dict)
-    done: tuple[Done, ...] = ()
-    # While compensating: the steps still to undo, next first, and the steps undone so far.
-    undo: tuple[int, ...] = ()
-    undone: tuple[str, ...] = ()
-    ending: Ending | None = None
-
-
-@dataclass(frozen=True)
-class Transition:
-    state: RunState
-    outputs: list[Event]
 
 
 def run_id_for(trigger: TriggerReceived, agent: Agent) -> str:
@@ -139,8 +99,8 @@ def on_trigger(
             steps=len(agent.steps),
             triggered_by=trigger.submitted_by,
         )
-        next_state, outputs = _propose(state, started, now)
-        transitions.append(Transition(next_state, [started, *outputs]))
+        first = reason.begin(state, started, now) if agent.reasons else _next(state, started, now)
+        transitions.append(replace(first, outputs=[started, *first.outputs]))
     return transitions
 
 
@@ -149,8 +109,27 @@ def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Trans
     the outcome is for a run already ended, or a step already past (a redelivery)."""
     if state is None or outcome.action.step_index != state.step_index:
         return None
+    if state.chat is not None:
+        return reason.on_outcome(outcome, state, now) if state.status == "running" else None
     handler = _BY_STATUS.get(state.status)
     return handler(outcome, state, now) if handler else None
+
+
+def on_instruction(instruction: RunInstructed, state: RunState, now: datetime) -> Transition | None:
+    """A human resumes an escalated run or cancels a live one; None if the run is in no state
+    for it (already ended, or not escalated), which the service reports."""
+    if instruction.command == "cancel" and state.status in ("running", "escalated", "cancelling"):
+        who = instruction.instructed_by
+        why = f"cancelled by {who}" + (f": {instruction.instruction}" if instruction.instruction else "")
+        return _cancel(state, instruction, Ending("cancelled", "human", why), now)
+    if instruction.command != "resume" or state.status != "escalated":
+        return None
+    resumed = replace(state, attempt=state.attempt + 1, escalated_from=None)
+    if state.chat is not None:
+        return reason.resume(resumed, instruction, now)
+    if state.escalated_from == "compensating" and state.undo:
+        return _propose_compensation(replace(resumed, status="compensating"), instruction, now)
+    return _next(replace(resumed, status="running"), instruction, now)
 
 
 def _on_step(outcome: Outcome, state: RunState, now: datetime) -> Transition:
@@ -158,17 +137,17 @@ def _on_step(outcome: Outcome, state: RunState, now: datetime) -> Transition:
     if isinstance(outcome, ActionExecuted):
         return _advance(outcome, state, now)
     if isinstance(outcome, ToolUnavailable):
-        return _escalate(state, outcome, "tool_unavailable", outcome.reason, now)
+        return escalate(state, outcome, "tool_unavailable", outcome.reason, now)
     if isinstance(outcome, ActionFailed):
         if outcome.in_doubt:
             return _in_doubt(outcome, state, now)
-        reason = f"{outcome.action.tool} failed: {outcome.error}"
-        return _fail(state, outcome, "action_failed", reason, now)
+        reason_ = f"{outcome.action.tool} failed: {outcome.error}"
+        return _fail(state, outcome, "action_failed", reason_, now)
     reasons = "; ".join(outcome.decision.reasons) or "no reason given"
     if outcome.decision.limit in ESCALATE:
         # A loop, or an approval nobody gave in time, is not a verdict on the work: a human
         # looks at it and decides what comes next.
-        return _escalate(state, outcome, outcome.decision.limit or "", reasons, now)
+        return escalate(state, outcome, outcome.decision.limit or "", reasons, now)
     return _fail(state, outcome, "action_rejected", f"rejected by {outcome.rejected_by}: {reasons}", now)
 
 
@@ -181,16 +160,55 @@ def _advance(outcome: ActionExecuted, state: RunState, now: datetime) -> Transit
         results={**state.results, step.id: outcome.result},
         done=(*state.done, done),
     )
-    if advanced.step_index < len(state.agent.steps):
-        return Transition(*_propose(advanced, outcome, now))
+    if step.expect is not None:
+        failure = _unverified(step.expect, {**template_context(advanced), "result": outcome.result})
+        if failure is not None:
+            # The step took effect but not as required: the run fails, undoing what it did.
+            return _fail(
+                replace(advanced, step_index=state.step_index),
+                outcome,
+                "verification_failed",
+                f"step {step.id}: {failure}",
+                now,
+            )
+    return _next(advanced, outcome, now)
+
+
+def _unverified(expect: str, context: dict[str, Any]) -> str | None:
+    try:
+        if evaluate(expect, context):
+            return None
+    except TemplateFailure as exc:
+        return f"cannot check {expect!r}: {exc}"
+    return f"expected {expect!r}, which does not hold for result {canonical_json(context['result'])[:300]}"
+
+
+def _next(state: RunState, cause: Event, now: datetime) -> Transition:
+    """Propose the first step from `state.step_index` whose condition holds; complete the run
+    if none is left."""
+    steps = state.agent.steps
+    index = state.step_index
+    context = template_context(state)
+    while index < len(steps) and steps[index].when is not None:
+        try:
+            if evaluate(str(steps[index].when), context):
+                break
+        except TemplateFailure as exc:
+            return _fail(
+                replace(state, step_index=index), cause, "plan_error", f"step {steps[index].id}: {exc}", now
+            )
+        index += 1
+    state = replace(state, step_index=index)
+    if index < len(steps):
+        return _propose(state, cause, now)
     completed = RunCompleted.caused_by(
-        outcome,
+        cause,
         event_id=derive_id(state.run_id, "completed"),
         now=now,
-        steps_completed=advanced.step_index,
-        outputs=advanced.results,
+        steps_completed=len(state.done),
+        outputs=state.results,
     )
-    return Transition(replace(advanced, status="completed"), [completed])
+    return Transition(replace(state, status="completed"), [completed])
 
 
 def _in_doubt(outcome: ActionFailed, state: RunState, now: datetime) -> Transition:
@@ -199,7 +217,7 @@ def _in_doubt(outcome: ActionFailed, state: RunState, now: datetime) -> Transiti
         f"{outcome.action.tool} (idempotency key {outcome.idempotency_key}, "
         f"{outcome.attempts} attempt(s)): {outcome.error}"
     )
-    return _escalate(state, outcome, "in_doubt", evidence, now)
+    return escalate(state, outcome, "in_doubt", evidence, now)
 
 
 def _on_cancelled_step(outcome: Outcome, state: RunState, now: datetime) -> Transition:
@@ -213,21 +231,14 @@ def _on_cancelled_step(outcome: Outcome, state: RunState, now: datetime) -> Tran
         state = replace(state, done=(*state.done, done))
     if _undoable(state):
         return _start_compensation(state, outcome, ending, now)
-    return Transition(replace(state, status="cancelled"), [_end(state, outcome, ending, now)])
+    return Transition(replace(state, status="cancelled"), [end(state, outcome, ending, now)])
 
 
-def _escalate(state: RunState, cause: Event, kind: str, reason: str, now: datetime) -> Transition:
-    escalated = RunEscalated.caused_by(
-        cause,
-        event_id=derive_id(state.run_id, "escalated"),
-        now=now,
-        agent=state.agent.id,
-        run_id=state.run_id,
-        cause=kind,
-        reason=reason,
-        step=state.step_index,
-    )
-    return Transition(replace(state, status="escalated"), [escalated])
+def _tools_ahead(state: RunState) -> set[str]:
+    if state.chat is not None:
+        # A model may call any tool its agent holds, at any turn.
+        return set(state.agent.tools)
+    return {step.tool for step in state.agent.steps[state.step_index :]}
 
 
 def affected(state: RunState, switch: KillSwitchSet) -> bool:
@@ -236,8 +247,7 @@ def affected(state: RunState, switch: KillSwitchSet) -> bool:
         return False
     if switch.scope_agent is not None and switch.scope_agent != state.agent.id:
         return False
-    ahead = {step.tool for step in state.agent.steps[state.step_index :]}
-    return switch.scope_tool is None or switch.scope_tool in ahead
+    return switch.scope_tool is None or switch.scope_tool in _tools_ahead(state)
 
 
 def on_kill_switch(switch: KillSwitchSet, runs: Collection[RunState], now: datetime) -> list[Transition]:
@@ -246,24 +256,40 @@ def on_kill_switch(switch: KillSwitchSet, runs: Collection[RunState], now: datet
         return []
     transitions = []
     for state in sorted(runs, key=lambda s: s.run_id):
-        if not affected(state, switch):
-            continue
-        ending = Ending("cancelled", "kill_switch", switch.reason, switch_id=switch.switch_id)
-        in_flight = state.agent.steps[state.step_index]
-        if in_flight.compensate is not None and switch.scope_tool not in (None, in_flight.tool):
-            # The step under way can still take effect (the switch is on a later tool): wait for
-            # its outcome, so that it is undone with the others if it does.
-            transitions.append(Transition(replace(state, status="cancelling", ending=ending), []))
-            continue
-        if _undoable(state):
-            transitions.append(_start_compensation(state, switch, ending, now, lineage=state.trigger))
-            continue
-        transitions.append(
-            Transition(
-                replace(state, status="cancelled"), [_end(state, switch, ending, now, lineage=state.trigger)]
-            )
-        )
+        if affected(state, switch):
+            ending = Ending("cancelled", "kill_switch", switch.reason, switch_id=switch.switch_id)
+            # A step under way on another tool than the one switched off can still take effect.
+            tool = switch.scope_tool
+            wait = tool is not None and _in_flight(state) not in (None, tool)
+            transitions.append(_cancel(state, switch, ending, now, lineage=state.trigger, wait=wait))
     return transitions
+
+
+def _in_flight(state: RunState) -> str | None:
+    """The tool of the running playbook step that can still take effect and be undone."""
+    steps = state.agent.steps
+    if state.status != "running" or state.chat is not None or state.step_index >= len(steps):
+        return None
+    step = steps[state.step_index]
+    return step.tool if step.compensate is not None else None
+
+
+def _cancel(
+    state: RunState,
+    cause: Event,
+    ending: Ending,
+    now: datetime,
+    *,
+    lineage: Event | None = None,
+    wait: bool = True,
+) -> Transition:
+    """Cancel a run, undoing what it did. With `wait`, a step under way that can still take
+    effect is waited for first (the run is `cancelling`), so that it is undone with the others."""
+    if wait and _in_flight(state) is not None:
+        return Transition(replace(state, status="cancelling", ending=ending), [])
+    if _undoable(state):
+        return _start_compensation(state, cause, ending, now, lineage=lineage)
+    return Transition(replace(state, status="cancelled"), [end(state, cause, ending, now, lineage=lineage)])
 
 
 def template_context(state: RunState) -> dict[str, Any]:
@@ -276,7 +302,7 @@ def template_context(state: RunState) -> dict[str, Any]:
     }
 
 
-def _propose(state: RunState, cause: Event, now: datetime) -> tuple[RunState, list[Event]]:
+def _propose(state: RunState, cause: Event, now: datetime) -> Transition:
     step = state.agent.steps[state.step_index]
     context = template_context(state)
     try:
@@ -284,10 +310,9 @@ def _propose(state: RunState, cause: Event, now: datetime) -> tuple[RunState, li
         parameters = json.loads(canonical_json(render(step.parameters, context)))
         resource = render(step.resource, context) if step.resource is not None else step.tool
     except (TemplateFailure, TypeError, ValueError) as exc:
-        transition = _fail(state, cause, "plan_error", f"step {step.id}: {exc}", now)
-        return transition.state, transition.outputs
+        return _fail(state, cause, "plan_error", f"step {step.id}: {exc}", now)
     action = Action(
-        action_id=derive_id(state.run_id, f"action:{state.step_index}"),
+        action_id=state.ids(f"action:{state.step_index}"),
         step_index=state.step_index,
         step_id=step.id,
         tool=step.tool,
@@ -297,50 +322,21 @@ def _propose(state: RunState, cause: Event, now: datetime) -> tuple[RunState, li
     )
     proposed = ActionProposed.caused_by(
         cause,
-        event_id=derive_id(state.run_id, f"proposed:{state.step_index}"),
+        event_id=state.ids(f"proposed:{state.step_index}"),
         now=now,
         agent=state.agent.id,
         run_id=state.run_id,
         action=action,
         triggered_by=state.trigger.submitted_by,
     )
-    return state, [proposed]
+    return Transition(state, [proposed])
 
 
-def _fail(state: RunState, cause: Event, kind: str, reason: str, now: datetime) -> Transition:
-    ending = Ending("failed", kind, reason, step=state.step_index)
+def _fail(state: RunState, cause: Event, kind: str, why: str, now: datetime) -> Transition:
+    ending = Ending("failed", kind, why, step=state.step_index)
     if _undoable(state):
         return _start_compensation(state, cause, ending, now)
-    return Transition(replace(state, status="failed"), [_end(state, cause, ending, now)])
-
-
-def _end(state: RunState, cause: Event, ending: Ending, now: datetime, lineage: Event | None = None) -> Event:
-    reason = ending.reason
-    if state.undone:
-        reason += f" (undone: {', '.join(state.undone)})"
-    common: dict[str, Any] = {
-        "now": now,
-        "agent": state.agent.id,
-        "run_id": state.run_id,
-        "cause": ending.cause,
-    }
-    if ending.kind == "cancelled":
-        return RunCancelled.caused_by(
-            cause,
-            lineage=lineage,
-            event_id=derive_id(state.run_id, "cancelled"),
-            reason=reason,
-            switch_id=ending.switch_id,
-            **common,
-        )
-    return RunFailed.caused_by(
-        cause,
-        lineage=lineage,
-        event_id=derive_id(state.run_id, "failed"),
-        reason=reason,
-        failed_step=ending.step,
-        **common,
-    )
+    return Transition(replace(state, status="failed"), [end(state, cause, ending, now)])
 
 
 def _undoable(state: RunState) -> tuple[int, ...]:
@@ -371,9 +367,9 @@ def _propose_compensation(
         if step.compensate.resource is not None:
             resource = str(render(step.compensate.resource, context))
     except (TemplateFailure, TypeError, ValueError) as exc:
-        return _escalate(state, cause, "compensation_failed", f"cannot undo step {step.id}: {exc}", now)
+        return escalate(state, cause, "compensation_failed", f"cannot undo step {step.id}: {exc}", now)
     action = Action(
-        action_id=derive_id(state.run_id, f"action:{state.step_index}"),
+        action_id=state.ids(f"action:{state.step_index}"),
         step_index=state.step_index,
         step_id=f"undo-{step.id}",
         tool=step.compensate.tool,
@@ -385,7 +381,7 @@ def _propose_compensation(
     proposed = ActionProposed.caused_by(
         cause,
         lineage=lineage,
-        event_id=derive_id(state.run_id, f"proposed:{state.step_index}"),
+        event_id=state.ids(f"proposed:{state.step_index}"),
         now=now,
         agent=state.agent.id,
         run_id=state.run_id,
@@ -401,14 +397,14 @@ def _on_compensation(outcome: Outcome, state: RunState, now: datetime) -> Transi
     if not isinstance(outcome, ActionExecuted):
         why = describe_failure(outcome)
         reason = f"{state.ending.reason}; undoing step {step.id} did not succeed: {why}"
-        return _escalate(state, outcome, "compensation_failed", reason, now)
+        return escalate(state, outcome, "compensation_failed", reason, now)
     advanced = replace(
         state, step_index=state.step_index + 1, undo=state.undo[1:], undone=(*state.undone, step.id)
     )
     if advanced.undo:
         return _propose_compensation(advanced, outcome, now)
     status: Status = state.ending.kind
-    return Transition(replace(advanced, status=status), [_end(advanced, outcome, state.ending, now)])
+    return Transition(replace(advanced, status=status), [end(advanced, outcome, state.ending, now)])
 
 
 def describe_failure(outcome: ActionFailed | ActionRejected | ToolUnavailable) -> str:

@@ -1,8 +1,15 @@
-"""The planner as a faust app: the thin adapter around `decide`.
+"""The planner as a faust app: the thin adapter around `decide` and `reason`.
 
 faust runs the consumer group and hands records over one at a time; Charter's pipeline
 decodes, traces and dead-letters them, this module reads and writes run state, and the
 outputs are acknowledged by the broker before faust may commit the input's offset.
+
+A model-planned run's model calls happen between two transactions: the decision is made
+over the state as read, the model is asked (no transaction open while it thinks), and the
+new state is written with the event's inbox record only if the run's row has not changed
+meanwhile (a kill switch, say); otherwise the event is decided again. A planner killed
+mid-call has written nothing, so the record is redelivered and decided again; one killed
+after the write re-sends the outputs it recorded. Either way no step is proposed twice.
 """
 
 from __future__ import annotations
@@ -30,34 +37,51 @@ from charter.events import (
     ActionRejected,
     Event,
     KillSwitchSet,
+    RunInstructed,
     ToolUnavailable,
     TriggerReceived,
 )
 from charter.killswitch import ControlFollower, SwitchStore
 from charter.pipeline import Pipeline
+from charter.secrets import Secrets, guard_logs
 from charter.service import group_id, service_bus
 from charter.stack import readiness
 from charter.topics import Topic
 from charter.watch import DirectoryWatcher
-from services.planner import decide
+from services.planner import decide, reason
 from services.planner import store as runs
+from services.planner.model import ModelClient, ModelUnavailable
+from services.planner.run import RunState, Transition
 
 log = logging.getLogger(__name__)
 NAME = "planner"
 TOPICS = (Topic.TRIGGERS, Topic.ACTIONS_RESULTS, Topic.ACTIONS_REJECTED)
 
 
+# Times an event is decided again because a run it changes changed while its model thought.
+CONFLICT_RETRIES = 5
+
+
+class _Changed(Exception):
+    pass
+
+
 class Planner:
-    def __init__(self, settings: Settings, engine: Engine, clock: Clock) -> None:
+    def __init__(self, settings: Settings, engine: Engine, clock: Clock, model: ModelClient) -> None:
         self._settings = settings
         self._engine = engine
         self._clock = clock
+        self._model = model
+        self._pricing = reason.Pricing(settings.llm_input_cost_per_1k, settings.llm_output_cost_per_1k)
         self._watcher = DirectoryWatcher(settings.agents_dir, ("*.yaml", "*.yml"))
+        self.registry = tools.load(settings.tool_module_list())
         self.agents: Mapping[str, Agent] = self._load_agents()
 
+    async def close(self) -> None:
+        await self._model.close()
+
     def _load_agents(self) -> Mapping[str, Agent]:
-        registry = tools.load(self._settings.tool_module_list())
-        return agent_files.load(self._settings.agents_dir, registry)
+        return agent_files.load(self._settings.agents_dir, self.registry)
 
     def reload_if_changed(self) -> None:
         if self._watcher.changed():
@@ -68,6 +92,14 @@ class Planner:
                 log.error("agents not reloaded, keeping the previous ones: %s", exc)
 
     async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return await self._handle_once(event)
+            except _Changed:
+                log.info("a run %s changes changed meanwhile; deciding it again", event.event_id)
+        raise RuntimeError(f"runs changed under {event.event_id} {CONFLICT_RETRIES} times in a row")
+
+    async def _handle_once(self, event: Event) -> Sequence[Event]:
         with self._engine.begin() as conn:
             done = runs.inbox.outputs_of(conn, event.event_id)
             if done is not None:
@@ -77,27 +109,79 @@ class Planner:
                 transitions = decide.on_kill_switch(event, runs.running(conn, event.scope_agent), now)
             else:
                 transitions = self._decide(conn, event, now)
-            for transition in transitions:
-                runs.put(conn, transition.state, now)
-            outputs = [e for t in transitions for e in t.outputs]
-            runs.inbox.record(conn, event, outputs, now)
+            if not any(t.think for t in transitions):
+                return self._commit(conn, event, transitions, now)
+            # The model thinks with no transaction open; what was read is checked before writing.
+            seen = runs.snapshot(conn, [t.state.run_id for t in transitions])
+        thought = [await self._think(t, event) for t in transitions]
+        with self._engine.begin() as conn:
+            done = runs.inbox.outputs_of(conn, event.event_id)
+            if done is not None:
+                return done
+            if runs.snapshot(conn, list(seen)) != seen:
+                raise _Changed
+            return self._commit(conn, event, thought, self._clock.now())
+
+    def _commit(self, conn: Any, event: Event, transitions: list[Transition], now: Any) -> list[Event]:
+        for transition in transitions:
+            runs.put(conn, transition.state, now)
+        outputs = [e for t in transitions for e in t.outputs]
+        runs.inbox.record(conn, event, outputs, now)
         return outputs
 
-    def _decide(self, conn: Any, event: Event, now: Any) -> list[decide.Transition]:
+    async def _think(self, transition: Transition, event: Event) -> Transition:
+        """Ask the model until the run proposes an action, ends or escalates."""
+        outputs = list(transition.outputs)
+        cause = outputs[-1] if outputs else event
+        while transition.think:
+            state = transition.state
+            transition = reason.before_call(state, cause, self._clock.now()) or await self._turn(state, cause)
+            outputs += transition.outputs
+        return Transition(transition.state, outputs)
+
+    async def _turn(self, state: RunState, cause: Event) -> Transition:
+        body = reason.request(state, self.registry, self._settings.llm_model)
+        try:
+            reply = await self._model.complete(body)
+        except ModelUnavailable as exc:
+            log.warning("run %s: the model is unavailable: %s", state.run_id, exc)
+            return reason.on_model_error(state, cause, str(exc), self._clock.now())
+        return reason.on_reply(
+            state, reply, cause, self._clock.now(), registry=self.registry, pricing=self._pricing
+        )
+
+    def _decide(self, conn: Any, event: Event, now: Any) -> list[Transition]:
         if isinstance(event, TriggerReceived):
             candidates = [decide.run_id_for(event, a) for a in self.agents.values()]
             return decide.on_trigger(event, self.agents, runs.existing(conn, candidates), now)
-        if isinstance(event, ActionExecuted | ActionFailed | ActionRejected | ToolUnavailable):
-            if event.run_id is None:
-                raise InvalidEvent(f"{event.envelope.event_type} {event.event_id} has no run id")
-            state = runs.get(conn, event.run_id)
-            if state is None:
-                raise InvalidEvent(
-                    f"{event.envelope.event_type} {event.event_id} is for unknown run {event.run_id}"
-                )
-            transition = decide.on_outcome(event, state, now)
+        if isinstance(
+            event, ActionExecuted | ActionFailed | ActionRejected | ToolUnavailable | RunInstructed
+        ):
+            state = self._state(conn, event)
+            if isinstance(event, RunInstructed):
+                transition = decide.on_instruction(event, state, now)
+                if transition is None:
+                    log.warning(
+                        "run %s is %s: %s of %s not applied",
+                        state.run_id,
+                        state.status,
+                        event.command,
+                        event.instructed_by,
+                    )
+            else:
+                transition = decide.on_outcome(event, state, now)
             return [transition] if transition else []
         return []
+
+    def _state(self, conn: Any, event: Event) -> RunState:
+        if event.run_id is None:
+            raise InvalidEvent(f"{event.envelope.event_type} {event.event_id} has no run id")
+        state = runs.get(conn, event.run_id)
+        if state is None:
+            raise InvalidEvent(
+                f"{event.envelope.event_type} {event.event_id} is for unknown run {event.run_id}"
+            )
+        return state
 
 
 # A kill switch reaches the planner through its control follower, not as one of its records.
@@ -170,10 +254,19 @@ class Runtime:
         await self.control.run(self.stopping, on_assigned=lambda: self.joined("control"))
 
 
+def _model_client(settings: Settings) -> ModelClient:
+    """The model server's client, holding its key and no other secret; the key is redacted from
+    every line this process logs."""
+    key = Secrets.load(settings.secrets_file).get(settings.llm_api_key_secret)
+    secrets = Secrets({settings.llm_api_key_secret: key} if key else {})
+    guard_logs(secrets)
+    return ModelClient(settings, secrets)
+
+
 def build_app(settings: Settings) -> faust.App:
     engine = store.make_engine(settings.database_url_for(NAME))
     runs.create(engine)
-    planner = Planner(settings, engine, SystemClock())
+    planner = Planner(settings, engine, SystemClock(), _model_client(settings))
     runtime = Runtime(settings, planner, engine)
     datadir = settings.home / "run" / "planner-faust"
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +292,7 @@ def build_app(settings: Settings) -> faust.App:
         async def on_stop(self) -> None:
             runtime.stopping.set()
             await runtime.bus.stop()
+            await planner.close()
 
         @mode.Service.task
         async def _watch_agents(self) -> None:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Collection
 from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Column, Connection, DateTime, Engine, Integer, MetaData, String, Table, Text, select
 
@@ -19,7 +20,7 @@ from charter.agents import Agent
 from charter.events import TriggerReceived
 from charter.killswitch import switches_table
 from charter.store import Inbox, inbox_table, upsert
-from services.planner.decide import Done, Ending, RunState
+from services.planner.run import Chat, Done, Ending, RunState
 
 metadata = MetaData()
 runs = Table(
@@ -50,6 +51,9 @@ def _dump(state: RunState) -> str:
             "undo": list(state.undo),
             "undone": list(state.undone),
             "ending": asdict(state.ending) if state.ending else None,
+            "chat": asdict(state.chat) if state.chat else None,
+            "attempt": state.attempt,
+            "escalated_from": state.escalated_from,
         }
     )
 
@@ -74,7 +78,15 @@ def get(conn: Connection, run_id: str) -> RunState | None:
         undo=tuple(body.get("undo", [])),
         undone=tuple(body.get("undone", [])),
         ending=Ending(**body["ending"]) if body.get("ending") else None,
+        chat=_chat(body["chat"]) if body.get("chat") else None,
+        attempt=body.get("attempt", 0),
+        escalated_from=body.get("escalated_from"),
     )
+
+
+def _chat(body: dict[str, Any]) -> Chat:
+    lists = {k: tuple(body[k]) for k in ("messages", "queued")}
+    return Chat(**{**body, **lists})
 
 
 def running(conn: Connection, agent: str | None = None) -> list[RunState]:
@@ -83,6 +95,14 @@ def running(conn: Connection, agent: str | None = None) -> list[RunState]:
         query = query.where(runs.c.agent_id == agent)
     found = [get(conn, run_id) for run_id in conn.execute(query).scalars()]
     return [state for state in found if state is not None]
+
+
+def snapshot(conn: Connection, run_ids: Collection[str]) -> dict[str, str | None]:
+    """Each run's stored state as it stands (None if it has none yet), to tell if it changed."""
+    found = dict(
+        conn.execute(select(runs.c.run_id, runs.c.state).where(runs.c.run_id.in_(list(run_ids)))).all()
+    )
+    return {run_id: found.get(run_id) for run_id in run_ids}
 
 
 def existing(conn: Connection, run_ids: Collection[str]) -> set[str]:

@@ -12,17 +12,17 @@ import pytest
 from pydantic import BaseModel
 
 from charter import signing
+from charter.breaker import Breakers
 from charter.clock import SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event, ToolUnavailable
 from charter.killswitch import ControlFollower
+from charter.secrets import REDACTED, Secrets, guard_logs
 from charter.store import make_engine
 from charter.tools import ToolContext, ToolError, tool
 from charter.tools import load as load_tools
 from services.executor import store as executions
-from services.executor.breaker import Breakers
-from services.executor.secrets import REDACTED, Secrets, guard_logs
 from services.executor.service import Executor
 from tests.factories import one_of_each
 

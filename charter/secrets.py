@@ -1,6 +1,7 @@
-"""Secrets by name, resolved only here, in the executor, and scrubbed from whatever leaves it.
+"""Secrets by name, resolved only where they are used and scrubbed from whatever leaves there.
 
-A tool names the secrets it needs; the values come from `CHARTER_SECRET_<NAME>` in the
+A tool names the secrets it needs, and the executor alone resolves them; the planner resolves
+only the model server's key. The values come from `CHARTER_SECRET_<NAME>` in the
 environment or from the secrets file. Every value known here is redacted from tool results,
 error messages and this process's log lines, so a tool that echoes its key does not leak it.
 """
@@ -51,6 +52,9 @@ class Secrets:
         values.update({k[len(ENV_PREFIX) :]: v for k, v in environ.items() if k.startswith(ENV_PREFIX)})
         # A trailing newline is a common accident of files and mounted secrets, never meant.
         return cls({name: value.rstrip("\r\n") for name, value in values.items()})
+
+    def get(self, name: str) -> str | None:
+        return self._values.get(name)
 
     def resolve(self, names: Iterable[str]) -> dict[str, str]:
         missing = [n for n in names if n not in self._values]

@@ -1,9 +1,11 @@
-"""A circuit breaker per tool, so a system that is down is left alone rather than hammered.
+"""A circuit breaker per tool (or model server), so a system that is down is left alone rather
+than hammered.
 
 Closed: calls go through; `failures` transient failures in a row open it. Open: calls are
 refused until `cooldown_s` has passed. Half-open: one probe call goes through; its success
-closes the circuit, its failure opens it again for another cooldown. Each executor replica
-keeps its own circuits: they protect the tool from this process's calls.
+closes the circuit, its failure opens it again for another cooldown. Each replica keeps its own
+circuits: they protect the tool (the executor's) or the model server (the planner's) from this
+process's calls.
 """
 
 from __future__ import annotations
