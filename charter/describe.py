@@ -24,16 +24,24 @@ def describe(event: ev.Event) -> str:  # noqa: C901, PLR0912 - one branch per ev
         case ev.RunStarted():
             return f"run of {event.envelope.agent} started by {event.trigger_name} ({event.steps} steps)"
         case ev.RunCompleted():
-            return f"run completed after {event.steps_completed} steps"
+            answer = event.outputs.get("answer")
+            said = f": {_short(answer)}" if isinstance(answer, str) and answer else ""
+            return f"run completed after {event.steps_completed} steps{said}"
         case ev.RunFailed():
             return f"run failed ({event.cause}): {event.reason}"
         case ev.RunCancelled():
             return f"run cancelled ({event.cause}): {event.reason}"
         case ev.RunEscalated():
             return f"run escalated to a human ({event.cause}): {event.reason}"
+        case ev.RunInstructed():
+            said = f": {_short(event.instruction)}" if event.instruction else ""
+            return f"{event.command} by {event.instructed_by}{said}"
         case ev.ActionProposed():
             a = event.action
-            return f"step {a.step_index + 1} {a.step_id}: {a.tool} on {a.resource} {_short(a.parameters)}"
+            model = f" (model: {event.llm_tokens} tokens)" if event.llm_tokens else ""
+            return (
+                f"step {a.step_index + 1} {a.step_id}: {a.tool} on {a.resource} {_short(a.parameters)}{model}"
+            )
         case ev.ActionApproved():
             who = "policy" if event.approved_by == "policy" else f"{event.approved_by} (human)"
             again = ", revalidated by policy" if event.revalidated else ""

@@ -1,4 +1,4 @@
-"""charter runs | run show"""
+"""charter runs | run show | run resume | run cancel"""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from charter.api_client import ApiClient
 from charter.cli.output import console, table
 from charter.cli.stores import open_store, resolve_id
 from charter.config import Settings
@@ -53,3 +54,38 @@ def show(run_id: Annotated[str, typer.Argument(help="The run's id, or its first 
         since = (e.occurred_at - first).total_seconds() * 1000 if e.occurred_at and first else None
         offset = f"+{since:8.1f} ms" if since is not None else " " * 12
         console.print(f"  #{e.seq:<6} {offset}  {e.event_type:<18} {e.text}", markup=False)
+
+
+def _full_id(prefix: str) -> str:
+    engine = open_store(Settings(), "audit")
+    with engine.connect() as conn:
+        return resolve_id(audit.run_ids(conn, prefix=prefix, limit=2), prefix, "run")
+
+
+@run_app.command("resume")
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The escalated run's id, or its first characters.")],
+    instruction: Annotated[
+        str,
+        typer.Option("--instruction", "-i", help="What the run's model reads next (or why, for a playbook)."),
+    ] = "",
+) -> None:
+    """Resume an escalated run through the API (role operator or admin). A model-planned run
+    reads the instruction next; a playbook run proposes the step it stopped at again."""
+    full = _full_id(run_id)
+    with ApiClient.from_settings(Settings()) as api:
+        out = api.post(f"/v1/runs/{full}/resume", {"instruction": instruction})
+    console.print(f"run {full} resumed by {out['instructed_by']} (event {out['event_id']})", markup=False)
+
+
+@run_app.command("cancel")
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The run's id, or its first characters.")],
+    reason: Annotated[str, typer.Option("--reason", help="Recorded with the cancellation.")] = "",
+) -> None:
+    """Cancel a running or escalated run through the API (role operator or admin); what it did
+    that can be undone is undone first."""
+    full = _full_id(run_id)
+    with ApiClient.from_settings(Settings()) as api:
+        out = api.post(f"/v1/runs/{full}/cancel", {"instruction": reason})
+    console.print(f"run {full} cancelled by {out['instructed_by']} (event {out['event_id']})", markup=False)

@@ -2,7 +2,7 @@
 
 Built-in roles:
   - admin: everything, including issuing and revoking tokens;
-  - operator: publish business events, read runs and approvals, read metrics;
+  - operator: publish business events, read runs and approvals, resume and cancel runs, read metrics;
   - auditor: read runs, approvals and the audit log, verify and export it;
   - publisher: publish business events (for business systems).
 Any other role is an approver role, named by policies (`@approval("finance")`): its holders
@@ -21,6 +21,7 @@ BUILTIN = frozenset({"admin", "operator", "auditor", "publisher"})
 class Permission(StrEnum):
     PUBLISH = "events:publish"
     READ_RUNS = "runs:read"
+    DIRECT_RUNS = "runs:direct"
     READ_APPROVALS = "approvals:read"
     READ_ALL_APPROVALS = "approvals:read-all"
     DECIDE = "approvals:decide"
@@ -35,6 +36,7 @@ _GRANTS: dict[str, frozenset[Permission]] = {
         {
             Permission.PUBLISH,
             Permission.READ_RUNS,
+            Permission.DIRECT_RUNS,
             Permission.READ_APPROVALS,
             Permission.READ_ALL_APPROVALS,
             Permission.READ_METRICS,

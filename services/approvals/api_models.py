@@ -145,6 +145,19 @@ class RejectIn(_In):
     reason: str | None = Field(None, max_length=2000)
 
 
+class InstructIn(_In):
+    instruction: str = Field(
+        "", max_length=4000, description="For resume: what the run's planner (its model) reads next."
+    )
+
+
+class RunInstructionAccepted(BaseModel):
+    event_id: str
+    run_id: str
+    command: str
+    instructed_by: str
+
+
 class DecisionResult(BaseModel):
     approval: ApprovalOut
     decision: DecisionOut | None = Field(

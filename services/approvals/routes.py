@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from charter import broker
 from charter.clock import new_id
-from charter.events import TriggerReceived
+from charter.events import RunInstructed, RunStarted, TriggerReceived
 from charter.identity import tokens
 from charter.identity.principal import Principal
 from charter.identity.roles import Permission, approver_roles
@@ -29,10 +29,12 @@ from services.approvals.api_models import (
     EventAccepted,
     EventIn,
     Health,
+    InstructIn,
     Me,
     Problem,
     RejectIn,
     RunDetail,
+    RunInstructionAccepted,
     RunList,
     RunSummary,
     TimelineItem,
@@ -179,6 +181,72 @@ def get_run(
     run_id: str, ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.READ_RUNS))]
 ) -> RunDetail:
     return run_detail(ctx, who, run_id)
+
+
+async def _instruct(ctx: ApiContext, who: Principal, run_id: str, command: str, instruction: str) -> Any:
+    with ctx.audit_engine.connect() as conn:
+        entries = views.timeline(conn, run_id)
+    started = next((e.event for e in entries if isinstance(e.event, RunStarted)), None)
+    if started is None:
+        raise ApiError(404, "not_found", f"no run {run_id}")
+    status = views.summarize(run_id, entries).status
+    allowed = ("escalated",) if command == "resume" else ("running", "awaiting approval", "escalated")
+    if status not in allowed:
+        raise ApiError(
+            409,
+            "conflict",
+            f"run {run_id} is {status}; only a run that is {' or '.join(allowed)} may be {command}d",
+        )
+    event_id = new_id()
+    instructed = RunInstructed.create(
+        event_id=event_id,
+        now=ctx.clock.now(),
+        tenant=started.envelope.tenant,
+        agent=started.envelope.agent,
+        run_id=run_id,
+        correlation_id=started.envelope.correlation_id,
+        causation_id=started.event_id,
+        command=command,
+        instruction=instruction,
+        instructed_by=who.user,
+    )
+    await ctx.bus.publish(instructed)
+    return RunInstructionAccepted(event_id=event_id, run_id=run_id, command=command, instructed_by=who.user)
+
+
+@router.post(
+    "/runs/{run_id}/resume",
+    status_code=202,
+    response_model=RunInstructionAccepted,
+    responses=_errors(404, 409),
+)
+async def resume_run(
+    run_id: str,
+    body: InstructIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(require(Permission.DIRECT_RUNS))],
+) -> RunInstructionAccepted:
+    """Resume an escalated run: a model-planned run reads `instruction` next; a playbook run
+    proposes the step it stopped at again."""
+    result: RunInstructionAccepted = await _instruct(ctx, who, run_id, "resume", body.instruction)
+    return result
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=RunInstructionAccepted,
+    responses=_errors(404, 409),
+)
+async def cancel_run(
+    run_id: str,
+    body: InstructIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(require(Permission.DIRECT_RUNS))],
+) -> RunInstructionAccepted:
+    """Cancel a running or escalated run; what it did that can be undone is undone first."""
+    result: RunInstructionAccepted = await _instruct(ctx, who, run_id, "cancel", body.instruction)
+    return result
 
 
 @router.get("/approvals", response_model=ApprovalList, responses=_errors())

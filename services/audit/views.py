@@ -47,7 +47,16 @@ class Entry:
     event: ev.Event | None
 
 
+def _after_escalation(event: ev.Event) -> str | None:
+    """A human resumes an escalated run, or cancels it; nothing else changes its status."""
+    if isinstance(event, ev.RunInstructed) and event.command == "resume":
+        return "running"
+    return "cancelled" if isinstance(event, ev.RunCancelled) else None
+
+
 def _status(event: ev.Event, current: str) -> str:
+    if current == "escalated":
+        return _after_escalation(event) or current
     if current in TERMINAL:
         return current
     match event:
