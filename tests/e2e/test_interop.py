@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,12 @@ def _every_event_type(stack: Stack) -> None:
     with policy(stack, "deadline.cedar", DEADLINE):  # ApprovalExpired
         expired = stack.publish("support.refund_requested", {"order_id": "J-1005", "amount": 1313})
         wait_run_end(stack, run_id(expired, REFUNDS))
+    # The expired approval escalated its run; an operator cancels it: RunInstructed. The API
+    # reads the run's status from the audit, which may not have recorded the escalation yet.
+    deadline = time.monotonic() + 30
+    while stack.as_user("omar", "run", "cancel", run_id(expired, REFUNDS), check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the escalated run could not be cancelled"
+        time.sleep(0.5)
     # A kill switch on an agent whose run waits: KillSwitchSet, its acknowledgements, RunCancelled.
     held = stack.publish("support.refund_requested", {"order_id": "J-1006", "amount": 950})
     waiting = run_id(held, REFUNDS)

@@ -13,10 +13,48 @@ DEMO_TOOLS = tools.load(["charter.demo.tools"])
 
 def test_the_demo_agents_load() -> None:
     loaded = agents.load(REPO / "agents", DEMO_TOOLS)
-    assert set(loaded) == {"support-refunds", "it-access", "it-access-staging"}
+    assert set(loaded) == {"support-refunds", "support-assistant", "it-access", "it-access-staging"}
     refunds = loaded["support-refunds"]
     assert [s.id for s in refunds.steps] == ["lookup", "refund", "notify"]
     assert refunds.roles == ["support"]
+    assistant = loaded["support-assistant"]
+    assert assistant.reasons
+    assert assistant.llm is not None
+    assert assistant.llm.max_errors == 3
+
+
+LLM = """
+id: a
+owner: o
+description: d
+environment: staging
+triggers: [{event: e}]
+tools: [lookup_order]
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (LLM + "plan: llm\n", "needs an `llm:` section and no steps"),
+        (LLM + "plan: llm\nllm: {instructions: x}\nsteps: [{id: s, tool: lookup_order}]\n", "no steps"),
+        (LLM + "plan: llm\nllm: {instructions: x, resources: {issue_refund: r}}\n", "does not hold"),
+        (LLM + "plan: llm\nllm: {instructions: x, max_turns: 0}\n", "llm.max_turns"),
+        (LLM + "llm: {instructions: x}\nsteps: [{id: s, tool: lookup_order}]\n", "no `llm:` section"),
+        (LLM + "steps: [{id: s, tool: lookup_order, when: 'trigger.x >'}]\n", "a.yaml"),
+    ],
+)
+def test_a_bad_plan_is_refused_with_the_reason(tmp_path: Path, body: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        agents.load(_write(tmp_path, body), DEMO_TOOLS)
+
+
+def test_a_model_planned_agent_loads(tmp_path: Path) -> None:
+    body = (
+        LLM + "plan: llm\nllm: {instructions: x, resources: {lookup_order: 'order/{{ params.order_id }}'}}\n"
+    )
+    [agent] = agents.load(_write(tmp_path, body), DEMO_TOOLS).values()
+    assert agent.steps == []
 
 
 def _write(tmp_path: Path, body: str) -> Path:

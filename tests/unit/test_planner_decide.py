@@ -18,6 +18,7 @@ from charter.events import (
     RunCompleted,
     RunEscalated,
     RunFailed,
+    RunInstructed,
     RunStarted,
     ToolUnavailable,
     TriggerReceived,
@@ -455,3 +456,119 @@ def test_a_switch_on_the_step_under_way_cancels_at_once() -> None:
     [undo] = transition.outputs
     assert isinstance(undo, ActionProposed)
     assert transition.state.status == "compensating"
+
+
+BRANCHING = agents.with_compensations(
+    Agent.model_validate(
+        {
+            "id": "branching",
+            "owner": "o",
+            "description": "d",
+            "environment": "production",
+            "triggers": [{"event": "support.refund_requested"}],
+            "tools": ["lookup_order", "issue_refund", "notify_customer", "cancel_refund"],
+            "steps": [
+                {
+                    "id": "lookup",
+                    "tool": "lookup_order",
+                    "parameters": {"order_id": "{{ trigger.order_id }}"},
+                },
+                {
+                    "id": "refund",
+                    "tool": "issue_refund",
+                    "when": "steps.lookup.total >= trigger.amount",
+                    "parameters": {"order_id": "{{ trigger.order_id }}", "amount": "{{ trigger.amount }}"},
+                    "expect": "result.amount == trigger.amount",
+                },
+                {
+                    "id": "apologise",
+                    "tool": "notify_customer",
+                    "when": "steps.lookup.total < trigger.amount",
+                    "parameters": {"customer": "{{ steps.lookup.customer }}", "message": "sorry"},
+                },
+            ],
+        }
+    ),
+    tools.load(["charter.demo.tools"]),
+)
+
+
+def _branching(amount: int, total: int) -> decide.Transition:
+    t = trigger(order_id="A-100", amount=amount)
+    [first] = decide.on_trigger(t, {"branching": BRANCHING}, set(), NOW)
+    lookup = first.outputs[1]
+    assert isinstance(lookup, ActionProposed)
+    order = {"order_id": "A-100", "customer": "cust-1", "currency": "EUR", "total": total}
+    after = decide.on_outcome(executed(first.state, lookup, order), first.state, NOW)
+    assert after is not None
+    return after
+
+
+def test_a_condition_on_an_earlier_result_chooses_the_branch() -> None:
+    [refund] = _branching(amount=40, total=100).outputs
+    assert isinstance(refund, ActionProposed)
+    assert refund.action.step_id == "refund"
+    over = _branching(amount=400, total=100)
+    [apology] = over.outputs
+    assert isinstance(apology, ActionProposed)
+    assert (apology.action.step_id, apology.action.step_index) == ("apologise", 2)
+    done = decide.on_outcome(executed(over.state, apology, {"delivered": True}), over.state, NOW)
+    assert done is not None
+    [completed] = done.outputs
+    assert isinstance(completed, RunCompleted)
+    assert completed.steps_completed == 2  # the refund was skipped
+
+
+def test_a_verification_step_fails_the_run_and_undoes_what_did_not_check_out() -> None:
+    after = _branching(amount=40, total=100)
+    [refund] = after.outputs
+    assert isinstance(refund, ActionProposed)
+    wrong = {"refund_id": "rf-1", "order_id": "A-100", "amount": 4, "currency": "EUR"}
+    checked = decide.on_outcome(executed(after.state, refund, wrong), after.state, NOW)
+    assert checked is not None
+    [undo] = checked.outputs
+    assert isinstance(undo, ActionProposed)
+    assert (undo.action.tool, undo.action.compensates) == ("cancel_refund", "refund")
+    assert undo.action.parameters["refund_id"] == "rf-1"
+    assert checked.state.status == "compensating"
+    assert checked.state.ending is not None
+    assert checked.state.ending.cause == "verification_failed"
+    assert "result.amount == trigger.amount" in checked.state.ending.reason
+
+
+def _instructed(state: decide.RunState, command: str) -> RunInstructed:
+    return RunInstructed.create(
+        event_id=new_id(), now=NOW, tenant="acme", correlation_id="c", run_id=state.run_id,
+        command=command, instruction="try again", instructed_by="omar",
+    )  # fmt: skip
+
+
+def test_a_human_resumes_an_escalated_playbook_run_at_its_step_under_new_ids() -> None:
+    transition = start(trigger(order_id="A-100", amount=40))
+    proposed = transition.outputs[1]
+    assert isinstance(proposed, ActionProposed)
+    stopped = decide.on_outcome(_failed(proposed, in_doubt=True), transition.state, NOW)
+    assert stopped is not None
+    assert stopped.state.status == "escalated"
+    resumed = decide.on_instruction(_instructed(stopped.state, "resume"), stopped.state, NOW)
+    assert resumed is not None
+    [again] = resumed.outputs
+    assert isinstance(again, ActionProposed)
+    assert again.action.step_index == proposed.action.step_index
+    assert again.action.action_id != proposed.action.action_id
+    assert again.event_id != proposed.event_id
+    assert resumed.state.status == "running"
+    # Only an escalated run is resumed.
+    assert decide.on_instruction(_instructed(resumed.state, "resume"), resumed.state, NOW) is None
+
+
+def test_a_human_cancelling_a_run_undoes_what_it_did() -> None:
+    state, _ = _through_refund()
+    cancelled = decide.on_instruction(_instructed(state, "cancel"), state, NOW)
+    assert cancelled is not None
+    # The notification under way may still take effect, but it cannot be undone: the refund is.
+    [undo] = cancelled.outputs
+    assert isinstance(undo, ActionProposed)
+    assert undo.action.tool == "cancel_refund"
+    assert cancelled.state.ending is not None
+    assert cancelled.state.ending.cause == "human"
