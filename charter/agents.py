@@ -38,9 +38,34 @@ class Compensation(_Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+class Handoff(_Strict):
+    """Hand the work to another agent: a run of its own, with the same correlation id."""
+
+    agent: str = Field(pattern=_ID)
+    context: dict[str, Any] | None = Field(
+        None,
+        description="Templated data the new run starts with (its `trigger`); unset: this run's "
+        "trigger data and step results.",
+    )
+
+
+class Wait(_Strict):
+    """Wait for a business event that carries the run's key, for at most `timeout_s`."""
+
+    event: str = Field(description="The awaited business event's name.")
+    field: str = Field(description="The awaited event's data field that must equal `key`.")
+    key: str = Field(description="Templated over the run, e.g. '{{ trigger.order_id }}'.")
+    timeout_s: float = Field(gt=0)
+    on_timeout: Literal["fail", "escalate", "continue"] = "fail"
+
+
 class Step(_Strict):
+    """One step of a playbook: a tool call (`tool`), a handoff, or a wait."""
+
     id: str = Field(pattern=_ID)
-    tool: str
+    tool: str | None = None
+    handoff: Handoff | None = None
+    wait: Wait | None = None
     resource: str | None = Field(None, description="Templated target; defaults to the tool name.")
     parameters: dict[str, Any] = Field(default_factory=dict)
     compensate: Compensation | None = Field(
@@ -79,9 +104,12 @@ class Agent(_Strict):
     description: str
     environment: str = Field(pattern=_ID)
     roles: list[str] = Field(default_factory=list)
-    triggers: list[TriggerRule] = Field(min_length=1)
+    triggers: list[TriggerRule] = Field(
+        default_factory=list, description="What starts a run; none: only a handoff does."
+    )
     tools: list[str] = Field(min_length=1)
     plan: Literal["playbook", "llm"] = "playbook"
+    handoffs: list[str] = Field(default_factory=list, description="Agents this one may hand work to.")
     steps: list[Step] = Field(default_factory=list)
     llm: ModelPlan | None = None
     limits: AgentLimits = AgentLimits()
@@ -113,19 +141,36 @@ class Agent(_Strict):
         return self
 
     def _check_step(self, step: Step) -> None:
+        kinds = [k for k in ("tool", "handoff", "wait") if getattr(step, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"step {step.id!r} needs exactly one of tool, handoff and wait")
+        for expression in (step.when, step.expect):
+            if expression is not None:
+                check("{{ " + expression + " }}")
+        if step.tool is None:
+            self._check_coordination(step)
+            return
         if step.tool not in self.tools:
             raise ValueError(f"step {step.id!r} uses tool {step.tool!r}, which the agent does not hold")
         check(step.parameters)
         check(step.resource)
-        for expression in (step.when, step.expect):
-            if expression is not None:
-                check("{{ " + expression + " }}")
         if step.compensate is not None:
             if step.compensate.tool not in self.tools:
                 undo = step.compensate.tool
                 raise ValueError(f"step {step.id!r} is undone by {undo!r}, which the agent does not hold")
             check(step.compensate.parameters)
             check(step.compensate.resource)
+
+    def _check_coordination(self, step: Step) -> None:
+        """A handoff or a wait: no parameters, resource or compensation of its own."""
+        if step.compensate is not None or step.resource is not None or step.parameters:
+            raise ValueError(f"step {step.id!r}: only a tool step has parameters, a resource or compensate")
+        if step.handoff is not None:
+            if step.handoff.agent not in self.handoffs:
+                raise ValueError(f"step {step.id!r} hands off to {step.handoff.agent!r}, not in `handoffs`")
+            check(step.handoff.context)
+        if step.wait is not None:
+            check(step.wait.key)
 
 
 def _error_line(exc: ValidationError | TemplateFailure | yaml.YAMLError) -> str:
@@ -160,7 +205,7 @@ def _default_compensation(tool: ToolSpec, known_tools: Mapping[str, ToolSpec]) -
 def with_compensations(agent: Agent, known_tools: Mapping[str, ToolSpec]) -> Agent:
     steps = [
         step
-        if step.compensate is not None or step.tool not in known_tools
+        if step.compensate is not None or step.tool is None or step.tool not in known_tools
         else step.model_copy(
             update={"compensate": _default_compensation(known_tools[step.tool], known_tools)}
         )
@@ -189,4 +234,8 @@ def load(directory: Path, known_tools: Mapping[str, ToolSpec] | None = None) -> 
             except ValidationError as exc:
                 raise ConfigError(f"{path}: {_error_line(exc)}") from exc
         agents[agent.id] = agent
+    for agent in agents.values():
+        strangers = [a for a in agent.handoffs if a not in agents]
+        if strangers:
+            raise ConfigError(f"agent {agent.id}: hands off to unknown agent(s) {', '.join(strangers)}")
     return agents

@@ -33,6 +33,13 @@ def describe(event: ev.Event) -> str:  # noqa: C901, PLR0912 - one branch per ev
             return f"run cancelled ({event.cause}): {event.reason}"
         case ev.RunEscalated():
             return f"run escalated to a human ({event.cause}): {event.reason}"
+        case ev.RunHandedOff():
+            task = f": {_short(event.task)}" if event.task else ""
+            return f"handed off to {event.to_agent} (depth {event.depth}){task}"
+        case ev.RunWaiting():
+            return f"waits up to {event.timeout_s:g}s for {event.event_name} with key {event.key}"
+        case ev.WaitExpired():
+            return f"no {event.event_name} with key {event.key} came in time"
         case ev.RunInstructed():
             said = f": {_short(event.instruction)}" if event.instruction else ""
             return f"{event.command} by {event.instructed_by}{said}"

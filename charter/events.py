@@ -206,6 +206,27 @@ class RunEscalated(Event):
     context: JsonObject = {}
 
 
+class RunHandedOff(Event):
+    to_agent: str
+    context: JsonObject
+    depth: int
+    task: str = ""
+    triggered_by: str | None = None
+
+
+class RunWaiting(Event):
+    step: int
+    event_name: str
+    key: str
+    timeout_s: float
+
+
+class WaitExpired(Event):
+    step: int
+    event_name: str
+    key: str
+
+
 class RunInstructed(Event):
     command: str
     instruction: str = ""
@@ -378,6 +399,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunCancelled,
         RunEscalated,
         RunInstructed,
+        RunHandedOff,
+        RunWaiting,
+        WaitExpired,
         ActionProposed,
         ActionApproved,
         ActionRejected,

@@ -35,6 +35,9 @@ class AgentLimits(_Strict):
     loop_threshold: int | None = Field(
         None, ge=2, description="The same tool and parameters proposed this often in one run is a loop."
     )
+    max_handoff_depth: int | None = Field(
+        None, ge=0, description="How long a chain of handoffs from a business event may grow."
+    )
 
 
 class ToolLimits(_Strict):
@@ -53,6 +56,7 @@ class LimitsFile(_Strict):
 
 
 DEFAULT_LOOP_THRESHOLD = 3
+DEFAULT_MAX_HANDOFF_DEPTH = 3
 
 
 def _stricter(a: Any, b: Any) -> Any:

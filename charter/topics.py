@@ -32,6 +32,9 @@ TOPIC_OF: dict[type[ev.Event], Topic] = {
     ev.TriggerReceived: Topic.TRIGGERS,
     # A human's direction of a run reaches the planner with the events that drive runs.
     ev.RunInstructed: Topic.TRIGGERS,
+    ev.RunHandedOff: Topic.TRIGGERS,
+    ev.WaitExpired: Topic.TRIGGERS,
+    ev.RunWaiting: Topic.RUNS,
     ev.RunStarted: Topic.RUNS,
     ev.RunCompleted: Topic.RUNS,
     ev.RunFailed: Topic.RUNS,

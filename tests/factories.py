@@ -90,6 +90,15 @@ def one_of_each() -> list[ev.Event]:
             "context": {"tool": "issue_refund"},
         },
         ev.RunInstructed: {"command": "resume", "instruction": "refund 20 only", "instructed_by": "omar"},
+        ev.RunHandedOff: {
+            "to_agent": "it-access",
+            "context": {"user": "kim"},
+            "depth": 1,
+            "task": "grant read access",
+            "triggered_by": "kim",
+        },
+        ev.RunWaiting: {"step": 2, "event_name": "payment.settled", "key": "A-1001", "timeout_s": 3600.0},
+        ev.WaitExpired: {"step": 2, "event_name": "payment.settled", "key": "A-1001"},
         ev.ActionProposed: {
             "action": ACTION,
             "llm_tokens": 812,

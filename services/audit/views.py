@@ -70,6 +70,8 @@ def _status(event: ev.Event, current: str) -> str:
             return "cancelled"
         case ev.RunEscalated():
             return "escalated"
+        case ev.RunWaiting():
+            return "waiting"
         case ev.RunStarted() | ev.ActionProposed() | ev.ActionApproved() | ev.ActionExecuted():
             return "running"
     return current

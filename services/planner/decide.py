@@ -21,10 +21,10 @@ import json
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from charter.agents import Agent
+from charter.agents import Agent, Step
 from charter.clock import derive_id
 from charter.events import (
     Action,
@@ -35,15 +35,18 @@ from charter.events import (
     Event,
     KillSwitchSet,
     RunCompleted,
+    RunHandedOff,
     RunInstructed,
     RunStarted,
+    RunWaiting,
     ToolUnavailable,
     TriggerReceived,
+    WaitExpired,
     canonical_json,
 )
 from charter.templating import TemplateFailure, evaluate, render
-from services.planner import reason
-from services.planner.run import Done, Ending, RunState, Status, Transition, end, escalate
+from services.planner import coordinate, reason
+from services.planner.run import LIVE, Done, Ending, RunState, Status, Transition, end, escalate, run_of
 
 __all__ = ["Done", "Ending", "RunState", "Status", "Transition"]
 
@@ -55,7 +58,7 @@ Outcome = ActionExecuted | ActionFailed | ActionRejected | ToolUnavailable
 
 
 def run_id_for(trigger: TriggerReceived, agent: Agent) -> str:
-    return derive_id(trigger.event_id, f"run:{agent.id}")
+    return run_of(trigger.event_id, agent.id)
 
 
 def matches(agent: Agent, trigger: TriggerReceived) -> bool:
@@ -85,23 +88,61 @@ def on_trigger(
         run_id = run_id_for(trigger, agent)
         if run_id in existing:
             continue
-        state = RunState(run_id=run_id, agent=agent, trigger=trigger)
-        started = RunStarted.caused_by(
-            trigger,
-            event_id=derive_id(run_id, "started"),
-            now=now,
-            agent=agent.id,
-            run_id=run_id,
-            agent_owner=agent.owner,
-            trigger_event_id=trigger.event_id,
-            trigger_name=trigger.name,
-            environment=agent.environment,
-            steps=len(agent.steps),
-            triggered_by=trigger.submitted_by,
-        )
-        first = reason.begin(state, started, now) if agent.reasons else _next(state, started, now)
-        transitions.append(replace(first, outputs=[started, *first.outputs]))
+        transitions.append(start_run(trigger, agent, now))
     return transitions
+
+
+def on_handoff(
+    handed: RunHandedOff, agents: Mapping[str, Agent], existing: Collection[str], now: datetime
+) -> list[Transition]:
+    """Start the run a handoff asks for, unless it exists already; none for an unknown agent."""
+    agent = agents.get(handed.to_agent)
+    if agent is None or run_of(handed.event_id, handed.to_agent) in existing:
+        return []
+    return [start_run(coordinate.trigger_of(handed), agent, now, depth=handed.depth)]
+
+
+def start_run(trigger: TriggerReceived, agent: Agent, now: datetime, depth: int = 0) -> Transition:
+    run_id = run_id_for(trigger, agent)
+    state = RunState(run_id=run_id, agent=agent, trigger=trigger, depth=depth)
+    started = RunStarted.caused_by(
+        trigger,
+        event_id=derive_id(run_id, "started"),
+        now=now,
+        agent=agent.id,
+        run_id=run_id,
+        agent_owner=agent.owner,
+        trigger_event_id=trigger.event_id,
+        trigger_name=trigger.name,
+        environment=agent.environment,
+        steps=len(agent.steps),
+        triggered_by=trigger.submitted_by,
+    )
+    first = reason.begin(state, started, now) if agent.reasons else _next(state, started, now)
+    return replace(first, outputs=[started, *first.outputs])
+
+
+def on_signal(signal: TriggerReceived, state: RunState, now: datetime) -> Transition | None:
+    """The business event a waiting run awaits has come: its data is the step's result."""
+    if not coordinate.awaited(state, signal):
+        return None
+    step = state.agent.steps[state.step_index]
+    return _step_done(state, step, signal.data, coordinate.within(signal, state), now)
+
+
+def on_wait_expired(expired: WaitExpired, state: RunState, now: datetime) -> Transition | None:
+    """The wait ran out: fail, escalate, or go on, as the step says; None if it is over already."""
+    if state.status != "waiting" or expired.step != state.step_index:
+        return None
+    step = state.agent.steps[state.step_index]
+    assert step.wait is not None
+    wait = step.wait
+    why = f"step {step.id}: no {wait.event} with {wait.field} {state.wait_key} within {wait.timeout_s:g}s"
+    if step.wait.on_timeout == "continue":
+        return _step_done(state, step, {"timed_out": True}, expired, now)
+    if step.wait.on_timeout == "escalate":
+        return escalate(state, expired, "wait_timeout", why, now)
+    return _fail(state, expired, "wait_timeout", why, now)
 
 
 def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Transition | None:
@@ -118,7 +159,7 @@ def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Trans
 def on_instruction(instruction: RunInstructed, state: RunState, now: datetime) -> Transition | None:
     """A human resumes an escalated run or cancels a live one; None if the run is in no state
     for it (already ended, or not escalated), which the service reports."""
-    if instruction.command == "cancel" and state.status in ("running", "escalated", "cancelling"):
+    if instruction.command == "cancel" and state.status in (*LIVE, "escalated", "cancelling"):
         who = instruction.instructed_by
         why = f"cancelled by {who}" + (f": {instruction.instruction}" if instruction.instruction else "")
         return _cancel(state, instruction, Ending("cancelled", "human", why), now)
@@ -172,6 +213,69 @@ def _advance(outcome: ActionExecuted, state: RunState, now: datetime) -> Transit
                 now,
             )
     return _next(advanced, outcome, now)
+
+
+def _step_done(
+    state: RunState, step: Step, result: dict[str, Any], cause: Event, now: datetime
+) -> Transition:
+    """A handoff or wait step is over: record its result, check it, and go on."""
+    advanced = replace(
+        state,
+        status="running",
+        step_index=state.step_index + 1,
+        results={**state.results, step.id: result},
+        wait_key=None,
+        wait_until=None,
+    )
+    if step.expect is not None:
+        failure = _unverified(step.expect, {**template_context(advanced), "result": result})
+        if failure is not None:
+            why = f"step {step.id}: {failure}"
+            return _fail(
+                replace(advanced, step_index=state.step_index), cause, "verification_failed", why, now
+            )
+    return _next(advanced, cause, now)
+
+
+def _hand_off(state: RunState, step: Step, cause: Event, now: datetime) -> Transition:
+    assert step.handoff is not None
+    refused = coordinate.too_deep(state)
+    if refused is not None:
+        return escalate(state, cause, "max_handoff_depth", f"step {step.id}: {refused}", now)
+    try:
+        shared = {"trigger": state.trigger.data, "steps": state.results}
+        context = (
+            shared if step.handoff.context is None else render(step.handoff.context, template_context(state))
+        )
+        label = f"handoff:{state.step_index}"
+        handed = coordinate.hand_off(state, cause, step.handoff.agent, context, label=label, now=now)
+    except (TemplateFailure, TypeError, ValueError) as exc:
+        return _fail(state, cause, "plan_error", f"step {step.id}: {exc}", now)
+    after = _step_done(state, step, coordinate.handed_result(handed), handed, now)
+    return replace(after, outputs=[handed, *after.outputs])
+
+
+def _wait(state: RunState, step: Step, cause: Event, now: datetime) -> Transition:
+    assert step.wait is not None
+    try:
+        key = str(render(step.wait.key, template_context(state)))
+    except TemplateFailure as exc:
+        return _fail(state, cause, "plan_error", f"step {step.id}: {exc}", now)
+    waiting = replace(
+        state, status="waiting", wait_key=key, wait_until=now + timedelta(seconds=step.wait.timeout_s)
+    )
+    announced = RunWaiting.caused_by(
+        cause,
+        event_id=state.ids(f"waiting:{state.step_index}"),
+        now=now,
+        agent=state.agent.id,
+        run_id=state.run_id,
+        step=state.step_index,
+        event_name=step.wait.event,
+        key=key,
+        timeout_s=step.wait.timeout_s,
+    )
+    return Transition(waiting, [announced])
 
 
 def _unverified(expect: str, context: dict[str, Any]) -> str | None:
@@ -238,12 +342,12 @@ def _tools_ahead(state: RunState) -> set[str]:
     if state.chat is not None:
         # A model may call any tool its agent holds, at any turn.
         return set(state.agent.tools)
-    return {step.tool for step in state.agent.steps[state.step_index :]}
+    return {step.tool for step in state.agent.steps[state.step_index :] if step.tool is not None}
 
 
 def affected(state: RunState, switch: KillSwitchSet) -> bool:
-    """A running run the switch stops: its agent's, or one with the tool still ahead of it."""
-    if state.status != "running":
+    """A live run the switch stops: its agent's, or one with the tool still ahead of it."""
+    if state.status not in LIVE:
         return False
     if switch.scope_agent is not None and switch.scope_agent != state.agent.id:
         return False
@@ -304,6 +408,11 @@ def template_context(state: RunState) -> dict[str, Any]:
 
 def _propose(state: RunState, cause: Event, now: datetime) -> Transition:
     step = state.agent.steps[state.step_index]
+    if step.handoff is not None:
+        return _hand_off(state, step, cause, now)
+    if step.wait is not None:
+        return _wait(state, step, cause, now)
+    assert step.tool is not None
     context = template_context(state)
     try:
         # The round trip through JSON rejects values a template produced that JSON cannot carry.

@@ -30,6 +30,7 @@ from charter.events import (
     ActionRejected,
     Event,
     RunCompleted,
+    RunHandedOff,
     RunInstructed,
     RunStarted,
     ToolUnavailable,
@@ -37,10 +38,12 @@ from charter.events import (
 )
 from charter.templating import TemplateFailure, render
 from charter.tools import ToolSpec
+from services.planner import coordinate
 from services.planner.model import Reply, ToolCall
 from services.planner.run import Chat, RunState, Transition, escalate
 
 ASK_HUMAN = "ask_human"
+HANDOFF = "handoff"
 _ASK_HUMAN_TOOL = {
     "type": "function",
     "function": {
@@ -93,8 +96,24 @@ def begin(state: RunState, started: RunStarted, now: datetime) -> Transition:
     return Transition(replace(state, chat=Chat(messages=messages)), [], think=True)
 
 
+def _handoff_tool(agents: list[str]) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": HANDOFF,
+            "description": "Hand the work to another agent, with what you ask of it.",
+            "parameters": {
+                "type": "object",
+                "properties": {"agent": {"type": "string", "enum": agents}, "task": {"type": "string"}},
+                "required": ["agent", "task"],
+            },
+        },
+    }
+
+
 def tool_schemas(state: RunState, registry: Mapping[str, ToolSpec]) -> list[dict[str, Any]]:
-    """What the model may call: the agent's tools, from the registry, and `ask_human`."""
+    """What the model may call: the agent's tools, from the registry, `ask_human`, and
+    `handoff` if the agent may hand work to others."""
     schemas = []
     for name in state.agent.tools:
         spec = registry.get(name)
@@ -108,7 +127,8 @@ def tool_schemas(state: RunState, registry: Mapping[str, ToolSpec]) -> list[dict
                 "function": {"name": name, "description": spec.description or name, "parameters": parameters},
             }
         )
-    return [*schemas, _ASK_HUMAN_TOOL]
+    handoff = [_handoff_tool(state.agent.handoffs)] if state.agent.handoffs else []
+    return [*schemas, _ASK_HUMAN_TOOL, *handoff]
 
 
 def request(state: RunState, registry: Mapping[str, ToolSpec], default_model: str | None) -> dict[str, Any]:
@@ -212,18 +232,48 @@ def on_reply(
     asked = next((c for c in reply.tool_calls if c.name == ASK_HUMAN), None)
     if asked is not None:
         return _ask(state, asked, reply, cause, now)
-    queued, problems = [], []
+    queued: list[dict[str, Any]] = []
+    problems: list[str] = []
+    handed: list[RunHandedOff] = []
     for call in reply.tool_calls:
-        problem, proposal = _check(call, state, registry)
-        if problem is None:
-            queued.append(proposal)
+        problem: str | None
+        if call.name == HANDOFF and state.agent.handoffs:
+            problem, handoff = _hand_off(state, call, cause, now)
+            if handoff is not None:
+                handed.append(handoff)
+                chat = _answer(chat, call.id, canonical_json(coordinate.handed_result(handoff)))
+                continue
         else:
-            problems.append(problem)
-            chat = _answer(chat, call.id, f"error: {problem}")
+            problem, proposal = _check(call, state, registry)
+            if problem is None:
+                queued.append(proposal)
+                continue
+        problems.append(problem or "")
+        chat = _answer(chat, call.id, f"error: {problem}")
     if problems:
         chat = replace(chat, errors=chat.errors + 1)
     state = replace(state, chat=replace(chat, queued=(*chat.queued, *queued)))
-    return _go_on(state, cause, now, "; ".join(problems))
+    after = _go_on(state, cause, now, "; ".join(p for p in problems if p))
+    return replace(after, outputs=[*handed, *after.outputs])
+
+
+def _hand_off(
+    state: RunState, call: ToolCall, cause: Event, now: datetime
+) -> tuple[str, RunHandedOff | None]:
+    """The model hands the work on: a handoff to an agent this one may hand to, not too deep."""
+    try:
+        arguments = json.loads(call.arguments or "{}")
+        agent, task = str(arguments["agent"]), str(arguments.get("task", ""))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        return f"the arguments of {HANDOFF} must be a JSON object with agent and task: {exc}", None
+    if agent not in state.agent.handoffs:
+        return f"this agent may hand work only to {', '.join(state.agent.handoffs)}, not {agent!r}", None
+    refused = coordinate.too_deep(state)
+    if refused is not None:
+        return refused, None
+    context = {"task": task, "trigger": state.trigger.data, "results": state.results}
+    label = f"handoff:{state.step_index}:{call.id}"
+    return "", coordinate.hand_off(state, cause, agent, context, label=label, now=now, task=task)
 
 
 def _ask(state: RunState, asked: ToolCall, reply: Reply, cause: Event, now: datetime) -> Transition:

@@ -14,7 +14,16 @@ from charter.agents import Agent
 from charter.clock import derive_id
 from charter.events import Event, RunCancelled, RunEscalated, RunFailed, TriggerReceived
 
-Status = Literal["running", "cancelling", "compensating", "completed", "failed", "cancelled", "escalated"]
+Status = Literal[
+    "running", "waiting", "cancelling", "compensating", "completed", "failed", "cancelled", "escalated"
+]
+# A run in these may still act: a kill switch or a human's cancel stops it.
+LIVE: tuple[Status, ...] = ("running", "waiting")
+
+
+def run_of(trigger_event_id: str, agent_id: str) -> str:
+    """A run's id: one run per business event (or handoff) and agent, however often it arrives."""
+    return derive_id(trigger_event_id, f"run:{agent_id}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,11 @@ class RunState:
     # How often a human resumed the run; it keeps the ids of what it proposes after that unique.
     attempt: int = 0
     escalated_from: Status | None = None
+    # How many handoffs from its business event this run is.
+    depth: int = 0
+    # While waiting: the key the awaited event must carry, and until when.
+    wait_key: str | None = None
+    wait_until: datetime | None = None
 
     def ids(self, label: str) -> str:
         """The id of what the run emits under `label`, unique across resumptions."""

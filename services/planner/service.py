@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 from charter import agents as agent_files
 from charter import broker, store, tools, topics
-from charter.agents import Agent
+from charter.agents import Agent, Wait
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
@@ -37,9 +37,12 @@ from charter.events import (
     ActionRejected,
     Event,
     KillSwitchSet,
+    RunHandedOff,
     RunInstructed,
+    RunWaiting,
     ToolUnavailable,
     TriggerReceived,
+    WaitExpired,
 )
 from charter.killswitch import ControlFollower, SwitchStore
 from charter.pipeline import Pipeline
@@ -48,7 +51,7 @@ from charter.service import group_id, service_bus
 from charter.stack import readiness
 from charter.topics import Topic
 from charter.watch import DirectoryWatcher
-from services.planner import decide, reason
+from services.planner import coordinate, decide, reason
 from services.planner import store as runs
 from services.planner.model import ModelClient, ModelUnavailable
 from services.planner.run import RunState, Transition
@@ -58,6 +61,8 @@ NAME = "planner"
 TOPICS = (Topic.TRIGGERS, Topic.ACTIONS_RESULTS, Topic.ACTIONS_REJECTED)
 
 
+# How often the timer looks for waits that have run out.
+WAIT_TICK_S = 1.0
 # Times an event is decided again because a run it changes changed while its model thought.
 CONFLICT_RETRIES = 5
 
@@ -151,27 +156,88 @@ class Planner:
         )
 
     def _decide(self, conn: Any, event: Event, now: Any) -> list[Transition]:
-        if isinstance(event, TriggerReceived):
-            candidates = [decide.run_id_for(event, a) for a in self.agents.values()]
-            return decide.on_trigger(event, self.agents, runs.existing(conn, candidates), now)
-        if isinstance(
-            event, ActionExecuted | ActionFailed | ActionRejected | ToolUnavailable | RunInstructed
-        ):
-            state = self._state(conn, event)
-            if isinstance(event, RunInstructed):
-                transition = decide.on_instruction(event, state, now)
-                if transition is None:
-                    log.warning(
-                        "run %s is %s: %s of %s not applied",
-                        state.run_id,
-                        state.status,
-                        event.command,
-                        event.instructed_by,
-                    )
-            else:
-                transition = decide.on_outcome(event, state, now)
-            return [transition] if transition else []
-        return []
+        match event:
+            case TriggerReceived():
+                transitions = self._on_trigger(conn, event, now)
+            case RunHandedOff():
+                target = self.agents.get(event.to_agent)
+                if target is None:
+                    raise InvalidEvent(f"handoff {event.event_id} is to unknown agent {event.to_agent}")
+                candidates = [decide.run_id_for(coordinate.trigger_of(event), target)]
+                transitions = decide.on_handoff(event, self.agents, runs.existing(conn, candidates), now)
+            case RunInstructed():
+                transitions = self._on_instruction(conn, event, now)
+            case ActionExecuted() | ActionFailed() | ActionRejected() | ToolUnavailable() | WaitExpired():
+                state = self._state(conn, event)
+                if isinstance(event, WaitExpired):
+                    transition = decide.on_wait_expired(event, state, now)
+                else:
+                    transition = decide.on_outcome(event, state, now)
+                transitions = [transition] if transition else []
+            case _:
+                transitions = []
+        return [self._settle(conn, t, now) for t in transitions]
+
+    def _on_trigger(self, conn: Any, trigger: TriggerReceived, now: Any) -> list[Transition]:
+        """Start the runs the business event starts, and go on with the runs that await it."""
+        candidates = [decide.run_id_for(trigger, a) for a in self.agents.values()]
+        transitions = decide.on_trigger(trigger, self.agents, runs.existing(conn, candidates), now)
+        if any(w.event == trigger.name for w in self._waits()):
+            runs.keep_signal(conn, trigger, now)
+        for run_id in runs.waiting_for(conn, trigger.name, trigger.data):
+            state = runs.get(conn, run_id)
+            awaited = decide.on_signal(trigger, state, now) if state else None
+            if awaited is not None:
+                transitions.append(awaited)
+        return transitions
+
+    def _on_instruction(self, conn: Any, instruction: RunInstructed, now: Any) -> list[Transition]:
+        state = self._state(conn, instruction)
+        transition = decide.on_instruction(instruction, state, now)
+        if transition is None:
+            log.warning(
+                "run %s is %s: %s by %s not applied",
+                state.run_id,
+                state.status,
+                instruction.command,
+                instruction.instructed_by,
+            )
+        return [transition] if transition else []
+
+    def _waits(self) -> list[Wait]:
+        return [s.wait for a in self.agents.values() for s in a.steps if s.wait is not None]
+
+    def _settle(self, conn: Any, transition: Transition, now: Any) -> Transition:
+        """A run that has just begun to wait goes on at once if its event came before."""
+        state, outputs = transition.state, list(transition.outputs)
+        while state.status == "waiting" and any(isinstance(e, RunWaiting) for e in outputs[-1:]):
+            wait = state.agent.steps[state.step_index].wait
+            assert wait is not None
+            early = runs.signal_for(conn, wait.event, wait.field, state.wait_key or "")
+            going_on = decide.on_signal(early, state, now) if early else None
+            if going_on is None:
+                break
+            state, outputs = going_on.state, [*outputs, *going_on.outputs]
+        return Transition(state, outputs, transition.think)
+
+    async def expire_waits(self) -> list[Event]:
+        """What the timer publishes for waits that have run out; each is then handled as any
+        event is, so a wait expired twice (a restart, two replicas) counts once."""
+        now = self._clock.now()
+        expired: list[Event] = []
+        with self._engine.begin() as conn:
+            for run_id, _step, attempt, _event, _key in runs.due(conn, now):
+                state = runs.get(conn, run_id)
+                if state is not None and state.status == "waiting" and state.attempt == attempt:
+                    expired.append(coordinate.expired(state, now))
+        return expired
+
+    def fired(self, expired: Sequence[Event]) -> None:
+        with self._engine.begin() as conn:
+            for event in expired:
+                state = runs.get(conn, event.run_id or "")
+                if state is not None:
+                    runs.fired(conn, state.run_id, state.attempt)
 
     def _state(self, conn: Any, event: Event) -> RunState:
         if event.run_id is None:
@@ -234,6 +300,26 @@ class Runtime:
         self._joined[what] = True
         if all(self._joined.values()):
             readiness.mark(self.settings, NAME)
+
+    async def expire_waits_forever(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(WAIT_TICK_S)
+            try:
+                await self.expire_waits()
+            except Exception:  # the next tick tries again: a wait is reported late, never lost
+                log.exception("expiring waits failed")
+
+    async def expire_waits(self) -> None:
+        """Publish WaitExpired for each wait run out, then mark it reported. Published first:
+        a crash in between publishes it again, under the same id."""
+        if not self.bus.running:
+            return
+        expired = await self._planner.expire_waits()
+        if not expired:
+            return
+        async with self.bus.transaction():
+            await asyncio.gather(*[await self.bus.send(event) for event in expired])
+        self._planner.fired(expired)
 
     async def _cancel(self, switch: KillSwitchSet) -> None:
         outputs = await self._planner.handle(switch, _NO_DELIVERY)
@@ -299,6 +385,10 @@ def build_app(settings: Settings) -> faust.App:
             while not self.should_stop:
                 planner.reload_if_changed()
                 await self.sleep(1.0)
+
+        @mode.Service.task
+        async def _expire_waits(self) -> None:
+            await runtime.expire_waits_forever()
 
         @mode.Service.task
         async def _follow_control(self) -> None:

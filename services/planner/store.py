@@ -3,6 +3,10 @@
 Faust tables recover from their changelog topic, and on Tansu that recovery loses updates
 (its end offsets are wrong, see BROKER.md). SQL recovers the same on every broker, and the
 state is written in the same transaction as the inbox record of the event that changed it.
+
+A waiting run also has a row in `planner_waits` (what it awaits, until when), kept with its
+state, so the timer and arriving events find it by index. Business events some agent waits
+for are kept in `planner_signals`, so one that comes before its run starts waiting still counts.
 """
 
 from __future__ import annotations
@@ -13,14 +17,30 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, DateTime, Engine, Integer, MetaData, String, Table, Text, select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
 
 from charter import serde
 from charter.agents import Agent
-from charter.events import TriggerReceived
+from charter.events import TriggerReceived, canonical_json
 from charter.killswitch import switches_table
 from charter.store import Inbox, inbox_table, upsert
-from services.planner.run import Chat, Done, Ending, RunState
+from services.planner.run import LIVE, Chat, Done, Ending, RunState
 
 metadata = MetaData()
 runs = Table(
@@ -32,6 +52,29 @@ runs = Table(
     Column("step_index", Integer, nullable=False),
     Column("state", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+waits = Table(
+    "planner_waits",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("event_name", String(200), nullable=False),
+    Column("field", String(200), nullable=False),
+    Column("key", String(500), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("until", DateTime(timezone=True), nullable=False),
+    Column("fired", Boolean, nullable=False, default=False),
+    Index("planner_waits_by_event", "event_name"),
+    Index("planner_waits_by_time", "fired", "until"),
+)
+signals = Table(
+    "planner_signals",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False, index=True),
+    Column("data", Text, nullable=False),
+    Column("event", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
 )
 inbox = Inbox(inbox_table(metadata, "planner"))
 switches = switches_table(metadata, "planner")
@@ -54,6 +97,9 @@ def _dump(state: RunState) -> str:
             "chat": asdict(state.chat) if state.chat else None,
             "attempt": state.attempt,
             "escalated_from": state.escalated_from,
+            "depth": state.depth,
+            "wait_key": state.wait_key,
+            "wait_until": state.wait_until.isoformat() if state.wait_until else None,
         }
     )
 
@@ -81,6 +127,9 @@ def get(conn: Connection, run_id: str) -> RunState | None:
         chat=_chat(body["chat"]) if body.get("chat") else None,
         attempt=body.get("attempt", 0),
         escalated_from=body.get("escalated_from"),
+        depth=body.get("depth", 0),
+        wait_key=body.get("wait_key"),
+        wait_until=datetime.fromisoformat(body["wait_until"]) if body.get("wait_until") else None,
     )
 
 
@@ -90,7 +139,7 @@ def _chat(body: dict[str, Any]) -> Chat:
 
 
 def running(conn: Connection, agent: str | None = None) -> list[RunState]:
-    query = select(runs.c.run_id).where(runs.c.status == "running")
+    query = select(runs.c.run_id).where(runs.c.status.in_(LIVE))
     if agent is not None:
         query = query.where(runs.c.agent_id == agent)
     found = [get(conn, run_id) for run_id in conn.execute(query).scalars()]
@@ -121,3 +170,64 @@ def put(conn: Connection, state: RunState, now: datetime) -> None:
         "updated_at": now,
     }
     upsert(conn, runs, values, "run_id")
+    _put_wait(conn, state)
+
+
+def _put_wait(conn: Connection, state: RunState) -> None:
+    conn.execute(delete(waits).where(waits.c.run_id == state.run_id))
+    if state.status != "waiting" or state.wait_until is None:
+        return
+    wait = state.agent.steps[state.step_index].wait
+    assert wait is not None
+    conn.execute(
+        insert(waits).values(
+            run_id=state.run_id,
+            event_name=wait.event,
+            field=wait.field,
+            key=state.wait_key or "",
+            step=state.step_index,
+            attempt=state.attempt,
+            until=state.wait_until,
+            fired=False,
+        )
+    )
+
+
+def waiting_for(conn: Connection, name: str, data: dict[str, Any]) -> list[str]:
+    """The runs waiting for this business event: its name, and their key in their field."""
+    rows = conn.execute(select(waits.c.run_id, waits.c.field, waits.c.key).where(waits.c.event_name == name))
+    return [run_id for run_id, field, key in rows if field in data and str(data[field]) == key]
+
+
+def due(conn: Connection, now: datetime, limit: int = 500) -> list[tuple[str, int, int, str, str]]:
+    """Waits past their time the timer has not yet reported: run, step, attempt, event, key."""
+    query = (
+        select(waits.c.run_id, waits.c.step, waits.c.attempt, waits.c.event_name, waits.c.key)
+        .where(waits.c.fired.is_(False), waits.c.until <= now)
+        .order_by(waits.c.until)
+        .limit(limit)
+    )
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
+
+
+def fired(conn: Connection, run_id: str, attempt: int) -> None:
+    conn.execute(update(waits).where(waits.c.run_id == run_id, waits.c.attempt == attempt).values(fired=True))
+
+
+def keep_signal(conn: Connection, trigger: TriggerReceived, now: datetime) -> None:
+    """Keep a business event some agent waits for, unless it is kept already (a redelivery)."""
+    if conn.execute(select(signals.c.event_id).where(signals.c.event_id == trigger.event_id)).first():
+        return
+    row = {"event_id": trigger.event_id, "name": trigger.name, "data": canonical_json(trigger.data)}
+    conn.execute(insert(signals).values(**row, event=serde.encode(trigger).hex(), received_at=now))
+
+
+def signal_for(conn: Connection, name: str, field: str, key: str) -> TriggerReceived | None:
+    """The latest kept event of this name whose `field` is `key`."""
+    query = select(signals.c.data, signals.c.event).where(signals.c.name == name)
+    for data, event in conn.execute(query.order_by(signals.c.received_at.desc()).limit(10_000)):
+        loaded: dict[str, Any] = json.loads(data)
+        if field in loaded and str(loaded[field]) == key:
+            found = serde.decode(bytes.fromhex(event))
+            return found if isinstance(found, TriggerReceived) else None
+    return None
