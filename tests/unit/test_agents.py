@@ -42,6 +42,14 @@ tools: [lookup_order]
         (LLM + "plan: llm\nllm: {instructions: x, max_turns: 0}\n", "llm.max_turns"),
         (LLM + "llm: {instructions: x}\nsteps: [{id: s, tool: lookup_order}]\n", "no `llm:` section"),
         (LLM + "steps: [{id: s, tool: lookup_order, when: 'trigger.x >'}]\n", "a.yaml"),
+        (LLM + "steps: [{id: s}]\n", "exactly one of tool, handoff and wait"),
+        (LLM + "steps: [{id: s, handoff: {agent: b}}]\n", "not in `handoffs`"),
+        (LLM + "handoffs: [b]\nsteps: [{id: s, handoff: {agent: b}}]\n", "unknown agent"),
+        (LLM + "steps: [{id: s, wait: {event: e, field: f, key: k, timeout_s: 0}}]\n", "timeout_s"),
+        (
+            LLM + "steps: [{id: s, wait: {event: e, field: f, key: k, timeout_s: 1}, parameters: {a: 1}}]\n",
+            "only a tool step",
+        ),
     ],
 )
 def test_a_bad_plan_is_refused_with_the_reason(tmp_path: Path, body: str, error: str) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -18,13 +19,15 @@ from charter.events import (
     RunCompleted,
     RunEscalated,
     RunFailed,
+    RunHandedOff,
     RunInstructed,
     RunStarted,
+    RunWaiting,
     ToolUnavailable,
     TriggerReceived,
 )
 from charter.killswitch import switch_id
-from services.planner import decide
+from services.planner import coordinate, decide
 from tests.conftest import REPO
 from tests.factories import trigger
 
@@ -572,3 +575,89 @@ def test_a_human_cancelling_a_run_undoes_what_it_did() -> None:
     assert undo.action.tool == "cancel_refund"
     assert cancelled.state.ending is not None
     assert cancelled.state.ending.cause == "human"
+
+
+TEST_AGENTS = agents.load(REPO / "tests" / "e2e" / "agents", tools.load(["charter.demo.tools"]))
+
+
+def _handed_off(order_id: str = "H-100") -> tuple[decide.Transition, RunHandedOff]:
+    t = trigger("test.handoff", order_id=order_id)
+    [first] = decide.on_trigger(t, TEST_AGENTS, set(), NOW)
+    lookup = first.outputs[1]
+    assert isinstance(lookup, ActionProposed)
+    order = {"order_id": order_id, "customer": "cust-1", "currency": "EUR", "total": 100}
+    after = decide.on_outcome(executed(first.state, lookup, order), first.state, NOW)
+    assert after is not None
+    handed, completed = after.outputs
+    assert isinstance(handed, RunHandedOff)
+    assert isinstance(completed, RunCompleted)
+    return after, handed
+
+
+def test_a_handoff_starts_one_run_of_the_other_agent_in_the_same_correlation() -> None:
+    _, handed = _handed_off()
+    assert (handed.to_agent, handed.depth, handed.context) == (
+        "settle-waiter",
+        1,
+        {"order_id": "H-100", "customer": "cust-1"},
+    )
+    [started] = decide.on_handoff(handed, TEST_AGENTS, set(), NOW)
+    begun, waiting = started.outputs
+    assert isinstance(begun, RunStarted)
+    assert isinstance(waiting, RunWaiting)
+    assert begun.envelope.correlation_id == handed.envelope.correlation_id
+    assert begun.envelope.causation_id == handed.event_id
+    assert started.state.depth == 1
+    assert started.state.status == "waiting"
+    assert (waiting.event_name, waiting.key, waiting.timeout_s) == ("test.settled", "H-100", 3.0)
+    assert decide.on_handoff(handed, TEST_AGENTS, {started.state.run_id}, NOW) == []
+
+
+def _waiting() -> decide.RunState:
+    _, handed = _handed_off()
+    [started] = decide.on_handoff(handed, TEST_AGENTS, set(), NOW)
+    return started.state
+
+
+def test_the_awaited_event_with_the_runs_key_moves_it_on() -> None:
+    state = _waiting()
+    assert decide.on_signal(trigger("test.settled", order_id="H-999"), state, NOW) is None
+    assert decide.on_signal(trigger("test.other", order_id="H-100"), state, NOW) is None
+    signal = trigger("test.settled", order_id="H-100", amount=5)
+    moved = decide.on_signal(signal, state, NOW)
+    assert moved is not None
+    [check] = moved.outputs
+    assert isinstance(check, ActionProposed)
+    assert check.envelope.causation_id == signal.event_id
+    assert check.envelope.correlation_id == state.trigger.envelope.correlation_id
+    assert moved.state.results["settled"] == {"order_id": "H-100", "amount": 5}
+    assert moved.state.status == "running"
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "outcome"), [("continue", ActionProposed), ("fail", RunFailed), ("escalate", RunEscalated)]
+)
+def test_a_wait_that_runs_out_goes_on_fails_or_escalates(on_timeout: str, outcome: type) -> None:
+    state = _waiting()
+    step = state.agent.steps[0]
+    assert step.wait is not None
+    wait = step.wait.model_copy(update={"on_timeout": on_timeout})
+    steps = [step.model_copy(update={"wait": wait}), *state.agent.steps[1:]]
+    state = replace(state, agent=state.agent.model_copy(update={"steps": steps}))
+    expired = coordinate.expired(state, NOW)
+    moved = decide.on_wait_expired(expired, state, NOW)
+    assert moved is not None
+    assert isinstance(moved.outputs[0], outcome)
+    # The timer's report of a wait already over changes nothing.
+    assert decide.on_wait_expired(expired, moved.state, NOW) is None
+
+
+def test_a_handoff_past_the_depth_limit_escalates() -> None:
+    relay = TEST_AGENTS["relay-tester"]
+    t = trigger("test.relay", n=1)
+    state = decide.start_run(t, relay, NOW, depth=2)
+    [escalated] = state.outputs[1:]
+    assert isinstance(escalated, RunEscalated)
+    assert escalated.cause == "max_handoff_depth"
+    at_one = decide.start_run(t, relay, NOW, depth=1)
+    assert isinstance(at_one.outputs[1], RunHandedOff)

@@ -20,6 +20,7 @@ from charter.events import (
     RunCancelled,
     RunCompleted,
     RunEscalated,
+    RunHandedOff,
     RunInstructed,
     RunStarted,
 )
@@ -292,3 +293,28 @@ def test_a_kill_switch_on_a_tool_the_agent_holds_cancels_its_run() -> None:
     )  # fmt: skip
     [cancelled] = decide.on_kill_switch(switch, [state], NOW)
     assert isinstance(cancelled.outputs[0], RunCancelled)
+
+
+def test_the_model_hands_work_to_an_agent_its_agent_may_hand_to() -> None:
+    state = start(order_id="A-100").state
+    state = replace(state, agent=state.agent.model_copy(update={"handoffs": ["support-refunds"]}))
+    offered = [t["function"] for t in reason.tool_schemas(state, REGISTRY)]
+    assert offered[-1]["name"] == "handoff"
+    assert offered[-1]["parameters"]["properties"]["agent"]["enum"] == ["support-refunds"]
+    step = answer(state, reply(("handoff", {"agent": "support-refunds", "task": "refund 20 on A-100"})))
+    [handed] = step.outputs
+    assert isinstance(handed, RunHandedOff)
+    assert (handed.to_agent, handed.depth, handed.task) == ("support-refunds", 1, "refund 20 on A-100")
+    assert handed.context["trigger"] == {"order_id": "A-100"}
+    assert step.think
+    assert step.state.chat is not None
+    told = json.loads(step.state.chat.messages[-1]["content"])
+    assert told["handed_off_to"] == "support-refunds"
+    refused = answer(state, reply(("handoff", {"agent": "it-access", "task": "x"})))
+    assert refused.outputs == []
+    assert refused.state.chat is not None
+    assert "may hand work only to support-refunds" in refused.state.chat.messages[-1]["content"]
+    deep = replace(state, depth=3)
+    too_deep = answer(deep, reply(("handoff", {"agent": "support-refunds", "task": "x"})))
+    assert too_deep.state.chat is not None
+    assert "max_handoff_depth" in too_deep.state.chat.messages[-1]["content"]
