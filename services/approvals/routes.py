@@ -218,7 +218,7 @@ async def _instruct(ctx: ApiContext, who: Principal, run_id: str, command: str, 
     "/runs/{run_id}/resume",
     status_code=202,
     response_model=RunInstructionAccepted,
-    responses=_errors(404, 409),
+    responses=_errors(400, 404, 409),
 )
 async def resume_run(
     run_id: str,
@@ -236,7 +236,7 @@ async def resume_run(
     "/runs/{run_id}/cancel",
     status_code=202,
     response_model=RunInstructionAccepted,
-    responses=_errors(404, 409),
+    responses=_errors(400, 404, 409),
 )
 async def cancel_run(
     run_id: str,

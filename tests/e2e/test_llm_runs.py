@@ -96,8 +96,9 @@ class ModelServer:
         return [r for r in lines if f"id {trigger_id}," in r["body"]["messages"][1]["content"]]
 
     def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+        # SIGTERM: `timeout` passes it on to the server; SIGKILL would orphan the server.
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
