@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit clean
+.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -48,6 +48,10 @@ bench: $(STAMP) $(AGT)/.installed
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/executor.py
 	$(BIN)/python -m bench.audit
+	$(BIN)/python bench/llm.py
+
+bench-llm: $(STAMP)
+	$(BIN)/python bench/llm.py
 
 bench-executor: $(STAMP)
 	$(BIN)/python bench/executor.py
