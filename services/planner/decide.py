@@ -27,10 +27,8 @@ from typing import Any
 from charter.agents import Agent, Step
 from charter.clock import derive_id
 from charter.events import (
-    Action,
     ActionExecuted,
     ActionFailed,
-    ActionProposed,
     ActionRejected,
     Event,
     KillSwitchSet,
@@ -46,7 +44,19 @@ from charter.events import (
 )
 from charter.templating import TemplateFailure, evaluate, render
 from services.planner import coordinate, reason
-from services.planner.run import LIVE, Done, Ending, RunState, Status, Transition, end, escalate, run_of
+from services.planner.run import (
+    LIVE,
+    Call,
+    Done,
+    Ending,
+    RunState,
+    Status,
+    Transition,
+    end,
+    escalate,
+    propose,
+    run_of,
+)
 
 __all__ = ["Done", "Ending", "RunState", "Status", "Transition"]
 
@@ -420,25 +430,8 @@ def _propose(state: RunState, cause: Event, now: datetime) -> Transition:
         resource = render(step.resource, context) if step.resource is not None else step.tool
     except (TemplateFailure, TypeError, ValueError) as exc:
         return _fail(state, cause, "plan_error", f"step {step.id}: {exc}", now)
-    action = Action(
-        action_id=state.ids(f"action:{state.step_index}"),
-        step_index=state.step_index,
-        step_id=step.id,
-        tool=step.tool,
-        resource=str(resource),
-        parameters=parameters,
-        environment=state.agent.environment,
-    )
-    proposed = ActionProposed.caused_by(
-        cause,
-        event_id=state.ids(f"proposed:{state.step_index}"),
-        now=now,
-        agent=state.agent.id,
-        run_id=state.run_id,
-        action=action,
-        triggered_by=state.trigger.submitted_by,
-    )
-    return Transition(state, [proposed])
+    call = Call(step.id, step.tool, str(resource), parameters)
+    return Transition(state, [propose(state, call, cause, now)])
 
 
 def _fail(state: RunState, cause: Event, kind: str, why: str, now: datetime) -> Transition:
@@ -477,27 +470,8 @@ def _propose_compensation(
             resource = str(render(step.compensate.resource, context))
     except (TemplateFailure, TypeError, ValueError) as exc:
         return escalate(state, cause, "compensation_failed", f"cannot undo step {step.id}: {exc}", now)
-    action = Action(
-        action_id=state.ids(f"action:{state.step_index}"),
-        step_index=state.step_index,
-        step_id=f"undo-{step.id}",
-        tool=step.compensate.tool,
-        resource=resource,
-        parameters=parameters,
-        environment=state.agent.environment,
-        compensates=step.id,
-    )
-    proposed = ActionProposed.caused_by(
-        cause,
-        lineage=lineage,
-        event_id=state.ids(f"proposed:{state.step_index}"),
-        now=now,
-        agent=state.agent.id,
-        run_id=state.run_id,
-        action=action,
-        triggered_by=state.trigger.submitted_by,
-    )
-    return Transition(state, [proposed])
+    call = Call(f"undo-{step.id}", step.compensate.tool, resource, parameters, compensates=step.id)
+    return Transition(state, [propose(state, call, cause, now, lineage)])
 
 
 def _on_compensation(outcome: Outcome, state: RunState, now: datetime) -> Transition:

@@ -23,10 +23,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from charter.events import (
-    Action,
     ActionExecuted,
     ActionFailed,
-    ActionProposed,
     ActionRejected,
     Event,
     RunCompleted,
@@ -40,7 +38,7 @@ from charter.templating import TemplateFailure, render
 from charter.tools import ToolSpec
 from services.planner import coordinate
 from services.planner.model import Reply, ToolCall
-from services.planner.run import Chat, RunState, Transition, escalate
+from services.planner.run import Call, Chat, RunState, Transition, escalate, propose
 
 ASK_HUMAN = "ask_human"
 HANDOFF = "handoff"
@@ -315,27 +313,8 @@ def _go_on(state: RunState, cause: Event, now: datetime, problem: str = "") -> T
     if not chat.queued:
         return Transition(state, [], think=True)
     call, rest = chat.queued[0], chat.queued[1:]
-    index = state.step_index
-    action = Action(
-        action_id=state.ids(f"action:{index}"),
-        step_index=index,
-        step_id=f"call-{index}",
-        tool=call["tool"],
-        resource=call["resource"],
-        parameters=call["parameters"],
-        environment=state.agent.environment,
-    )
-    proposed = ActionProposed.caused_by(
-        cause,
-        event_id=state.ids(f"proposed:{index}"),
-        now=now,
-        agent=state.agent.id,
-        run_id=state.run_id,
-        action=action,
-        triggered_by=state.trigger.submitted_by,
-        llm_tokens=chat.unbilled_tokens,
-        llm_cost=chat.unbilled_cost,
-    )
+    step = Call(f"call-{state.step_index}", call["tool"], call["resource"], call["parameters"])
+    proposed = propose(state, step, cause, now, llm_tokens=chat.unbilled_tokens, llm_cost=chat.unbilled_cost)
     chat = replace(chat, queued=rest, pending=call["id"], proposed=True, unbilled_tokens=0, unbilled_cost=0.0)
     return Transition(replace(state, chat=chat), [proposed])
 

@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 from charter.agents import Agent
 from charter.clock import derive_id
-from charter.events import Event, RunCancelled, RunEscalated, RunFailed, TriggerReceived
+from charter.events import (
+    Action,
+    ActionProposed,
+    Event,
+    RunCancelled,
+    RunEscalated,
+    RunFailed,
+    TriggerReceived,
+)
 
 Status = Literal[
     "running", "waiting", "cancelling", "compensating", "completed", "failed", "cancelled", "escalated"
@@ -108,6 +116,45 @@ class Transition:
     state: RunState
     outputs: list[Event]
     think: bool = False
+
+
+@dataclass(frozen=True)
+class Call:
+    """An action a run proposes at its current step: a playbook step, a compensation, or a
+    model's tool call."""
+
+    step_id: str
+    tool: str
+    resource: str
+    parameters: dict[str, Any]
+    compensates: str | None = None
+
+
+def propose(
+    state: RunState, call: Call, cause: Event, now: datetime, lineage: Event | None = None, **extra: Any
+) -> ActionProposed:
+    """The proposal, under ids the run's step (and resumption) make unique."""
+    action = Action(
+        action_id=state.ids(f"action:{state.step_index}"),
+        step_index=state.step_index,
+        step_id=call.step_id,
+        tool=call.tool,
+        resource=call.resource,
+        parameters=call.parameters,
+        environment=state.agent.environment,
+        compensates=call.compensates,
+    )
+    return ActionProposed.caused_by(
+        cause,
+        lineage=lineage,
+        event_id=state.ids(f"proposed:{state.step_index}"),
+        now=now,
+        agent=state.agent.id,
+        run_id=state.run_id,
+        action=action,
+        triggered_by=state.trigger.submitted_by,
+        **extra,
+    )
 
 
 def escalation_context(state: RunState) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def test_the_demo_agents_load() -> None:
     assert assistant.llm.max_errors == 3
 
 
-LLM = """
+HEAD = """
 id: a
 owner: o
 description: d
@@ -31,6 +31,7 @@ environment: staging
 triggers: [{event: e}]
 tools: [lookup_order]
 """
+LLM = HEAD
 
 
 @pytest.mark.parametrize(
@@ -70,15 +71,11 @@ def _write(tmp_path: Path, body: str) -> Path:
     return tmp_path
 
 
-BASE = """
-id: a
-owner: o
-description: d
-environment: staging
-triggers: [{event: e}]
-tools: [lookup_order]
-steps: [{id: s, tool: lookup_order, parameters: {order_id: "{{ trigger.id }}"}}]
+BASE = (
+    HEAD
+    + """steps: [{id: s, tool: lookup_order, parameters: {order_id: "{{ trigger.id }}"}}]
 """
+)
 
 
 def test_a_good_file_loads(tmp_path: Path) -> None:
