@@ -190,7 +190,9 @@ async def _instruct(ctx: ApiContext, who: Principal, run_id: str, command: str, 
     if started is None:
         raise ApiError(404, "not_found", f"no run {run_id}")
     status = views.summarize(run_id, entries).status
-    allowed = ("escalated",) if command == "resume" else ("running", "awaiting approval", "escalated")
+    allowed = (
+        ("escalated",) if command == "resume" else ("running", "awaiting approval", "waiting", "escalated")
+    )
     if status not in allowed:
         raise ApiError(
             409,

@@ -169,18 +169,24 @@ def on_outcome(outcome: Outcome, state: RunState | None, now: datetime) -> Trans
 def on_instruction(instruction: RunInstructed, state: RunState, now: datetime) -> Transition | None:
     """A human resumes an escalated run or cancels a live one; None if the run is in no state
     for it (already ended, or not escalated), which the service reports."""
+    # Whatever the run emits next gets ids of its own, apart from those before the human acted.
+    directed = replace(state, attempt=state.attempt + 1, escalated_from=None)
     if instruction.command == "cancel" and state.status in (*LIVE, "escalated", "cancelling"):
         who = instruction.instructed_by
         why = f"cancelled by {who}" + (f": {instruction.instruction}" if instruction.instruction else "")
-        return _cancel(state, instruction, Ending("cancelled", "human", why), now)
+        ending = Ending("cancelled", "human", why)
+        if state.status == "cancelling":
+            # The step under way is still awaited, so that it is undone with the others.
+            return Transition(replace(state, ending=ending), [])
+        return _cancel(directed, instruction, ending, now)
     if instruction.command != "resume" or state.status != "escalated":
         return None
-    resumed = replace(state, attempt=state.attempt + 1, escalated_from=None)
     if state.chat is not None:
-        return reason.resume(resumed, instruction, now)
-    if state.escalated_from == "compensating" and state.undo:
-        return _propose_compensation(replace(resumed, status="compensating"), instruction, now)
-    return _next(replace(resumed, status="running"), instruction, now)
+        return reason.resume(directed, instruction, now)
+    if state.ending is not None and state.escalated_from in ("compensating", "cancelling"):
+        # It was ending already (failing, or cancelled): a human resumes the ending, not the work.
+        return _cancel(directed, instruction, state.ending, now, wait=False)
+    return _next(replace(directed, status="running"), instruction, now)
 
 
 def _on_step(outcome: Outcome, state: RunState, now: datetime) -> Transition:
@@ -403,7 +409,7 @@ def _cancel(
         return Transition(replace(state, status="cancelling", ending=ending), [])
     if _undoable(state):
         return _start_compensation(state, cause, ending, now, lineage=lineage)
-    return Transition(replace(state, status="cancelled"), [end(state, cause, ending, now, lineage=lineage)])
+    return Transition(replace(state, status=ending.kind), [end(state, cause, ending, now, lineage=lineage)])
 
 
 def template_context(state: RunState) -> dict[str, Any]:
@@ -442,9 +448,13 @@ def _fail(state: RunState, cause: Event, kind: str, why: str, now: datetime) -> 
 
 
 def _undoable(state: RunState) -> tuple[int, ...]:
-    """The steps that took effect and have a compensation, last first."""
+    """The steps that took effect, have a compensation and are not undone yet, last first."""
     steps = state.agent.steps
-    return tuple(d.step_index for d in reversed(state.done) if steps[d.step_index].compensate is not None)
+    return tuple(
+        d.step_index
+        for d in reversed(state.done)
+        if steps[d.step_index].compensate is not None and steps[d.step_index].id not in state.undone
+    )
 
 
 def _start_compensation(

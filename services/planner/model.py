@@ -98,6 +98,7 @@ class ModelClient:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._secrets = secrets
         self._monotonic = monotonic
         self._breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s)
         headers = {"Content-Type": "application/json"}
@@ -121,7 +122,14 @@ class ModelClient:
         await self._http.aclose()
 
     async def complete(self, request: dict[str, Any]) -> Reply:
-        """The model's next message; ModelUnavailable once retries are spent or the circuit is open."""
+        """The model's next message; ModelUnavailable once retries are spent or the circuit is open.
+        Its message goes into events: the key is redacted from it, should a server echo it."""
+        try:
+            return await self._complete(request)
+        except ModelUnavailable as exc:
+            raise ModelUnavailable(str(self._secrets.redact(str(exc)))) from exc
+
+    async def _complete(self, request: dict[str, Any]) -> Reply:
         if not self.configured:
             raise ModelUnavailable("no model server is configured (CHARTER_LLM_BASE_URL)")
         attempts = self._settings.llm_max_attempts

@@ -233,10 +233,10 @@ def on_reply(
     queued: list[dict[str, Any]] = []
     problems: list[str] = []
     handed: list[RunHandedOff] = []
-    for call in reply.tool_calls:
+    for position, call in enumerate(reply.tool_calls):
         problem: str | None
         if call.name == HANDOFF and state.agent.handoffs:
-            problem, handoff = _hand_off(state, call, cause, now)
+            problem, handoff = _hand_off(state, call, position, cause, now)
             if handoff is not None:
                 handed.append(handoff)
                 chat = _answer(chat, call.id, canonical_json(coordinate.handed_result(handoff)))
@@ -256,7 +256,7 @@ def on_reply(
 
 
 def _hand_off(
-    state: RunState, call: ToolCall, cause: Event, now: datetime
+    state: RunState, call: ToolCall, position: int, cause: Event, now: datetime
 ) -> tuple[str, RunHandedOff | None]:
     """The model hands the work on: a handoff to an agent this one may hand to, not too deep."""
     try:
@@ -270,7 +270,8 @@ def _hand_off(
     if refused is not None:
         return refused, None
     context = {"task": task, "trigger": state.trigger.data, "results": state.results}
-    label = f"handoff:{state.step_index}:{call.id}"
+    # Named by the model's turn and the call's place in its message, not by the server's call id.
+    label = f"handoff:{_chat(state).turns}:{position}"
     return "", coordinate.hand_off(state, cause, agent, context, label=label, now=now, task=task)
 
 
@@ -351,6 +352,10 @@ def resume(state: RunState, instruction: RunInstructed, now: datetime) -> Transi
     """A human's instruction, as the answer to the call the run stopped at (or as a message),
     and a fresh allowance of turns and errors."""
     chat = _chat(state)
+    for call in chat.queued:
+        # Every call of the model's last message is answered before the human's words.
+        chat = _answer(chat, call["id"], "not run: the run stopped for a human first")
+    chat = replace(chat, queued=())
     said = f"A human ({instruction.instructed_by}) says: {instruction.instruction or 'go on'}"
     step = state.step_index
     if chat.pending is not None:

@@ -220,24 +220,27 @@ class Planner:
             state, outputs = going_on.state, [*outputs, *going_on.outputs]
         return Transition(state, outputs, transition.think)
 
-    async def expire_waits(self) -> list[Event]:
+    async def expire_waits(self) -> list[tuple[WaitExpired, int]]:
         """What the timer publishes for waits that have run out; each is then handled as any
         event is, so a wait expired twice (a restart, two replicas) counts once."""
         now = self._clock.now()
-        expired: list[Event] = []
+        expired: list[tuple[WaitExpired, int]] = []
         with self._engine.begin() as conn:
-            for run_id, _step, attempt, _event, _key in runs.due(conn, now):
+            for run_id, step, attempt, _event, _key in runs.due(conn, now):
                 state = runs.get(conn, run_id)
-                if state is not None and state.status == "waiting" and state.attempt == attempt:
-                    expired.append(coordinate.expired(state, now))
+                if state is not None and (state.status, state.step_index, state.attempt) == (
+                    "waiting",
+                    step,
+                    attempt,
+                ):
+                    expired.append((coordinate.expired(state, now), attempt))
         return expired
 
-    def fired(self, expired: Sequence[Event]) -> None:
+    def fired(self, expired: Sequence[tuple[WaitExpired, int]]) -> None:
+        """Mark the waits reported: each by its run, step and attempt, never a later wait."""
         with self._engine.begin() as conn:
-            for event in expired:
-                state = runs.get(conn, event.run_id or "")
-                if state is not None:
-                    runs.fired(conn, state.run_id, state.attempt)
+            for event, attempt in expired:
+                runs.fired(conn, event.run_id or "", event.step, attempt)
 
     def _state(self, conn: Any, event: Event) -> RunState:
         if event.run_id is None:
@@ -318,7 +321,7 @@ class Runtime:
         if not expired:
             return
         async with self.bus.transaction():
-            await asyncio.gather(*[await self.bus.send(event) for event in expired])
+            await asyncio.gather(*[await self.bus.send(event) for event, _ in expired])
         self._planner.fired(expired)
 
     async def _cancel(self, switch: KillSwitchSet) -> None:

@@ -146,11 +146,11 @@ def running(conn: Connection, agent: str | None = None) -> list[RunState]:
     return [state for state in found if state is not None]
 
 
-def snapshot(conn: Connection, run_ids: Collection[str]) -> dict[str, str | None]:
-    """Each run's stored state as it stands (None if it has none yet), to tell if it changed."""
-    found = dict(
-        conn.execute(select(runs.c.run_id, runs.c.state).where(runs.c.run_id.in_(list(run_ids)))).all()
-    )
+def snapshot(conn: Connection, run_ids: Collection[str]) -> dict[str, tuple[str, int, str] | None]:
+    """Each run's stored status, step and state as they stand (None if it has none yet), to
+    tell if it changed."""
+    query = select(runs.c.run_id, runs.c.status, runs.c.step_index, runs.c.state)
+    found = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(query.where(runs.c.run_id.in_(list(run_ids))))}
     return {run_id: found.get(run_id) for run_id in run_ids}
 
 
@@ -210,8 +210,10 @@ def due(conn: Connection, now: datetime, limit: int = 500) -> list[tuple[str, in
     return [(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
 
 
-def fired(conn: Connection, run_id: str, attempt: int) -> None:
-    conn.execute(update(waits).where(waits.c.run_id == run_id, waits.c.attempt == attempt).values(fired=True))
+def fired(conn: Connection, run_id: str, step: int, attempt: int) -> None:
+    """The timer reported this wait (and no later one of the same run)."""
+    done = update(waits).where(waits.c.run_id == run_id, waits.c.step == step, waits.c.attempt == attempt)
+    conn.execute(done.values(fired=True))
 
 
 def keep_signal(conn: Connection, trigger: TriggerReceived, now: datetime) -> None:

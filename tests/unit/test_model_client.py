@@ -131,3 +131,11 @@ def test_no_model_server_configured_is_unavailable() -> None:
 def test_what_is_not_a_completion_is_refused(body: Any) -> None:
     with pytest.raises(ValueError, match="not a chat completion"):
         model.parse(body)
+
+
+def test_a_key_the_server_echoes_is_redacted_from_the_error() -> None:
+    c, _ = client(lambda r: httpx.Response(401, text=f"bad key {r.headers['Authorization']}"))
+    with pytest.raises(ModelUnavailable) as caught:
+        complete(c)
+    assert "sk-unit-0123456789" not in str(caught.value)
+    assert "[redacted]" in str(caught.value)

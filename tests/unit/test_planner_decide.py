@@ -380,6 +380,19 @@ def test_a_compensation_that_fails_escalates_to_a_human() -> None:
     assert isinstance(escalated, RunEscalated)
     assert escalated.cause == "compensation_failed"
     assert "undoing step refund did not succeed: boom" in escalated.reason
+    # A human cancels it: the undo is proposed again, under new ids; nothing undone is redone.
+    cancelled = decide.on_instruction(_instructed(ended.state, "cancel"), ended.state, NOW)
+    assert cancelled is not None
+    [again] = cancelled.outputs
+    assert isinstance(again, ActionProposed)
+    assert again.action.compensates == "refund"
+    assert again.event_id != undo.event_id
+    assert again.action.action_id != undo.action.action_id
+    done = decide.on_outcome(executed(cancelled.state, again, {"ok": True}), cancelled.state, NOW)
+    assert done is not None
+    [end] = done.outputs
+    assert isinstance(end, RunCancelled)
+    assert end.reason == "cancelled by omar: try again (undone: refund)"
 
 
 def test_a_kill_switch_compensates_before_it_cancels() -> None:
@@ -563,6 +576,28 @@ def test_a_human_resumes_an_escalated_playbook_run_at_its_step_under_new_ids() -
     assert resumed.state.status == "running"
     # Only an escalated run is resumed.
     assert decide.on_instruction(_instructed(resumed.state, "resume"), resumed.state, NOW) is None
+
+
+def test_a_human_resuming_a_run_escalated_while_cancelling_resumes_the_cancel() -> None:
+    transition = start(trigger(order_id="A-1", amount=40))
+    lookup = transition.outputs[1]
+    assert isinstance(lookup, ActionProposed)
+    order = {"order_id": "A-1", "customer": "cust-1", "currency": "EUR", "total": 100}
+    step = decide.on_outcome(executed(transition.state, lookup, order), transition.state, NOW)
+    assert step is not None
+    [refund] = step.outputs
+    assert isinstance(refund, ActionProposed)
+    [cancelling] = decide.on_kill_switch(_switch(tool="notify_customer"), [step.state], NOW)
+    assert cancelling.state.status == "cancelling"
+    stopped = decide.on_outcome(_failed(refund, in_doubt=True), cancelling.state, NOW)
+    assert stopped is not None
+    assert stopped.state.status == "escalated"
+    resumed = decide.on_instruction(_instructed(stopped.state, "resume"), stopped.state, NOW)
+    assert resumed is not None
+    [end] = resumed.outputs
+    assert isinstance(end, RunCancelled)  # not the refund's work again: the cancel it was in
+    assert end.cause == "kill_switch"
+    assert resumed.state.status == "cancelled"
 
 
 def test_a_human_cancelling_a_run_undoes_what_it_did() -> None:

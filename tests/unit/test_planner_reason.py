@@ -318,3 +318,22 @@ def test_the_model_hands_work_to_an_agent_its_agent_may_hand_to() -> None:
     too_deep = answer(deep, reply(("handoff", {"agent": "support-refunds", "task": "x"})))
     assert too_deep.state.chat is not None
     assert "max_handoff_depth" in too_deep.state.chat.messages[-1]["content"]
+
+
+def test_a_resumed_run_answers_the_calls_left_queued_before_the_humans_words() -> None:
+    state, first = proposed_after(
+        start(order_id="A-100").state,
+        ("lookup_order", {"order_id": "A-100"}),
+        ("lookup_order", {"order_id": "A-200"}),
+    )
+    stopped = decide.on_outcome(rejected(first, limit="rate_agent"), state, NOW)
+    assert stopped is not None
+    resumed = decide.on_instruction(instructed(stopped.state, "resume", "wait a minute"), stopped.state, NOW)
+    assert resumed is not None
+    assert resumed.think
+    assert resumed.state.chat is not None
+    roles = [(m["role"], m.get("tool_call_id")) for m in resumed.state.chat.messages[-2:]]
+    assert roles == [("tool", "c1"), ("tool", "c0")]
+    assert resumed.state.chat.messages[-2]["content"] == "not run: the run stopped for a human first"
+    assert resumed.state.chat.messages[-1]["content"] == "A human (omar) says: wait a minute"
+    assert resumed.state.chat.queued == ()

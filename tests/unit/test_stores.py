@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,9 +46,17 @@ def test_run_state_round_trips_and_updates(engine: Engine) -> None:
         ending=planner_decide.Ending("failed", "action_failed", "boom", step=2),
     )
     with engine.begin() as conn:
+        before = runs.snapshot(conn, [state.run_id])
         runs.put(conn, advanced, LATER)
     with engine.connect() as conn:
         assert runs.get(conn, state.run_id) == advanced
+    # A change of status alone is a change: the planner re-decides what it thought over.
+    with engine.begin() as conn:
+        seen = runs.snapshot(conn, [state.run_id, "new"])
+        assert seen != before
+        assert seen["new"] is None
+        runs.put(conn, replace(advanced, status="cancelled"), LATER)
+        assert runs.snapshot(conn, [state.run_id, "new"]) != seen
 
 
 def test_the_inbox_returns_the_recorded_outputs(engine: Engine) -> None:
