@@ -183,7 +183,9 @@ def get_run(
     return run_detail(ctx, who, run_id)
 
 
-async def _instruct(ctx: ApiContext, who: Principal, run_id: str, command: str, instruction: str) -> Any:
+async def _instruct(
+    ctx: ApiContext, who: Principal, run_id: str, command: str, instruction: str
+) -> RunInstructionAccepted:
     with ctx.audit_engine.connect() as conn:
         entries = views.timeline(conn, run_id)
     started = next((e.event for e in entries if isinstance(e.event, RunStarted)), None)
@@ -230,8 +232,7 @@ async def resume_run(
 ) -> RunInstructionAccepted:
     """Resume an escalated run: a model-planned run reads `instruction` next; a playbook run
     proposes the step it stopped at again."""
-    result: RunInstructionAccepted = await _instruct(ctx, who, run_id, "resume", body.instruction)
-    return result
+    return await _instruct(ctx, who, run_id, "resume", body.instruction)
 
 
 @router.post(
@@ -247,8 +248,7 @@ async def cancel_run(
     who: Annotated[Principal, Depends(require(Permission.DIRECT_RUNS))],
 ) -> RunInstructionAccepted:
     """Cancel a running or escalated run; what it did that can be undone is undone first."""
-    result: RunInstructionAccepted = await _instruct(ctx, who, run_id, "cancel", body.instruction)
-    return result
+    return await _instruct(ctx, who, run_id, "cancel", body.instruction)
 
 
 @router.get("/approvals", response_model=ApprovalList, responses=_errors())

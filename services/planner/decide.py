@@ -211,30 +211,15 @@ def _on_step(outcome: Outcome, state: RunState, now: datetime) -> Transition:
 def _advance(outcome: ActionExecuted, state: RunState, now: datetime) -> Transition:
     step = state.agent.steps[state.step_index]
     done = Done(state.step_index, outcome.action.resource, outcome.action.parameters, outcome.result)
-    advanced = replace(
-        state,
-        step_index=state.step_index + 1,
-        results={**state.results, step.id: outcome.result},
-        done=(*state.done, done),
-    )
-    if step.expect is not None:
-        failure = _unverified(step.expect, {**template_context(advanced), "result": outcome.result})
-        if failure is not None:
-            # The step took effect but not as required: the run fails, undoing what it did.
-            return _fail(
-                replace(advanced, step_index=state.step_index),
-                outcome,
-                "verification_failed",
-                f"step {step.id}: {failure}",
-                now,
-            )
-    return _next(advanced, outcome, now)
+    # Recorded as done before it is checked: a step that took effect, but not as required, is
+    # undone with the others when its verification fails the run.
+    return _step_done(replace(state, done=(*state.done, done)), step, outcome.result, outcome, now)
 
 
 def _step_done(
     state: RunState, step: Step, result: dict[str, Any], cause: Event, now: datetime
 ) -> Transition:
-    """A handoff or wait step is over: record its result, check it, and go on."""
+    """A step is over: record its result, check it (`expect`), and go on."""
     advanced = replace(
         state,
         status="running",

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 from charter import agents as agent_files
 from charter import broker, store, tools, topics
-from charter.agents import Agent, Wait
+from charter.agents import Agent
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
@@ -80,7 +80,12 @@ class Planner:
         self._pricing = reason.Pricing(settings.llm_input_cost_per_1k, settings.llm_output_cost_per_1k)
         self._watcher = DirectoryWatcher(settings.agents_dir, ("*.yaml", "*.yml"))
         self.registry = tools.load(settings.tool_module_list())
-        self.agents: Mapping[str, Agent] = self._load_agents()
+        self._use(self._load_agents())
+
+    def _use(self, agents: Mapping[str, Agent]) -> None:
+        self.agents = agents
+        # The business events some run may wait for, so a trigger need not look at every step.
+        self._awaited = {s.wait.event for a in agents.values() for s in a.steps if s.wait is not None}
 
     async def close(self) -> None:
         await self._model.close()
@@ -91,7 +96,7 @@ class Planner:
     def reload_if_changed(self) -> None:
         if self._watcher.changed():
             try:
-                self.agents = self._load_agents()
+                self._use(self._load_agents())
                 log.info("agents reloaded: %s", ", ".join(sorted(self.agents)))
             except Exception as exc:  # keep planning with the last good agents
                 log.error("agents not reloaded, keeping the previous ones: %s", exc)
@@ -182,7 +187,7 @@ class Planner:
         """Start the runs the business event starts, and go on with the runs that await it."""
         candidates = [decide.run_id_for(trigger, a) for a in self.agents.values()]
         transitions = decide.on_trigger(trigger, self.agents, runs.existing(conn, candidates), now)
-        if any(w.event == trigger.name for w in self._waits()):
+        if trigger.name in self._awaited:
             runs.keep_signal(conn, trigger, now)
         for run_id in runs.waiting_for(conn, trigger.name, trigger.data):
             state = runs.get(conn, run_id)
@@ -203,9 +208,6 @@ class Planner:
                 instruction.instructed_by,
             )
         return [transition] if transition else []
-
-    def _waits(self) -> list[Wait]:
-        return [s.wait for a in self.agents.values() for s in a.steps if s.wait is not None]
 
     def _settle(self, conn: Any, transition: Transition, now: Any) -> Transition:
         """A run that has just begun to wait goes on at once if its event came before."""

@@ -287,8 +287,8 @@ def _failed(proposed: ActionProposed, *, in_doubt: bool = False) -> ActionFailed
     )
 
 
-def _through_refund() -> tuple[decide.RunState, ActionProposed]:
-    """A refund run whose lookup and refund took effect; the notify step is proposed."""
+def _at_refund() -> tuple[decide.Transition, ActionProposed]:
+    """A refund run whose lookup took effect; the refund is proposed."""
     transition = start(trigger(order_id="A-1", amount=40))
     lookup = transition.outputs[1]
     assert isinstance(lookup, ActionProposed)
@@ -297,6 +297,12 @@ def _through_refund() -> tuple[decide.RunState, ActionProposed]:
     assert after_lookup is not None
     [refund] = after_lookup.outputs
     assert isinstance(refund, ActionProposed)
+    return after_lookup, refund
+
+
+def _through_refund() -> tuple[decide.RunState, ActionProposed]:
+    """A refund run whose lookup and refund took effect; the notify step is proposed."""
+    after_lookup, refund = _at_refund()
     refunded = {"refund_id": "rf-0123456789", "order_id": "A-1", "amount": 40, "currency": "EUR"}
     after_refund = decide.on_outcome(executed(after_lookup.state, refund, refunded), after_lookup.state, NOW)
     assert after_refund is not None
@@ -440,14 +446,7 @@ def test_an_unavailable_tool_escalates_the_run() -> None:
 
 
 def test_a_switch_on_a_later_tool_waits_for_the_step_under_way_and_undoes_it_too() -> None:
-    transition = start(trigger(order_id="A-1", amount=40))
-    lookup = transition.outputs[1]
-    assert isinstance(lookup, ActionProposed)
-    order = {"order_id": "A-1", "customer": "cust-1", "currency": "EUR", "total": 100}
-    step = decide.on_outcome(executed(transition.state, lookup, order), transition.state, NOW)
-    assert step is not None
-    [refund] = step.outputs  # the refund is under way when notify_customer is switched off
-    assert isinstance(refund, ActionProposed)
+    step, refund = _at_refund()  # the refund is under way when notify_customer is switched off
     [waiting] = decide.on_kill_switch(_switch(tool="notify_customer"), [step.state], NOW)
     assert waiting.outputs == []
     assert waiting.state.status == "cancelling"
@@ -579,14 +578,7 @@ def test_a_human_resumes_an_escalated_playbook_run_at_its_step_under_new_ids() -
 
 
 def test_a_human_resuming_a_run_escalated_while_cancelling_resumes_the_cancel() -> None:
-    transition = start(trigger(order_id="A-1", amount=40))
-    lookup = transition.outputs[1]
-    assert isinstance(lookup, ActionProposed)
-    order = {"order_id": "A-1", "customer": "cust-1", "currency": "EUR", "total": 100}
-    step = decide.on_outcome(executed(transition.state, lookup, order), transition.state, NOW)
-    assert step is not None
-    [refund] = step.outputs
-    assert isinstance(refund, ActionProposed)
+    step, refund = _at_refund()
     [cancelling] = decide.on_kill_switch(_switch(tool="notify_customer"), [step.state], NOW)
     assert cancelling.state.status == "cancelling"
     stopped = decide.on_outcome(_failed(refund, in_doubt=True), cancelling.state, NOW)
