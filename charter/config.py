@@ -90,7 +90,17 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_message_bytes: int = Field(1_000_000, ge=1024)
-    trace_exporter: Literal["none", "console", "file"] = "file"
+    trace_exporter: Literal["none", "console", "file", "otlp"] = "file"
+    otlp_endpoint: str = Field(
+        "http://127.0.0.1:4318", description="OTLP over HTTP: the collector spans go to (+ /v1/traces)."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the services' metrics endpoints listen on.")
+    metrics_port: int = Field(
+        9460, ge=0, le=65535, description="First metrics port: audit +0 ... planner +4; 0 turns them off."
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token a metrics scrape must send; unset: <keys>/metrics.token."
+    )
     keys_dir: Path | None = Field(None, description="Signing keys (PEM); unset means <home>/keys.")
     # The HTTP API and console, served by the approvals service.
     api_host: str = Field("127.0.0.1", description="Address the API and console listen on.")

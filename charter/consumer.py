@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
 
-from charter import broker
+from charter import broker, metrics
 from charter.bus import Bus
 from charter.config import Settings
 
 log = logging.getLogger(__name__)
+
+LAG_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class ConsumerLoop:
         self,
         settings: Settings,
         *,
+        service: str = "",
         group_id: str,
         topics: Sequence[str],
         handle_batch: BatchHandler,
@@ -72,6 +76,8 @@ class ConsumerLoop:
         self._txn_bus = bus if bus is not None and bus.transactional else None
         self._on_assigned = on_assigned
         self._max_records = max_records
+        self._service = service or group_id
+        self._lag_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -84,8 +90,25 @@ class ConsumerLoop:
                 batch = await consumer.getmany(timeout_ms=100, max_records=self._max_records)
                 if batch:
                     await self._process(consumer, batch)
+                await self._measure_lag(consumer)
         finally:
             await consumer.stop()
+
+    async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Records on the broker this consumer has not reached: the last fetch's high watermark
+        less its position. Both are known locally, so this asks the broker nothing."""
+        now = time.monotonic()
+        if now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = await consumer.position(tp)
+            metrics.consumer_lag.labels(self._service, tp.topic, str(tp.partition)).set(
+                max(0, highwater - position)
+            )
 
     async def _process(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
         deliveries = [

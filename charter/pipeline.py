@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from charter import serde, telemetry
+from charter import metrics, serde, telemetry
 from charter.bus import Bus
 from charter.clock import Clock, derive_id
 from charter.consumer import Delivery
@@ -87,7 +87,9 @@ class Pipeline:
                 },
             ),
             telemetry.run_context(env.run_id),
+            metrics.record_seconds.labels(self.service).time(),
         ):
+            metrics.records.labels(self.service, env.event_type).inc()
             return Prepared(await self._handle(event, delivery), otel_context.get_current())
 
     async def _handle(self, event: Event, delivery: Delivery) -> Sequence[Event]:
@@ -103,12 +105,14 @@ class Pipeline:
                     log.exception("giving up on %s after %d attempts", event.event_id, attempt)
                     return [self.dead_letter(delivery, exc, event, attempts=attempt)]
                 log.warning("attempt %d on %s failed, retrying: %r", attempt, event.event_id, exc)
+                metrics.handler_retries.labels(self.service).inc()
                 await asyncio.sleep(self._retry.delay(attempt))
                 attempt += 1
 
     def dead_letter(
         self, delivery: Delivery, exc: Exception, event: Event | None, attempts: int = 1
     ) -> DeadLettered:
+        metrics.dead_letters.labels(self.service, delivery.topic).inc()
         position = f"{delivery.topic}:{delivery.partition}:{delivery.offset}"
         reason = str(exc) if attempts == 1 else f"gave up after {attempts} attempts: {exc!r}"
         env = event.envelope if event else None

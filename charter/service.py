@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from charter import broker
+from prometheus_client import CollectorRegistry
+
+from charter import broker, metrics_server
 from charter.bus import Bus
 from charter.config import Settings
 from charter.consumer import BatchHandler, ConsumerLoop
@@ -38,6 +40,8 @@ class Parts:
     control: ControlFollower | None = None
     # More things the service must have done before it is ready (say, an HTTP server listening).
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    # Figures the service keeps in a registry of its own, served with the process's.
+    registries: Sequence[CollectorRegistry] = ()
 
 
 Factory = Callable[[Settings, Bus], Awaitable[Parts]]
@@ -75,6 +79,7 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
 
     loop = ConsumerLoop(
         settings,
+        service=name,
         group_id=group_id(settings, name),
         topics=parts.topics,
         handle_batch=parts.handle_batch,
@@ -87,6 +92,10 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
         following = parts.control.run(stop, on_assigned=lambda: joined("control"))
         tasks.append(asyncio.create_task(following, name=f"{name}-control"))
     tasks += [asyncio.create_task(task(stop), name=f"{name}-{task.__name__}") for task in parts.background]
+    exporter = metrics_server.server(settings, name, parts.registries)
+    if exporter is not None:
+        tasks.append(asyncio.create_task(exporter.run(stop), name=f"{name}-metrics"))
+        parts.gates["metrics"] = exporter.listening
     for gate, event in parts.gates.items():
         assigned[gate] = False
         tasks.append(asyncio.create_task(_gate(gate, event, joined), name=f"{name}-{gate}-ready"))

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
@@ -52,6 +53,16 @@ def inject() -> list[tuple[str, bytes]]:
     headers: list[tuple[str, bytes]] = []
     _PROPAGATOR.inject(headers, setter=_HeaderSetter())
     return headers
+
+
+@contextmanager
+def continued(headers: Headers | None) -> Iterator[None]:
+    """Run the body in the trace `headers` carry: what it publishes joins that trace."""
+    token = otel_context.attach(extract(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def trace_id_of(headers: Headers | None) -> str | None:
@@ -102,6 +113,12 @@ def setup_tracing(service: str, settings: Settings) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": f"charter-{service}"}))
     if settings.trace_exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif settings.trace_exporter == "otlp":
+        # Imported here: only a process that exports over OTLP pays for protobuf and requests.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+
+        endpoint = f"{settings.otlp_endpoint.rstrip('/')}/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     elif settings.trace_exporter == "file":
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
         out = (settings.logs_dir / f"traces-{service}.jsonl").open("a", encoding="utf-8")

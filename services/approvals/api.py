@@ -11,13 +11,11 @@ session cookie holding the same credential in the console. Roles decide what eac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from charter.bus import Bus
 from charter.clock import Clock
 from charter.config import Settings
+from charter.http_server import HttpServer
 from charter.identity.principal import Authenticator, Principal, Unauthenticated
 from charter.identity.roles import Permission
 from charter.identity.users import WatchedDirectory
@@ -137,41 +136,7 @@ def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn inside a service: the service owns SIGTERM, not the web server."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class ApiServer:
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False, lifespan="off", server_header=False
-        )
-        self._server = _QuietServer(config)
-        self.listening = asyncio.Event()
-        self.address = f"http://{host}:{port}"
-
-    async def run(self, stop: asyncio.Event) -> None:
-        serving = asyncio.create_task(self._server.serve())
-        # uvicorn says it is listening only through this flag.
-        while not self._server.started and not serving.done():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        if serving.done():
-            serving.result()
-            raise RuntimeError(f"the API did not start on {self.address}")
-        log.info("API and console on %s", self.address)
-        self.listening.set()
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        self._server.should_exit = True
-        stopping.cancel()
-        await serving
-
-
-def run_api(server: ApiServer) -> Callable[[asyncio.Event], Awaitable[Any]]:
+def run_api(server: HttpServer) -> Callable[[asyncio.Event], Awaitable[Any]]:
     async def api(stop: asyncio.Event) -> None:
         await server.run(stop)
 

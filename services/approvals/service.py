@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from charter import signing, store, topics
+from charter import metrics, signing, store, telemetry, topics
 from charter.binding import action_hash
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock, derive_id
@@ -37,6 +37,7 @@ from charter.events import (
     Event,
     RunEscalated,
 )
+from charter.http_server import HttpServer
 from charter.identity import tokens
 from charter.identity.oidc import OidcVerifier
 from charter.identity.principal import Authenticator
@@ -47,12 +48,13 @@ from charter.service import Parts
 from charter.topics import Topic
 from services.approvals import decide, notify
 from services.approvals import store as approvals
-from services.approvals.api import ApiContext, ApiServer
+from services.approvals.api import ApiContext
 from services.approvals.app import create_app
 from services.approvals.metrics import Metrics
 from services.audit import store as audit_store
 
 log = logging.getLogger(__name__)
+_TRACER = telemetry.tracer("charter.approvals")
 NAME = "approvals"
 SWEEP_S = 1.0
 RESEND_S = 10.0
@@ -101,6 +103,8 @@ class Approvals:
         expires_at = request.envelope.occurred_at + timedelta(seconds=timeout)
         with self._engine.begin() as conn:
             added = approvals.add(conn, request, expires_at)
+            if added:
+                approvals.keep_trace(conn, request.approval_id, telemetry.inject())
             if added and self._notifier.enabled:
                 payload = notify.approval_requested(request, expires_at, self._settings.console_url)
                 notify.enqueue(conn, derive_id(request.event_id, "notify"), payload, now)
@@ -139,6 +143,8 @@ class Approvals:
                 )
                 by = ",".join(verdict.decided_by)
                 approvals.settle(conn, event.approval_id, status=verdict.status, by=by, note=note, at=now)
+                if pending is not None:
+                    _waited(pending.request, verdict.status, by, now)
             outputs = [self._signer.sign(o) if isinstance(o, ActionApproved) else o for o in verdict.outputs]
             approvals.inbox.record(conn, event, outputs, now)
         return outputs
@@ -165,6 +171,26 @@ class Approvals:
         )
 
 
+def _waited(request: ApprovalRequested, status: str, by: str, now: datetime) -> None:
+    """The approval wait, as a span from request to decision in the run's trace, and as a figure."""
+    requested = request.envelope.occurred_at
+    waited = max(0.0, (now - requested).total_seconds())
+    metrics.approval_wait.labels(status).observe(waited)
+    if status != "expired":
+        metrics.human_interventions.labels("approval").inc()
+    span = _TRACER.start_span(
+        "approval wait",
+        start_time=int(requested.timestamp() * 1e9),
+        attributes={
+            "charter.approval_id": request.approval_id,
+            "charter.tool": request.action.tool,
+            "charter.approval.outcome": status,
+            "charter.approval.decided_by": by,
+        },
+    )
+    span.end(end_time=int(now.timestamp() * 1e9))
+
+
 class Expiry:
     """Sends an ApprovalExpired for each approval past its deadline; the consumer applies it
     like any decision, so an expiry and a late approval are ordered, never both taken."""
@@ -187,6 +213,7 @@ class Expiry:
         with self._engine.connect() as conn:
             due = approvals.due(conn, now)
             requests = {a: approvals.request_of(conn, a) for a, _, _ in due}
+            traces = {a: approvals.trace_of(conn, a) for a, _, _ in due}
         sent = 0
         for approval_id, _, requested_at in due:
             request = requests[approval_id]
@@ -201,7 +228,8 @@ class Expiry:
                 approval_id=approval_id,
                 requested_at=requested_at,
             )
-            await self._bus.publish(self._signer.sign(expired))
+            with telemetry.continued(traces[approval_id]):
+                await self._bus.publish(self._signer.sign(expired))
             self._sent[approval_id] = now
             sent += 1
         return sent
@@ -233,18 +261,18 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     await _ensure_audit_tables(audit_engine)
     clock = SystemClock()
     users = WatchedDirectory(settings.users_file)
-    metrics = Metrics()
-    metrics.watch(lambda: figures(engine))
+    api_metrics = Metrics()
+    api_metrics.watch(lambda: figures(engine))
     notifier = notify.Notifier(settings, engine, clock)
     signer = signing.Signer.load(settings.keys, NAME)
     handler = Approvals(
-        settings, engine, clock=clock, users=users, notifier=notifier, metrics=metrics, signer=signer
+        settings, engine, clock=clock, users=users, notifier=notifier, metrics=api_metrics, signer=signer
     )
     pipeline = Pipeline(NAME, bus, handler.handle, clock)
     auth = Authenticator(engine, users, OidcVerifier.from_settings(settings), clock)
     audit_key = signing.Verifier.load(settings.keys, "audit")
-    ctx = ApiContext(settings, engine, audit_engine, bus, signer, clock, users, auth, metrics, audit_key)
-    server = ApiServer(create_app(ctx), settings.api_host, settings.api_port)
+    ctx = ApiContext(settings, engine, audit_engine, bus, signer, clock, users, auth, api_metrics, audit_key)
+    server = HttpServer(create_app(ctx), settings.api_host, settings.api_port, "API and console")
     expiry = Expiry(engine, bus, signer, clock)
 
     def close() -> None:
@@ -264,4 +292,5 @@ async def build(settings: Settings, bus: Bus) -> Parts:
         ),
         gates={"api": server.listening},
         close=close,
+        registries=[api_metrics.registry],
     )

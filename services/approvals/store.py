@@ -3,6 +3,7 @@ counted or refused on it, and the notifications still to deliver."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,6 +85,14 @@ notifications = Table(
     Column("delivered_at", DateTime(timezone=True)),
     Column("failed_at", DateTime(timezone=True)),
     Column("last_error", Text),
+)
+# The trace an approval was requested in, so the human's decision, made later over HTTP,
+# continues the run's trace rather than starting one of its own.
+traces = Table(
+    "approval_traces",
+    metadata,
+    Column("approval_id", String(64), primary_key=True),
+    Column("headers", Text, nullable=False),
 )
 inbox = Inbox(inbox_table(metadata, "approvals"))
 switches = switches_table(metadata, "approvals")
@@ -293,3 +302,14 @@ def counts(conn: Connection) -> dict[str, int]:
     query = select(approvals.c.status, func.count()).group_by(approvals.c.status)
     found = {status: int(n) for status, n in conn.execute(query)}
     return {status: found.get(status, 0) for status in STATUSES}
+
+
+def keep_trace(conn: Connection, approval_id: str, headers: Sequence[tuple[str, bytes]]) -> None:
+    if headers:
+        text = json.dumps([[k, v.decode("latin-1")] for k, v in headers])
+        conn.execute(traces.insert().values(approval_id=approval_id, headers=text))
+
+
+def trace_of(conn: Connection, approval_id: str) -> list[tuple[str, bytes]]:
+    text = conn.execute(select(traces.c.headers).where(traces.c.approval_id == approval_id)).scalar()
+    return [(k, v.encode("latin-1")) for k, v in json.loads(text)] if text else []

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from charter import telemetry
 from charter.clock import new_id
 from charter.events import ApprovalAmended, ApprovalGranted, ApprovalRejected, ApprovalRequested
 from charter.identity.principal import Principal
@@ -112,8 +113,11 @@ async def submit(
     """Send the decision and wait for its outcome: (HTTP status, result)."""
     with ctx.engine.connect() as conn:
         _, request = load(conn, approval_id)
+        trace = store.trace_of(conn, approval_id)
     decision = ctx.signer.sign(build(who, request, ctx.clock.now(), kind, action_hash, **fields))
-    await ctx.bus.publish(decision)
+    # Sent in the trace the approval was requested in: the run keeps one trace across the human.
+    with telemetry.continued(trace):
+        await ctx.bus.publish(decision)
     record = await _applied(ctx, decision.event_id)
     with ctx.engine.connect() as conn:
         approval, _ = load(conn, approval_id)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from charter import serde, signing, store, telemetry, topics
+from charter import metrics, serde, signing, store, telemetry, topics
 from charter.bus import Bus
 from charter.config import Settings
 from charter.consumer import Delivery
@@ -60,6 +60,7 @@ class Auditor:
         self._signer = signer
         self._bus = bus
         self._retry = retry or RetryPolicy(attempts=10)
+        self._appended_types: list[str] = []
         self._sealer = Sealer.of(settings)
         self._tracer = telemetry.tracer("charter.audit")
         self._conn: Connection | None = None
@@ -84,10 +85,10 @@ class Auditor:
         return audit.Pending(attribute(delivery, event, now_us, subject), sealed or delivery.value)
 
     async def handle_batch(self, deliveries: list[Delivery]) -> None:
-        with self._tracer.start_as_current_span(
-            "audit append", attributes={"charter.batch_size": len(deliveries)}
-        ):
+        started = time.time_ns()
+        with metrics.audit_append_seconds.time():
             await self._retrying(lambda conn, now_us: self._append(conn, deliveries, now_us))
+        self._observe(deliveries, started, time.time_ns())
         try:
             await self.publish()
         except Exception:
@@ -95,8 +96,29 @@ class Auditor:
             # and the next pass (or the signing loop) publishes it.
             log.exception("publishing the audit's tree heads failed; they are published on the next pass")
 
+    def _observe(self, deliveries: list[Delivery], started_ns: int, ended_ns: int) -> None:
+        """A span per record, in the trace the record came in, so each run's trace shows its
+        events reaching the audit log; they share the batch's times, as they share its commit."""
+        metrics.audit_appends.inc(len(deliveries))
+        for event_type in self._appended_types:
+            metrics.records.labels(NAME, event_type).inc()
+        for delivery in deliveries:
+            if delivery.topic.endswith(topics.DLQ_SUFFIX):
+                metrics.dlq_depth.labels(delivery.topic).inc()
+            self._tracer.start_span(
+                "audit append",
+                context=telemetry.extract(delivery.headers),
+                start_time=started_ns,
+                attributes={
+                    "messaging.destination.name": delivery.topic,
+                    "charter.batch_size": len(deliveries),
+                },
+            ).end(end_time=ended_ns)
+
     def _append(self, conn: Connection, deliveries: list[Delivery], now_us: int) -> None:
-        self._store(conn, [self._pending(conn, d, now_us) for d in deliveries], now_us)
+        pending = [self._pending(conn, d, now_us) for d in deliveries]
+        self._store(conn, pending, now_us)
+        self._appended_types = [p.attribution.event_type for p in pending]
 
     async def append_attributed(self, items: list[audit.Pending]) -> None:
         """Append records already attributed, as one transaction: the store and the tree alone,
@@ -218,6 +240,8 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     engine = store.make_engine(settings.database_url_for(NAME))
     audit.create(engine)
     auditor = Auditor(engine, settings, signing.Signer.load(settings.keys, NAME), bus)
+    for topic, count in audit.dead_letters_by_topic(engine).items():
+        metrics.dlq_depth.labels(topic).set(count)
     # The audit's own heads are not audited: each would be a new record needing a new head.
     heads = topics.name(settings, topics.Topic.AUDIT_CHECKPOINTS)
     return Parts(

@@ -434,3 +434,14 @@ def run_ids(conn: Connection, prefix: str = "", limit: int = 50) -> list[str]:
     if prefix:
         query = query.where(log_table.c.run_id.startswith(prefix, autoescape=True))
     return list(conn.execute(query.order_by(last.desc()).limit(limit)).scalars())
+
+
+def dead_letters_by_topic(engine: Engine) -> dict[str, int]:
+    """Records from each dead-letter topic in the log: the depth the audit service counts on from."""
+    query = (
+        select(log_table.c.topic, func.count())
+        .where(log_table.c.event_type == "DeadLettered")
+        .group_by(log_table.c.topic)
+    )
+    with engine.connect() as conn:
+        return {str(topic): int(n) for topic, n in conn.execute(query)}

@@ -8,9 +8,10 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 
+from opentelemetry import trace
 from sqlalchemy import Engine
 
-from charter import signing, store, tools, topics
+from charter import metrics, signing, store, telemetry, tools, topics
 from charter.breaker import Breakers
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock
@@ -29,6 +30,7 @@ from services.executor import store as executions
 from services.executor.tools import NOT_REACHED, Limits, ToolFailure, call
 
 log = logging.getLogger(__name__)
+_TRACER = telemetry.tracer("charter.executor")
 NAME = "executor"
 # Full jitter: replicas retrying the same down system do not come back in step.
 TOOL_RETRY = RetryPolicy(attempts=3, first_delay_s=0.2, max_delay_s=2.0)
@@ -159,11 +161,21 @@ class Executor:
             tries += 1
             started = time.perf_counter()
             try:
-                result = await call(
-                    spec, approved.action.parameters, ctx, http=self._http.get(spec.name), limits=self._limits
-                )
+                with _TRACER.start_as_current_span(
+                    f"tool {spec.name}",
+                    kind=trace.SpanKind.CLIENT,
+                    attributes={"charter.tool": spec.name, "charter.attempt": attempt + tries - 1},
+                ):
+                    result = await call(
+                        spec,
+                        approved.action.parameters,
+                        ctx,
+                        http=self._http.get(spec.name),
+                        limits=self._limits,
+                    )
             except ToolFailure as exc:
                 self._observe(spec, exc)
+                metrics.tool_seconds.labels(spec.name).observe(time.perf_counter() - started)
                 error = self._secrets.redact(str(exc))
                 # Only an idempotent tool, or a call that certainly did not act, is called again.
                 again = exc.retryable and (spec.idempotent or exc.unsent)
@@ -173,9 +185,11 @@ class Executor:
                     and self._breakers.admit(spec.name, time.monotonic()) is None
                 ):
                     log.warning("%s attempt %d failed, retrying: %s", spec.name, tries, error)
+                    metrics.tool_retries.labels(spec.name).inc()
                     await asyncio.sleep(TOOL_RETRY.jittered(tries))
                     continue
                 attempts, now = attempt + tries - 1, self._clock.now()
+                metrics.tool_calls.labels(spec.name, "in_doubt" if exc.in_doubt else "failed").inc()
                 if exc.in_doubt:
                     doubt = decide.CALL_IN_DOUBT if not spec.idempotent else decide.CALL_IN_DOUBT_IDEMPOTENT
                     message = doubt.format(error=error)
@@ -184,6 +198,8 @@ class Executor:
             if not (ctx.dry_run and spec.dry_run != "call"):  # a dry run did not reach the tool
                 self._breakers.succeeded(spec.name)
             elapsed_ms = (time.perf_counter() - started) * 1000
+            metrics.tool_seconds.labels(spec.name).observe(elapsed_ms / 1000)
+            metrics.tool_calls.labels(spec.name, "dry_run" if ctx.dry_run else "executed").inc()
             return decide.executed(
                 approved,
                 self._secrets.redact(result),

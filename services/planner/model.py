@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from opentelemetry import trace
 
+from charter import metrics, telemetry
 from charter.breaker import Breakers
 from charter.config import Settings
 from charter.errors import RetryPolicy
 from charter.secrets import Secrets
 
 log = logging.getLogger(__name__)
+_TRACER = telemetry.tracer("charter.planner.model")
 CIRCUIT = "model"
 MODEL_RETRY = RetryPolicy(first_delay_s=0.5, max_delay_s=8.0)
 # Answers the server gives while it is unwell, or busy: the same call may succeed later.
@@ -55,6 +58,8 @@ class Reply:
     tool_calls: tuple[ToolCall, ...]
     prompt_tokens: int
     completion_tokens: int
+    model: str | None = None
+    finish_reason: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -83,6 +88,8 @@ def parse(body: Any) -> Reply:
             tool_calls=calls,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
+            model=body.get("model") if isinstance(body.get("model"), str) else None,
+            finish_reason=body["choices"][0].get("finish_reason"),
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"not a chat completion: {type(exc).__name__} {exc}") from exc
@@ -124,10 +131,36 @@ class ModelClient:
     async def complete(self, request: dict[str, Any]) -> Reply:
         """The model's next message; ModelUnavailable once retries are spent or the circuit is open.
         Its message goes into events: the key is redacted from it, should a server echo it."""
-        try:
-            return await self._complete(request)
-        except ModelUnavailable as exc:
-            raise ModelUnavailable(str(self._secrets.redact(str(exc)))) from exc
+        model = str(request.get("model") or "")
+        # OpenTelemetry's GenAI semantic conventions, so tracing back ends show it as a model call.
+        with _TRACER.start_as_current_span(f"chat {model}", kind=trace.SpanKind.CLIENT) as span:
+            span.set_attributes(
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": "openai",
+                    "gen_ai.request.model": model,
+                    "gen_ai.request.temperature": float(request.get("temperature") or 0.0),
+                    "server.address": self._settings.llm_base_url or "",
+                }
+            )
+            try:
+                reply = await self._complete(request)
+            except ModelUnavailable as exc:
+                message = str(self._secrets.redact(str(exc)))
+                span.set_attribute("error.type", "model_unavailable")
+                span.set_status(trace.StatusCode.ERROR, message)
+                metrics.model_calls.labels(model, "unavailable").inc()
+                raise ModelUnavailable(message) from exc
+            span.set_attributes(
+                {
+                    "gen_ai.response.model": reply.model or model,
+                    "gen_ai.usage.input_tokens": reply.prompt_tokens,
+                    "gen_ai.usage.output_tokens": reply.completion_tokens,
+                    "gen_ai.response.finish_reasons": [reply.finish_reason or ""],
+                }
+            )
+            metrics.model_calls.labels(model, "ok").inc()
+            return reply
 
     async def _complete(self, request: dict[str, Any]) -> Reply:
         if not self.configured:

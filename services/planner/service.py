@@ -25,11 +25,11 @@ from aiokafka import TopicPartition
 from sqlalchemy import Engine
 
 from charter import agents as agent_files
-from charter import broker, store, tools, topics
+from charter import broker, metrics, metrics_server, store, tools, topics
 from charter.agents import Agent
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
-from charter.consumer import Delivery
+from charter.consumer import LAG_EVERY_S, Delivery
 from charter.errors import InvalidEvent
 from charter.events import (
     ActionExecuted,
@@ -53,6 +53,7 @@ from charter.topics import Topic
 from charter.watch import DirectoryWatcher
 from services.planner import coordinate, decide, reason
 from services.planner import store as runs
+from services.planner.measure import Measure
 from services.planner.model import ModelClient, ModelUnavailable
 from services.planner.run import RunState, Transition
 
@@ -77,6 +78,7 @@ class Planner:
         self._engine = engine
         self._clock = clock
         self._model = model
+        self._measure = Measure()
         self._pricing = reason.Pricing(settings.llm_input_cost_per_1k, settings.llm_output_cost_per_1k)
         self._watcher = DirectoryWatcher(settings.agents_dir, ("*.yaml", "*.yml"))
         self.registry = tools.load(settings.tool_module_list())
@@ -137,6 +139,7 @@ class Planner:
             runs.put(conn, transition.state, now)
         outputs = [e for t in transitions for e in t.outputs]
         runs.inbox.record(conn, event, outputs, now)
+        self._measure.observe(event, outputs)
         return outputs
 
     async def _think(self, transition: Transition, event: Event) -> Transition:
@@ -285,6 +288,9 @@ class Runtime:
         self._planner = planner
         self._started = asyncio.Lock()
         self._joined = {"main": False, "control": False}
+        self.metrics = metrics_server.server(settings, NAME)
+        if self.metrics is not None:
+            self._joined["metrics"] = False
         self.stopping = asyncio.Event()
         self.control = ControlFollower(
             settings,
@@ -340,6 +346,25 @@ class Runtime:
                 offset = {TopicPartition(delivery.topic, delivery.partition): delivery.offset + 1}
                 await self.bus.send_offsets(offset, group_id(self.settings, NAME))
 
+    async def serve_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        serving = asyncio.create_task(self.metrics.run(self.stopping))
+        await self.metrics.listening.wait()
+        self.joined("metrics")
+        await serving
+
+    async def measure_lag(self, consumer: Any) -> None:
+        """As charter.consumer does for the other services, from the faust consumer's own view."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(LAG_EVERY_S)
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                position = await consumer.position(tp)
+                if highwater is not None and position is not None:
+                    lag = max(0, highwater - position)
+                    metrics.consumer_lag.labels(NAME, tp.topic, str(tp.partition)).set(lag)
+
     async def follow_control(self) -> None:
         await self.start_bus()
         await self.control.run(self.stopping, on_assigned=lambda: self.joined("control"))
@@ -357,6 +382,7 @@ def _model_client(settings: Settings) -> ModelClient:
 def build_app(settings: Settings) -> faust.App:
     engine = store.make_engine(settings.database_url_for(NAME))
     runs.create(engine)
+    metrics.runs_in_flight.set_function(lambda: runs.in_flight(engine))
     planner = Planner(settings, engine, SystemClock(), _model_client(settings))
     runtime = Runtime(settings, planner, engine)
     datadir = settings.home / "run" / "planner-faust"
@@ -398,6 +424,10 @@ def build_app(settings: Settings) -> faust.App:
         @mode.Service.task
         async def _follow_control(self) -> None:
             await runtime.follow_control()
+
+        @mode.Service.task
+        async def _metrics(self) -> None:
+            await asyncio.gather(runtime.serve_metrics(), runtime.measure_lag(app.consumer))
 
     @app.agent(source)
     async def plan(stream: Any) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    func,
     insert,
     select,
     update,
@@ -233,3 +234,13 @@ def signal_for(conn: Connection, name: str, field: str, key: str) -> TriggerRece
             found = serde.decode(bytes.fromhex(event))
             return found if isinstance(found, TriggerReceived) else None
     return None
+
+
+IN_FLIGHT = ("running", "waiting", "cancelling", "compensating")
+
+
+def in_flight(engine: Engine) -> int:
+    """Runs started and not ended, nor parked with a human (escalated)."""
+    with engine.connect() as conn:
+        query = select(func.count()).select_from(runs).where(runs.c.status.in_(IN_FLIGHT))
+        return int(conn.execute(query).scalar_one())

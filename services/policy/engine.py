@@ -24,8 +24,11 @@ from typing import Any
 
 import cedarpy
 
+from charter import telemetry
+
 _I64 = 2**63
 _RECENT_RESOURCES = 4096
+_TRACER = telemetry.tracer("charter.policy.cedar")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,15 @@ class CedarPolicies:
         return handle
 
     def evaluate(self, request: Request) -> Verdict:
+        with _TRACER.start_as_current_span("cedar is_authorized") as span:
+            span.set_attributes({"cedar.action": request.tool, "cedar.resource": request.resource})
+            verdict = self._evaluate(request)
+            span.set_attributes(
+                {"cedar.allowed": verdict.allowed, "cedar.determining_policies": list(verdict.policy_ids)}
+            )
+            return verdict
+
+    def _evaluate(self, request: Request) -> Verdict:
         entities = self._with_resource(request)
         result = cedarpy.is_authorized(
             {

@@ -17,14 +17,14 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine
 
 from charter import agents as agent_files
-from charter import serde, signing, store, tools, topics
+from charter import metrics, serde, signing, store, telemetry, tools, topics
 from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock, new_id
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.errors import InvalidMessage
-from charter.events import ActionApproved, ActionProposed, Event, PolicyReloaded
+from charter.events import ActionApproved, ActionProposed, Decision, Event, PolicyReloaded
 from charter.killswitch import ControlFollower, SwitchStore
 from charter.pipeline import Pipeline
 from charter.service import Parts
@@ -36,6 +36,7 @@ from services.policy.bundle import PATTERNS, PolicyBundle
 from services.policy.decide import Context, decide, revalidate, usage_keys
 
 log = logging.getLogger(__name__)
+_TRACER = telemetry.tracer("charter.policy")
 NAME = "policy"
 
 
@@ -104,6 +105,22 @@ class Policy:
             return self._once(batch, event, lambda now: decide(event, self.context(), batch.usage, now))
         return []
 
+    def _decided(self, event: Event, decision: Callable[[datetime], list[Event]]) -> list[Event]:
+        """One decision, traced and counted."""
+        kind = "revalidate" if isinstance(event, ActionApproved) else "decide"
+        with (
+            _TRACER.start_as_current_span(f"policy {kind}") as span,
+            metrics.decide_seconds.time(),
+        ):
+            outputs = decision(self._clock.now())
+            for out in outputs:
+                ruling = getattr(out, "decision", None)
+                if isinstance(ruling, Decision):
+                    reason = ruling.limit or (ruling.policy_ids[0] if ruling.policy_ids else "no-permit")
+                    metrics.decisions.labels(ruling.outcome, reason).inc()
+                    span.set_attributes({"charter.decision": ruling.outcome, "charter.reason": reason})
+            return outputs
+
     def _once(
         self, batch: _Batch, event: Event, decision: Callable[[datetime], list[Event]]
     ) -> Sequence[Event]:
@@ -114,7 +131,8 @@ class Policy:
         if done is not None:
             return done
         outputs = [
-            self._signer.sign(o) if isinstance(o, ActionApproved) else o for o in decision(self._clock.now())
+            self._signer.sign(o) if isinstance(o, ActionApproved) else o
+            for o in self._decided(event, decision)
         ]
         batch.decided[event.event_id] = (event, outputs)
         return outputs

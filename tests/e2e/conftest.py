@@ -38,7 +38,8 @@ from charter.events import RUN_TERMINAL, ApprovalRequested, Event
 from charter.stack import readiness
 from charter.stack.harness import StackNotReady, StackProcess
 from charter.stack.kafka import LocalKafka
-from charter.stack.processes import free_port
+from charter.stack.processes import free_port, free_ports
+from charter.stack.supervisor import SERVICES
 from charter.store import make_engine
 from services.approvals import store as approvals
 from tests.conftest import REPO
@@ -66,6 +67,7 @@ def stack_env(home: Path, **extra: str) -> dict[str, str]:
         CHARTER_POLICIES_DIR=str(config / "policies"),
         CHARTER_USERS_FILE=str(config / "users.yaml"),
         CHARTER_API_PORT=str(free_port()),
+        CHARTER_METRICS_PORT=str(free_ports(len(SERVICES))),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
