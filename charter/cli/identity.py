@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-from charter import signing
+from charter import metrics_server, signing
 from charter.cli.output import console, table
 from charter.config import Settings
 from charter.errors import ConfigError
@@ -118,6 +118,9 @@ def init() -> None:
     """Create the signing keys that do not exist yet, in CHARTER_KEYS_DIR (default <home>/keys)."""
     settings = Settings()
     created = signing.ensure_keys(settings.keys)
+    if not (settings.keys / metrics_server.TOKEN_FILE).exists():
+        metrics_server.token(settings)
+        created.append("metrics token")
     kept = [n for n in signing.SIGNERS if n not in created]
     console.print(
         f"keys in {settings.keys}: created {', '.join(created) or 'none'}; kept {', '.join(kept) or 'none'}",

@@ -148,3 +148,16 @@ def test_every_service_exports_its_metrics_to_a_scraper_holding_the_token(stack:
     assert _value(executor, "charter_tool_calls_total", tool="issue_refund", outcome="executed") >= 1
     assert _value(executor, "charter_tool_call_seconds_count", tool="issue_refund") >= 1
     assert _value(got["audit"], "charter_audit_appends_total") > 0
+
+
+def test_top_shows_rates_denials_and_every_service(stack: Stack) -> None:
+    trigger = stack.publish("support.refund_requested", {"order_id": "O-1003", "amount": 9000})
+    wait_run_end(stack, run_id(trigger, "support-refunds"))
+    out = stack.cli("top", "--once", "--interval", "0.5").stdout
+    assert "runs/s ended" in out
+    assert "pending approvals" in out
+    # The denial is counted under the policy that made it.
+    assert "refund-over-limit" in out
+    for service in SERVICES:
+        assert f"{service}" in out
+    assert "down" not in out, out
