@@ -170,6 +170,15 @@ def test_the_model_plans_a_refund_and_every_call_is_governed(llm_stack: Stack, m
     assert looked_up["role"] == "tool"
     assert json.loads(looked_up["content"])["currency"] == "EUR"
 
+    # Each model call is a span in the run's trace, named and described as OpenTelemetry's
+    # GenAI conventions say.
+    first_record = json.loads(llm_stack.cli("replay", "--run", run, "--json").stdout.splitlines()[0])
+    calls = _spans_named(llm_stack, "planner", "chat stub-model", first_record["trace_id"], 3)
+    assert [c["attributes"]["gen_ai.operation.name"] for c in calls] == ["chat"] * 3
+    assert all(c["attributes"]["gen_ai.request.model"] == "stub-model" for c in calls)
+    assert all(c["attributes"]["gen_ai.usage.input_tokens"] > 0 for c in calls)
+    assert sum(c["attributes"]["gen_ai.usage.output_tokens"] for c in calls) > 0
+
     # The key is a secret reference: in no event, and in no line any service logged.
     raw = llm_stack.cli("replay", "--run", run).stdout
     assert KEY not in raw
@@ -357,6 +366,19 @@ def test_a_planner_killed_mid_run_resumes_fifty_runs_without_proposing_a_step_tw
         if e["run_id"] in runs and e["kind"] == "refund"
     ]
     assert len(refunds) == 50 == len({e["idempotency_key"] for e in refunds})
+
+
+def _spans_named(stack: Stack, service: str, name: str, trace_id: str, count: int) -> list[dict[str, Any]]:
+    """The service's exported spans of that name in the trace, once there are `count`."""
+    deadline = time.monotonic() + 10
+    while True:
+        path = stack.settings.logs_dir / f"traces-{service}.jsonl"
+        spans = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        found = [s for s in spans if s["name"] == name and s["context"]["trace_id"] == f"0x{trace_id}"]
+        if len(found) >= count or time.monotonic() > deadline:
+            assert len(found) == count, found
+            return found
+        time.sleep(0.2)
 
 
 def _all_events(stack: Stack, *topics: str) -> list[Event]:
