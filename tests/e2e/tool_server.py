@@ -1,6 +1,11 @@
 """A local HTTP server standing in for the systems tools act on. It counts every call and every
 effect per `Idempotency-Key`: /charge honours the key (a repeat returns the first answer), /ship
-does not (each call is an effect), so a test can tell whether anything was done twice."""
+does not (each call is an effect), so a test can tell whether anything was done twice.
+
+Like a real system it acts only on a whole, valid request: a caller killed between sending its
+headers and its body leaves a request cut short, which is counted as a call and never as an effect.
+Counting one then would leave the effect without its stored answer, so the caller's retry with the
+same key would count a second effect that never happened twice."""
 
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ class Ledger:
         self.delay_s = delay_s
 
     def handle(
-        self, path: str, key: str, body: dict[str, Any], auth: str | None
+        self, path: str, key: str, body: dict[str, Any] | None, auth: str | None
     ) -> tuple[int, dict[str, Any]]:
+        """`body` is None for a request cut short: a call, never an effect."""
         with self.lock:
             self.calls[(path, key)] += 1
             if path == "/reject":
@@ -35,14 +41,17 @@ class Ledger:
                 return 200, {"auth": auth or ""}
             if path == "/charge" and (path, key) in self.answers:
                 return 200, self.answers[(path, key)]
-            # The effect happens before the answer: a caller killed meanwhile never hears of it.
-            self.effects[(path, key)] += 1
-            self.order.append((path, key))
+            field = "receipt" if path == "/uncharge" else "amount"
+            if body is None or field not in body:
+                return 400, {"error": f"{field} is required"}  # checked before acting, never after
             answer = (
                 {"undone": body["receipt"]}
                 if path == "/uncharge"
                 else {"receipt": f"{path[1:]}-{key}", "amount": body["amount"]}
             )
+            # The effect happens before the answer: a caller killed meanwhile never hears of it.
+            self.effects[(path, key)] += 1
+            self.order.append((path, key))
             self.answers[(path, key)] = answer
         if self.delay_s:
             time.sleep(random.uniform(0, self.delay_s))
@@ -52,7 +61,10 @@ class Ledger:
 def _handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            # Fewer bytes than announced: the caller died mid-request (the read met the end).
+            body = json.loads(raw or b"{}") if len(raw) == length else None
             key = self.headers.get("Idempotency-Key") or ""
             code, answer = ledger.handle(self.path, key, body, self.headers.get("Authorization"))
             payload = json.dumps(answer).encode()
