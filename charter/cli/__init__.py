@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.exceptions import TyperException
 
-from charter.cli import approvals, audit, dlq, events, identity, policy, runs, stack
+from charter.cli import agents, approvals, audit, dlq, events, identity, policy, runs, stack, top
 from charter.errors import CharterError
 
 app = typer.Typer(
@@ -23,7 +23,9 @@ app.command("publish")(events.publish)
 app.command("tail")(events.tail)
 app.command("replay")(events.replay)
 app.command("runs")(runs.list_runs)
+app.command("top")(top.top)
 app.add_typer(runs.run_app, name="run")
+app.add_typer(agents.app, name="agents")
 app.add_typer(approvals.app, name="approvals")
 app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")

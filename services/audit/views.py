@@ -1,9 +1,11 @@
-"""What people read from the audit log: runs with their status, a run's timeline, and exports.
-Shared by the CLI, the HTTP API and the console, so all three tell the same story."""
+"""What people read from the audit log: runs with their status, a run's timeline, what each agent
+did with its tools, and exports. Shared by the CLI, the HTTP API and the console, so all three
+tell the same story."""
 
 from __future__ import annotations
 
 import base64
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +22,10 @@ from services.audit import store
 from services.audit.store import Recorded, log_table
 
 TERMINAL = ("completed", "failed", "cancelled", "escalated")
+# What happened to an action once decided: the executor called its tool (and it returned or
+# failed), or it was denied (by policy, by a human rejecting its approval, or by a kill switch).
+CALLED = (ev.ActionExecuted.__name__, ev.ActionFailed.__name__)
+DENIED = ev.ActionRejected.__name__
 
 
 @dataclass
@@ -173,3 +179,60 @@ def export(
             "value_b64": base64.b64encode(row.value).decode() if row.value is not None else None,
             "event": event,
         }
+
+
+@dataclass
+class ToolUse:
+    """What one agent did with one tool over a window. A failed call counts as a use: the
+    executor called the tool with the agent's grant, whatever the tool answered."""
+
+    executed: int = 0
+    failed: int = 0
+    dry_runs: int = 0  # of those executed, in a dry-run environment
+    denied: int = 0
+    last_used: datetime | None = None
+
+    @property
+    def uses(self) -> int:
+        return self.executed + self.failed
+
+    def count(self, event_type: str, at: datetime, dry_run: bool) -> None:
+        if event_type == DENIED:
+            self.denied += 1
+            return
+        if event_type == ev.ActionFailed.__name__:
+            self.failed += 1
+        else:
+            self.executed += 1
+            self.dry_runs += dry_run
+        self.last_used = at if self.last_used is None else max(self.last_used, at)
+
+
+def _action_of(value: bytes | None) -> tuple[str | None, bool]:
+    """The tool an action event names, and whether it ran dry; no tool if the bytes are gone."""
+    if value is None:
+        return None, False
+    try:
+        event = serde.decode(value)
+    except InvalidMessage:
+        return None, False
+    action = getattr(event, "action", None)
+    return (action.tool if isinstance(action, ev.Action) else None), getattr(event, "dry_run", False)
+
+
+def tool_uses(conn: Connection, since: datetime) -> dict[str, dict[str | None, ToolUse]]:
+    """Per agent and tool, the actions called and denied since `since`. The tool is read from
+    each event (it is no column); a record whose bytes retention removed counts under tool None,
+    so a caller can say some use is no longer attributable rather than call a tool unused."""
+    query = select(
+        log_table.c.agent, log_table.c.event_type, log_table.c.occurred_at, log_table.c.value
+    ).where(
+        log_table.c.event_type.in_([*CALLED, DENIED]),
+        log_table.c.agent.is_not(None),
+        log_table.c.occurred_at >= as_utc(since),
+    )
+    uses: dict[str, dict[str | None, ToolUse]] = defaultdict(lambda: defaultdict(ToolUse))
+    for agent, event_type, at, value in conn.execute(query.execution_options(yield_per=1000)):
+        tool, dry_run = _action_of(value)
+        uses[agent][tool].count(event_type, as_utc(at), dry_run)
+    return {agent: dict(tools) for agent, tools in uses.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 
@@ -162,6 +163,11 @@ def test_run_show_and_runs_read_the_timeline_from_the_audit_store(stack: Stack) 
     for kind in ("RunStarted", "ActionProposed", "ActionApproved", "ActionExecuted"):
         assert kind in shown
     assert run[:8] in stack.cli("runs").stdout
+    agents = {a["id"]: a for a in map(json.loads, stack.cli("agents", "--json").stdout.splitlines())}
+    refunds = agents["support-refunds"]
+    assert refunds["tools"]["issue_refund"]["uses"] >= 1
+    assert "issue_refund" in refunds["used"]
+    assert "issue_refund" not in refunds["unused"]
 
 
 def test_a_tool_that_fails_ends_the_run_as_failed_with_its_error(stack: Stack) -> None:

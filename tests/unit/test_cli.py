@@ -40,6 +40,8 @@ def charter(*args: str, home: Path, **extra: str) -> subprocess.CompletedProcess
         (["replay", "--topic", "runs", "--from-offset", "-1"], "greater than or equal to 0"),
         (["runs"], "no audit store"),
         (["run", "show", "abcd"], "no audit store"),
+        (["agents"], "no audit store"),
+        (["agents", "--days", "0"], "--days"),
         (["approvals", "list"], "no API token: set CHARTER_TOKEN"),
         (["approvals", "approve", "abcd"], "no API token"),
         (["approvals", "list", "--status", "nope"], "--status must be one of"),
