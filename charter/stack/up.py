@@ -18,7 +18,7 @@ from types import FrameType
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from charter import broker, signing, topics
+from charter import broker, metrics_server, signing, topics
 from charter.api_client import ApiClient
 from charter.client import Client
 from charter.config import BrokerKind, Settings
@@ -126,6 +126,7 @@ def up(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     readiness.clear(settings)
     created_keys = signing.ensure_keys(settings.keys)
+    metrics_server.token(settings)  # made here, not raced for by the five services
     if created_keys:
         say(f"signing keys created for {', '.join(created_keys)} in {settings.keys}/")
     stop = _Stop()
