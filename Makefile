@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm clean
+.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -49,9 +49,14 @@ bench: $(STAMP) $(AGT)/.installed
 	$(BIN)/python bench/executor.py
 	$(BIN)/python -m bench.audit
 	$(BIN)/python bench/llm.py
+	$(BIN)/python bench/e2e.py --broker tansu
+	$(BIN)/python bench/e2e.py --broker kafka
 
 bench-llm: $(STAMP)
 	$(BIN)/python bench/llm.py
+
+bench-e2e: $(STAMP)
+	$(BIN)/python bench/e2e.py
 
 bench-executor: $(STAMP)
 	$(BIN)/python bench/executor.py
