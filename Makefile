@@ -49,14 +49,14 @@ bench: $(STAMP) $(AGT)/.installed
 	$(BIN)/python bench/executor.py
 	$(BIN)/python -m bench.audit
 	$(BIN)/python bench/llm.py
-	$(BIN)/python bench/e2e.py --broker tansu
-	$(BIN)/python bench/e2e.py --broker kafka
+	$(BIN)/python -m bench.e2e --broker tansu
+	$(BIN)/python -m bench.e2e --broker kafka
 
 bench-llm: $(STAMP)
 	$(BIN)/python bench/llm.py
 
 bench-e2e: $(STAMP)
-	$(BIN)/python bench/e2e.py
+	$(BIN)/python -m bench.e2e
 
 bench-executor: $(STAMP)
 	$(BIN)/python bench/executor.py

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 
 import uvicorn
 from starlette.applications import Starlette
+
+from charter.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,21 @@ class HttpServer:
         self.address = f"http://{host}:{port}"
         self._what = what
 
+    def _bind(self) -> socket.socket:
+        """The listening socket, bound here: uvicorn would exit the whole process on a port in use."""
+        config = self._server.config
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((config.host, config.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"the {self._what} cannot listen on {self.address}: {exc.strerror}") from None
+        return sock
+
     async def run(self, stop: asyncio.Event) -> None:
-        serving = asyncio.create_task(self._server.serve())
+        serving = asyncio.create_task(self._server.serve(sockets=[self._bind()]))
         # uvicorn says it is listening only through this flag.
         while not self._server.started and not serving.done():  # noqa: ASYNC110
             await asyncio.sleep(0.02)

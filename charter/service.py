@@ -86,16 +86,26 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
         bus=bus if parts.transactional else None,
         on_assigned=lambda: joined("main"),
     )
+    # The metrics endpoint listens before anything joins a group: a port already taken stops
+    # the process at once, with the reason, rather than mid-start.
+    exporter = metrics_server.server(settings, name, parts.registries)
+    if exporter is not None:
+        exporting = asyncio.create_task(exporter.run(stop), name=f"{name}-metrics")
+        listening = asyncio.create_task(exporter.listening.wait())
+        await asyncio.wait({exporting, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if exporting.done():
+            listening.cancel()
+            parts.close()
+            await bus.stop()
+            exporting.result()
     tasks = [asyncio.create_task(loop.run(stop), name=f"{name}-consumer")]
     if parts.control is not None:
         assigned["control"] = False
         following = parts.control.run(stop, on_assigned=lambda: joined("control"))
         tasks.append(asyncio.create_task(following, name=f"{name}-control"))
     tasks += [asyncio.create_task(task(stop), name=f"{name}-{task.__name__}") for task in parts.background]
-    exporter = metrics_server.server(settings, name, parts.registries)
     if exporter is not None:
-        tasks.append(asyncio.create_task(exporter.run(stop), name=f"{name}-metrics"))
-        parts.gates["metrics"] = exporter.listening
+        tasks.append(exporting)
     for gate, event in parts.gates.items():
         assigned[gate] = False
         tasks.append(asyncio.create_task(_gate(gate, event, joined), name=f"{name}-{gate}-ready"))

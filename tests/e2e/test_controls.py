@@ -30,6 +30,7 @@ from charter.events import (
     RunFailed,
 )
 from charter.stack import readiness
+from charter.stack.processes import free_ports
 from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_for, wait_run_end
 from tests.factories import ACTION, DECISION
 
@@ -240,7 +241,8 @@ def test_limits_hold_with_two_policy_replicas_in_one_group(stack: Stack) -> None
         log.open("wb") as out,
         subprocess.Popen(
             [sys.executable, "-m", "services.policy"],
-            env={**stack.env, "CHARTER_INSTANCE": "replica-2"},
+            # A replica on the same host serves its metrics on ports of its own.
+            env={**stack.env, "CHARTER_INSTANCE": "replica-2", "CHARTER_METRICS_PORT": str(free_ports(5))},
             stdout=out,
             stderr=subprocess.STDOUT,
         ) as second,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from rich.console import Console
@@ -17,6 +19,8 @@ from charter import events as ev
 from charter import metrics_server
 from charter.cli.top import Scrape, view
 from charter.config import Settings
+from charter.errors import ConfigError
+from charter.http_server import HttpServer
 from services.planner.measure import Measure
 from tests.factories import NOW, one_of_each
 
@@ -131,3 +135,13 @@ def test_top_reads_a_counter_that_went_down_as_a_restart() -> None:
 def test_top_names_a_service_that_does_not_answer() -> None:
     shown = _render(_scrape(1.0, 0, {}, down={"executor": "not answering on 9462: ConnectError"}), None)
     assert "down: not answering on 9462" in shown
+
+
+def test_a_metrics_port_in_use_is_a_clear_error_not_an_exit() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = HttpServer(metrics_server.app("s3cret"), "127.0.0.1", port, "metrics")
+        with pytest.raises(ConfigError, match=f"the metrics cannot listen on http://127.0.0.1:{port}"):
+            asyncio.run(server.run(asyncio.Event()))
