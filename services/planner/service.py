@@ -70,7 +70,7 @@ CONFLICT_RETRIES = 5
 # pays one broker round trip a batch rather than one a record. A batch closes when full or
 # BATCH_WAIT_S after it opened, which is all the latency batching adds.
 BATCH_MAX = 200
-BATCH_WAIT_S = 0.005
+BATCH_WAIT_S = 0.001
 
 
 class _Changed(Exception):
