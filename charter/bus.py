@@ -61,6 +61,11 @@ class Bus:
         self._origin = (ORIGIN_HEADER, f"{client_id}@{socket.gethostname()}".encode())
 
     @property
+    def origin(self) -> tuple[str, bytes]:
+        """The origin header this bus puts on every record it sends."""
+        return self._origin
+
+    @property
     def transactional(self) -> bool:
         return self._transactional_id is not None
 

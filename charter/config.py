@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Port of the embedded broker; 0 picks a free one."
     )
     fetch_max_wait_ms: int = Field(20, ge=1, description="Broker wait for data per fetch: the latency floor.")
+    sink_fetch_max_wait_ms: int = Field(
+        100,
+        ge=1,
+        description="The same for the consumers no run waits on (the audit, the approvals' record of "
+        "requests and decisions): fewer, larger fetches.",
+    )
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_message_bytes: int = Field(1_000_000, ge=1024)

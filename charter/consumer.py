@@ -67,6 +67,7 @@ class ConsumerLoop:
         bus: Bus | None = None,
         on_assigned: Callable[[], None] = lambda: None,
         max_records: int = 500,
+        fetch_max_wait_ms: int | None = None,
     ) -> None:
         self._settings = settings
         self._group_id = group_id
@@ -76,13 +77,15 @@ class ConsumerLoop:
         self._txn_bus = bus if bus is not None and bus.transactional else None
         self._on_assigned = on_assigned
         self._max_records = max_records
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._service = service or group_id
         self._lag_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
-            group_id=self._group_id, client_id=self._group_id, **broker.consumer_kwargs(self._settings)
-        )
+        kwargs = broker.consumer_kwargs(self._settings)
+        if self._fetch_max_wait_ms is not None:
+            kwargs["fetch_max_wait_ms"] = self._fetch_max_wait_ms
+        consumer = AIOKafkaConsumer(group_id=self._group_id, client_id=self._group_id, **kwargs)
         consumer.subscribe(self._topics, listener=_Listener(self._on_assigned))
         await consumer.start()
         try:

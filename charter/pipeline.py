@@ -25,6 +25,7 @@ from charter.events import DeadLettered, Event
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event, Delivery], Awaitable[Sequence[Event]]]
+Decoded = Event | InvalidMessage
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,31 @@ class Prepared:
     context: otel_context.Context
 
 
+def decode_all(deliveries: Sequence[Delivery]) -> list[Decoded]:
+    """Each record's event, or why it is not one: decoded once for a batch, for a service that
+    looks at the whole batch before its records are handled."""
+    decoded: list[Decoded] = []
+    for delivery in deliveries:
+        try:
+            decoded.append(serde.decode(delivery.value))
+        except InvalidMessage as exc:
+            decoded.append(exc)
+    return decoded
+
+
 class Pipeline:
+    """`skip`, if given, names records the service has no use for, told from their headers
+    alone: they are not decoded, traced or handled (their offsets are committed all the same)."""
+
     def __init__(
-        self, service: str, bus: Bus, handler: Handler, clock: Clock, retry: RetryPolicy | None = None
+        self,
+        service: str,
+        bus: Bus,
+        handler: Handler,
+        clock: Clock,
+        retry: RetryPolicy | None = None,
+        *,
+        skip: Callable[[Delivery], bool] | None = None,
     ) -> None:
         self.service = service
         self._bus = bus
@@ -45,13 +68,22 @@ class Pipeline:
         self._clock = clock
         self._retry = retry or RetryPolicy()
         self._tracer = telemetry.tracer(f"charter.{service}")
+        self._skip = skip
 
     async def process_batch(self, deliveries: Sequence[Delivery]) -> None:
         await self.publish(await self.prepare_batch(deliveries))
 
-    async def prepare_batch(self, deliveries: Sequence[Delivery]) -> list[Prepared]:
-        """Decide every record, in order; publish nothing yet."""
-        return [await self.prepare(delivery) for delivery in deliveries]
+    def wanted(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        return [d for d in deliveries if not self._skip(d)] if self._skip else list(deliveries)
+
+    async def prepare_batch(
+        self, deliveries: Sequence[Delivery], decoded: Sequence[Decoded] | None = None
+    ) -> list[Prepared]:
+        """Decide every record, in order; publish nothing yet. `decoded`: the records of
+        `self.wanted(deliveries)` already decoded, in the same order."""
+        wanted = self.wanted(deliveries)
+        events = decoded if decoded is not None else decode_all(wanted)
+        return [await self.prepare(delivery, event) for delivery, event in zip(wanted, events, strict=True)]
 
     async def publish(self, prepared: Sequence[Prepared]) -> None:
         """Send every output, each under the trace of the record that caused it, and wait until
@@ -65,14 +97,15 @@ class Pipeline:
                 otel_context.detach(token)
         await asyncio.gather(*pending)
 
-    async def prepare(self, delivery: Delivery) -> Prepared:
-        try:
-            event = serde.decode(delivery.value)
-        except InvalidMessage as exc:
+    async def prepare(self, delivery: Delivery, decoded: Decoded | None = None) -> Prepared:
+        if decoded is None:
+            decoded = decode_all([delivery])[0]
+        if isinstance(decoded, InvalidMessage):
             log.warning(
-                "dead-lettering %s[%d]@%d: %s", delivery.topic, delivery.partition, delivery.offset, exc
+                "dead-lettering %s[%d]@%d: %s", delivery.topic, delivery.partition, delivery.offset, decoded
             )
-            return Prepared([self.dead_letter(delivery, exc, None)], otel_context.get_current())
+            return Prepared([self.dead_letter(delivery, decoded, None)], otel_context.get_current())
+        event = decoded
         env = event.envelope
         with (
             self._tracer.start_as_current_span(

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import uvloop
 from prometheus_client import CollectorRegistry
 
 from charter import broker, metrics_server
@@ -42,6 +43,9 @@ class Parts:
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     # Figures the service keeps in a registry of its own, served with the process's.
     registries: Sequence[CollectorRegistry] = ()
+    # A sink (no run waits on it) fetches less often and takes more at a time: the broker answers
+    # fewer empty fetches, and each batch costs the service less per record.
+    sink: bool = False
 
 
 Factory = Callable[[Settings, Bus], Awaitable[Parts]]
@@ -85,6 +89,7 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
         handle_batch=parts.handle_batch,
         bus=bus if parts.transactional else None,
         on_assigned=lambda: joined("main"),
+        fetch_max_wait_ms=settings.sink_fetch_max_wait_ms if parts.sink else None,
     )
     # The metrics endpoint listens before anything joins a group: a port already taken stops
     # the process at once, with the reason, rather than mid-start.
@@ -140,7 +145,9 @@ def run(name: str, factory: Factory) -> None:
         await serve(name, settings, factory, stop)
 
     try:
-        asyncio.run(main())
+        # uvloop: the same asyncio API on libuv, measurably cheaper per record sent and fetched.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
     except ConfigError as exc:
         log.error("%s", exc)
         sys.exit(2)

@@ -8,6 +8,7 @@ gets the same outputs again, byte for byte, without redoing the effect.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     create_engine,
     event,
     func,
@@ -33,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.expression import Executable
 
 from charter import serde
 from charter.errors import ConfigError
@@ -107,20 +110,23 @@ def create_checked(engine: Engine, metadata: MetaData) -> None:
 
 def upsert(conn: Connection, table: Table, values: dict[str, Any], key: str | tuple[str, ...]) -> None:
     """Insert a row, or update it where its key (one column or several) exists, in one statement."""
-    insert_ = pg_insert if conn.engine.dialect.name == "postgresql" else sqlite_insert
-    columns = [key] if isinstance(key, str) else list(key)
-    update = {k: v for k, v in values.items() if k not in columns}
-    conn.execute(insert_(table).values(**values).on_conflict_do_update(index_elements=columns, set_=update))
+    columns = (key,) if isinstance(key, str) else key
+    conn.execute(_upsert(conn.dialect.name, table, columns, tuple(values)), values)
 
 
 def upsert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: tuple[str, ...]) -> None:
     """`upsert` for many rows of the same columns, as one statement executed many times."""
-    if not rows:
-        return
-    insert_ = pg_insert if conn.engine.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert_(table)
-    update = {c: stmt.excluded[c] for c in rows[0] if c not in key}
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(key), set_=update), list(rows))
+    if rows:
+        conn.execute(_upsert(conn.dialect.name, table, key, tuple(rows[0])), list(rows))
+
+
+@functools.cache
+def _upsert(dialect: str, table: Table, key: tuple[str, ...], columns: tuple[str, ...]) -> Executable:
+    """The statement, built once per table and columns: SQLAlchemy builds and hashes a statement
+    made afresh on every call (about 120 µs of a 135 µs upsert), and one reused skips both."""
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    update = {c: stmt.excluded[c] for c in columns if c not in key}
+    return stmt.on_conflict_do_update(index_elements=list(key), set_=update)
 
 
 def inbox_table(metadata: MetaData, service: str) -> Table:
@@ -144,10 +150,23 @@ def _unpack(blob: bytes) -> list[Event]:
 class Inbox:
     def __init__(self, table: Table) -> None:
         self.table = table
+        # Built once (see _upsert): these run for every event a service handles.
+        self._one = select(table.c.outputs).where(table.c.event_id == bindparam("event_id"))
+        self._many = select(table.c.event_id, table.c.outputs).where(
+            table.c.event_id.in_(bindparam("event_ids", expanding=True))
+        )
+        self._insert = insert(table)
 
     def outputs_of(self, conn: Connection, event_id: str) -> list[Event] | None:
-        blob = conn.execute(select(self.table.c.outputs).where(self.table.c.event_id == event_id)).scalar()
+        blob = conn.execute(self._one, {"event_id": event_id}).scalar()
         return None if blob is None else _unpack(blob)
+
+    def outputs_of_many(self, conn: Connection, event_ids: Sequence[str]) -> dict[str, list[Event]]:
+        """The recorded outputs of those of `event_ids` already processed, by event id."""
+        if not event_ids:
+            return {}
+        rows = conn.execute(self._many, {"event_ids": list(event_ids)})
+        return {event_id: _unpack(blob) for event_id, blob in rows}
 
     def record(self, conn: Connection, event: Event, outputs: Sequence[Event], now: Any) -> None:
         self.record_many(conn, [(event, outputs)], now)
@@ -155,4 +174,4 @@ class Inbox:
     def record_many(self, conn: Connection, done: Sequence[tuple[Event, Sequence[Event]]], now: Any) -> None:
         if done:
             rows = [{"event_id": e.event_id, "processed_at": now, "outputs": _pack(outs)} for e, outs in done]
-            conn.execute(insert(self.table), rows)
+            conn.execute(self._insert, rows)

@@ -291,6 +291,7 @@ async def build(settings: Settings, bus: Bus) -> Parts:
             settings, NAME, bus=bus, engine=engine, store=SwitchStore(engine, approvals.switches)
         ),
         gates={"api": server.listening},
+        sink=True,
         close=close,
         registries=[api_metrics.registry],
     )

@@ -250,6 +250,7 @@ async def build(settings: Settings, bus: Bus) -> Parts:
         background=[auditor.sign_tail],
         close=engine.dispose,
         transactional=False,
+        sink=True,
         control=ControlFollower(
             settings, NAME, bus=bus, engine=engine, store=SwitchStore(engine, audit.switches)
         ),

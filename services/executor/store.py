@@ -14,6 +14,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     delete,
     or_,
     select,
@@ -56,21 +57,31 @@ claims = Table(
 )
 
 
+# The statements every action runs, built once (see charter.store._upsert). RETURNING, not
+# rowcount, tells whether the claim was inserted: drivers report -1 for an insert that may do nothing.
+_CLAIM = {
+    dialect: insert_(claims).on_conflict_do_nothing().returning(claims.c.idempotency_key)
+    for dialect, insert_ in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_RENEW = (
+    update(claims)
+    .where(claims.c.idempotency_key == bindparam("key"))
+    .where(or_(claims.c.owner == bindparam("owner"), claims.c.until < bindparam("now")))
+    .values(owner=bindparam("owner"), until=bindparam("until"))
+)
+_GET = select(executions.c.status, executions.c.attempts, executions.c.outcome).where(
+    executions.c.idempotency_key == bindparam("key")
+)
+_UNCLAIM = delete(claims).where(claims.c.idempotency_key == bindparam("key"))
+
+
 def claim(conn: Connection, key: str, owner: str, now: datetime, until: datetime) -> bool:
     """Take the key for `owner` until `until`, unless someone else holds it now. The caller's
     transaction makes the claim and the `started` record one."""
-    insert_ = pg_insert if conn.engine.dialect.name == "postgresql" else sqlite_insert
     values = {"idempotency_key": key, "owner": owner, "until": until}
-    # RETURNING, not rowcount: drivers report -1 for an insert that may do nothing.
-    inserted = insert_(claims).values(values).on_conflict_do_nothing().returning(claims.c.idempotency_key)
-    if conn.execute(inserted).first() is not None:
+    if conn.execute(_CLAIM[conn.dialect.name], values).first() is not None:
         return True
-    renewed = conn.execute(
-        update(claims)
-        .where(claims.c.idempotency_key == key)
-        .where(or_(claims.c.owner == owner, claims.c.until < now))
-        .values(owner=owner, until=until)
-    )
+    renewed = conn.execute(_RENEW, {"key": key, "owner": owner, "now": now, "until": until})
     return bool(renewed.rowcount)
 
 
@@ -79,11 +90,7 @@ def create(engine: Engine) -> None:
 
 
 def get(conn: Connection, key: str) -> Execution | None:
-    row = conn.execute(
-        select(executions.c.status, executions.c.attempts, executions.c.outcome).where(
-            executions.c.idempotency_key == key
-        )
-    ).first()
+    row = conn.execute(_GET, {"key": key}).first()
     if row is None:
         return None
     outcome = serde.decode(row.outcome) if row.outcome is not None else None
@@ -110,4 +117,4 @@ def save(
         "idempotency_key",
     )
     if outcome is not None:
-        conn.execute(delete(claims).where(claims.c.idempotency_key == idempotency_key(approved)))
+        conn.execute(_UNCLAIM, {"key": idempotency_key(approved)})

@@ -7,6 +7,7 @@ import logging
 import sys
 
 import faust
+import mode.loop
 
 from charter import broker
 from charter.config import Settings
@@ -28,6 +29,8 @@ def main() -> None:
     except ConfigError as exc:
         log.error("%s", exc)
         sys.exit(2)
+    # uvloop, as every other service runs on; faust's consumer thread makes its loop by the policy too.
+    mode.loop.use("uvloop")
     # Charter's log format (with run and trace ids), not faust's.
     worker = faust.Worker(
         app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False

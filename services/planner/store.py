@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     func,
     insert,
@@ -105,8 +106,21 @@ def _dump(state: RunState) -> str:
     )
 
 
+# The statements every event runs, built once: SQLAlchemy spends more building and hashing a
+# statement than SQLite spends running it (see charter.store._upsert).
+_GET = select(runs).where(runs.c.run_id == bindparam("run_id"))
+_EXISTING = select(runs.c.run_id).where(runs.c.run_id.in_(bindparam("run_ids", expanding=True)))
+_SNAPSHOT = select(runs.c.run_id, runs.c.status, runs.c.step_index, runs.c.state).where(
+    runs.c.run_id.in_(bindparam("run_ids", expanding=True))
+)
+_UNWAIT = delete(waits).where(waits.c.run_id == bindparam("run_id"))
+_WAITING_FOR = select(waits.c.run_id, waits.c.field, waits.c.key).where(
+    waits.c.event_name == bindparam("name")
+)
+
+
 def get(conn: Connection, run_id: str) -> RunState | None:
-    row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+    row = conn.execute(_GET, {"run_id": run_id}).mappings().first()
     if row is None:
         return None
     body = json.loads(row["state"])
@@ -150,15 +164,14 @@ def running(conn: Connection, agent: str | None = None) -> list[RunState]:
 def snapshot(conn: Connection, run_ids: Collection[str]) -> dict[str, tuple[str, int, str] | None]:
     """Each run's stored status, step and state as they stand (None if it has none yet), to
     tell if it changed."""
-    query = select(runs.c.run_id, runs.c.status, runs.c.step_index, runs.c.state)
-    found = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(query.where(runs.c.run_id.in_(list(run_ids))))}
+    found = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(_SNAPSHOT, {"run_ids": list(run_ids)})}
     return {run_id: found.get(run_id) for run_id in run_ids}
 
 
 def existing(conn: Connection, run_ids: Collection[str]) -> set[str]:
     if not run_ids:
         return set()
-    return set(conn.execute(select(runs.c.run_id).where(runs.c.run_id.in_(list(run_ids)))).scalars())
+    return set(conn.execute(_EXISTING, {"run_ids": list(run_ids)}).scalars())
 
 
 def put(conn: Connection, state: RunState, now: datetime) -> None:
@@ -175,7 +188,7 @@ def put(conn: Connection, state: RunState, now: datetime) -> None:
 
 
 def _put_wait(conn: Connection, state: RunState) -> None:
-    conn.execute(delete(waits).where(waits.c.run_id == state.run_id))
+    conn.execute(_UNWAIT, {"run_id": state.run_id})
     if state.status != "waiting" or state.wait_until is None:
         return
     wait = state.agent.steps[state.step_index].wait
@@ -196,7 +209,7 @@ def _put_wait(conn: Connection, state: RunState) -> None:
 
 def waiting_for(conn: Connection, name: str, data: dict[str, Any]) -> list[str]:
     """The runs waiting for this business event: its name, and their key in their field."""
-    rows = conn.execute(select(waits.c.run_id, waits.c.field, waits.c.key).where(waits.c.event_name == name))
+    rows = conn.execute(_WAITING_FOR, {"name": name})
     return [run_id for run_id, field, key in rows if field in data and str(data[field]) == key]
 
 

@@ -17,16 +17,15 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine
 
 from charter import agents as agent_files
-from charter import metrics, serde, signing, store, telemetry, tools, topics
+from charter import metrics, signing, store, telemetry, tools, topics
 from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock, new_id
 from charter.config import Settings
 from charter.consumer import Delivery
-from charter.errors import InvalidMessage
 from charter.events import ActionApproved, ActionProposed, Decision, Event, PolicyReloaded
 from charter.killswitch import ControlFollower, SwitchStore
-from charter.pipeline import Pipeline
+from charter.pipeline import Decoded, Pipeline, decode_all
 from charter.service import Parts
 from charter.topics import Topic
 from charter.watch import DirectoryWatcher
@@ -65,7 +64,14 @@ class Policy:
         self.control = ControlFollower(
             settings, NAME, bus=bus, engine=engine, store=SwitchStore(engine, policy_store.switches)
         )
-        self.pipeline = Pipeline(NAME, bus, self.handle, clock)
+        # Policy reads `actions.approved` for the human approvals it must decide again; the
+        # approvals it sent itself come back there too, and are skipped undecoded. A record whose
+        # origin header is forged to look like policy's is skipped as well, and so never executed.
+        approved = topics.name(settings, Topic.ACTIONS_APPROVED)
+        own = bus.origin
+        self.pipeline = Pipeline(
+            NAME, bus, self.handle, clock, skip=lambda d: d.topic == approved and own in d.headers
+        )
         self._batch: _Batch | None = None
         self._signer = signing.Signer.load(settings.keys, "policy")
         self._approvals_key = signing.Verifier.load(settings.keys, "approvals")
@@ -75,24 +81,26 @@ class Policy:
 
     async def handle_batch(self, deliveries: list[Delivery]) -> None:
         now = self._clock.now()
+        wanted = self.pipeline.wanted(deliveries)
+        if not wanted:
+            return
+        decoded = decode_all(wanted)
         with store.serialized(self._engine, policy_store.LOCK) as conn:
-            self._batch = _Batch(conn, self._usage_for(conn, deliveries, now))
+            self._batch = _Batch(conn, self._usage_for(conn, decoded, now))
             try:
-                prepared = await self.pipeline.prepare_batch(deliveries)
+                prepared = await self.pipeline.prepare_batch(wanted, decoded)
                 policy_store.save_usage(conn, self._batch.usage)
                 policy_store.inbox.record_many(conn, list(self._batch.decided.values()), now)
             finally:
                 self._batch = None
         await self.pipeline.publish(prepared)
 
-    def _usage_for(self, conn: Connection, deliveries: Sequence[Delivery], now: datetime) -> limits.Usage:
+    def _usage_for(self, conn: Connection, decoded: Sequence[Decoded], now: datetime) -> limits.Usage:
         keys: list[limits.CounterKey] = []
         ctx = self.context()
-        for delivery in deliveries:
-            with contextlib.suppress(InvalidMessage):
-                event = serde.decode(delivery.value)
-                if isinstance(event, ActionProposed):
-                    keys += usage_keys(event, ctx, now)
+        for event in decoded:
+            if isinstance(event, ActionProposed):
+                keys += usage_keys(event, ctx, now)
         return policy_store.load_usage(conn, keys)
 
     async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
