@@ -17,7 +17,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing_canonical_form
 
-from charter.errors import UndecodableRecord, UnknownSchema
+from charter.errors import InvalidMessage, UndecodableRecord, UnknownSchema
 from charter.events import EVENT_TYPES, Event
 
 MARKER = b"\xc3\x01"
@@ -87,13 +87,32 @@ def schemas(directory: Path = SCHEMAS_DIR) -> SchemaSet:
     return SchemaSet(directory)
 
 
+# The bytes of events encoded or decoded lately, by object: a service encodes the same event
+# for its inbox and again to send it, and re-encodes events it decoded (a run keeps its
+# trigger). Events are frozen, so an event's bytes never change; the entry holds the event
+# itself, so its id cannot be reused by another object while the entry lives.
+_RECENT: dict[int, tuple[Event, bytes]] = {}
+_RECENT_MAX = 4096
+
+
+def _remember(event: Event, data: bytes) -> None:
+    if len(_RECENT) >= _RECENT_MAX:
+        del _RECENT[next(iter(_RECENT))]
+    _RECENT[id(event)] = (event, data)
+
+
 def encode(event: Event) -> bytes:
+    recent = _RECENT.get(id(event))
+    if recent is not None and recent[0] is event:
+        return recent[1]
     schema = schemas().by_name[type(event).__name__]
     buffer = io.BytesIO()
     buffer.write(MARKER)
     buffer.write(schema.fingerprint)
     fastavro.schemaless_writer(buffer, schema.parsed, event.model_dump())
-    return buffer.getvalue()
+    data = buffer.getvalue()
+    _remember(event, data)
+    return data
 
 
 def writer_schema(data: bytes) -> WriterSchema:
@@ -105,6 +124,15 @@ def writer_schema(data: bytes) -> WriterSchema:
     if schema is None:
         raise UnknownSchema(f"unknown schema fingerprint {fp.hex()}")
     return schema
+
+
+def event_type(data: bytes) -> str | None:
+    """The event type a record holds, from its header alone; None if it has no known header
+    (decoding it says why)."""
+    try:
+        return writer_schema(data).name
+    except InvalidMessage:
+        return None
 
 
 def decode(data: bytes) -> Event:
@@ -129,6 +157,8 @@ def decode(data: bytes) -> Event:
         raise UndecodableRecord(
             f"envelope says {event.envelope.event_type!r} but the schema is {schema.name}"
         )
+    if schema.current:  # an older writer's bytes are not what encoding it now gives
+        _remember(event, bytes(data))
     return event
 
 

@@ -69,6 +69,15 @@ def continued(headers: Headers | None) -> Iterator[None]:
         otel_context.detach(token)
 
 
+def trace_key(headers: Headers | None) -> str:
+    """What tells a record's trace from another's, read off its `traceparent` header without
+    parsing it ("" for none): records with the same key belong to the same trace."""
+    for key, value in headers or ():
+        if key == "traceparent":
+            return value[3:35].decode("latin-1")
+    return ""
+
+
 def trace_id_of(headers: Headers | None) -> str | None:
     """The 32-hex trace id in a record's `traceparent` header, if any."""
     span = trace.get_current_span(extract(headers))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -56,18 +57,29 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float) -> None:
         proc.wait()
 
 
+# A port found free is bound by its server a moment later. Ports the kernel hands out itself
+# (bind to 0) lie in its ephemeral range, from which every outgoing connection also takes its
+# local port: the Kafka clients of a starting stack can take it first ("Address already in
+# use"). So ports are drawn at random from below that range, where no connection lands.
+_LOW_PORT = 10_000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)
 
 
-def free_ports(count: int, attempts: int = 50) -> int:
+def free_ports(count: int, attempts: int = 200) -> int:
     """The first of `count` consecutive ports free now (the services' metrics ports)."""
+    top = max(_LOW_PORT + count, _ephemeral_start()) - count
     for _ in range(attempts):
-        first = free_port()
-        if first + count > 65535:
-            continue
+        first = random.randrange(_LOW_PORT, top)  # noqa: S311 (a port, not a secret)
         held: list[socket.socket] = []
         try:
             for port in range(first, first + count):

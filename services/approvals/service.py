@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from charter import metrics, signing, store, telemetry, topics
+from charter import metrics, serde, signing, store, telemetry, topics
 from charter.binding import action_hash
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock, derive_id
@@ -268,7 +268,16 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     handler = Approvals(
         settings, engine, clock=clock, users=users, notifier=notifier, metrics=api_metrics, signer=signer
     )
-    pipeline = Pipeline(NAME, bus, handler.handle, clock)
+    # Of the run events, only a run's end concerns approvals: the rest are skipped undecoded.
+    runs_topic = topics.name(settings, Topic.RUNS)
+    ends = {cls.__name__ for cls in RUN_TERMINAL}
+    pipeline = Pipeline(
+        NAME,
+        bus,
+        handler.handle,
+        clock,
+        skip=lambda d: d.topic == runs_topic and serde.event_type(d.value) not in (*ends, None),
+    )
     auth = Authenticator(engine, users, OidcVerifier.from_settings(settings), clock)
     audit_key = signing.Verifier.load(settings.keys, "audit")
     ctx = ApiContext(settings, engine, audit_engine, bus, signer, clock, users, auth, api_metrics, audit_key)

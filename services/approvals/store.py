@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     func,
     insert,
     select,
@@ -246,13 +247,17 @@ def settle(
     )
 
 
+# Run for every run that ends, so built once (see charter.store._upsert).
+_WITHDRAW = (
+    update(approvals)
+    .where(approvals.c.run_id == bindparam("run"), approvals.c.status == "pending")
+    .values(status="withdrawn", decided_by="charter", note=bindparam("why"), decided_at=bindparam("at"))
+)
+
+
 def withdraw(conn: Connection, run_id: str, note: str, at: datetime) -> None:
     """Close the run's pending approvals: nobody can decide them any more."""
-    conn.execute(
-        update(approvals)
-        .where(approvals.c.run_id == run_id, approvals.c.status == "pending")
-        .values(status="withdrawn", decided_by="charter", note=note, decided_at=at)
-    )
+    conn.execute(_WITHDRAW, {"run": run_id, "why": note, "at": at})
 
 
 def _columns() -> list[Column[object]]:

@@ -97,20 +97,25 @@ class Auditor:
             log.exception("publishing the audit's tree heads failed; they are published on the next pass")
 
     def _observe(self, deliveries: list[Delivery], started_ns: int, ended_ns: int) -> None:
-        """A span per record, in the trace the record came in, so each run's trace shows its
-        events reaching the audit log; they share the batch's times, as they share its commit."""
+        """A span per trace the batch's records came in, so each run's trace shows its events
+        reaching the audit log; they share the batch's times, as they share its commit. (One a
+        trace, not one a record: a span costs more than appending the record it would mark.)"""
         metrics.audit_appends.inc(len(deliveries))
         for event_type in self._appended_types:
             metrics.records.labels(NAME, event_type).inc()
+        traces: dict[str, list[Delivery]] = {}
         for delivery in deliveries:
             if delivery.topic.endswith(topics.DLQ_SUFFIX):
                 metrics.dlq_depth.labels(delivery.topic).inc()
+            traces.setdefault(telemetry.trace_key(delivery.headers), []).append(delivery)
+        for records in traces.values():
             self._tracer.start_span(
                 "audit append",
-                context=telemetry.extract(delivery.headers),
+                context=telemetry.extract(records[0].headers),
                 start_time=started_ns,
                 attributes={
-                    "messaging.destination.name": delivery.topic,
+                    "messaging.destination.name": sorted({d.topic for d in records}),
+                    "charter.records": len(records),
                     "charter.batch_size": len(deliveries),
                 },
             ).end(end_time=ended_ns)

@@ -6,10 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from opentelemetry import trace
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from charter import metrics, signing, store, telemetry, tools, topics
 from charter.breaker import Breakers
@@ -20,7 +21,7 @@ from charter.consumer import Delivery
 from charter.errors import ForgedEvent, RetryPolicy
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
 from charter.killswitch import ControlFollower, SwitchStore, matching
-from charter.pipeline import Pipeline
+from charter.pipeline import Pipeline, decode_all
 from charter.secrets import MissingSecret, Secrets, guard_logs
 from charter.service import Parts
 from charter.tools import Registry, ToolContext, ToolSpec
@@ -42,6 +43,24 @@ LEASE_MARGIN_S = 5.0
 
 class Held(Exception):
     """Another replica holds the action's claim."""
+
+
+@dataclass
+class _Batch:
+    """The records of one batch: what the store knew of their keys when it began, and the
+    outcomes decided since and not yet written. An outcome must be durable before it is sent,
+    not before the next call, so outcomes are written together: with the next `started`
+    record (one transaction a call, as the guarantee needs) or when the batch ends."""
+
+    known: dict[str, decide.Execution]
+    outcomes: dict[str, tuple[ActionApproved, int, Event]] = field(default_factory=dict)
+
+    def written(self, key: str, attempts: int) -> None:
+        """`key` is recorded `started`, and the outcomes pending with it `completed`."""
+        for done, (_, tries, outcome) in self.outcomes.items():
+            self.known[done] = decide.Execution("completed", tries, outcome)
+        self.outcomes.clear()
+        self.known[key] = decide.Execution("started", attempts, None)
 
 
 def _lease_s(spec: ToolSpec) -> float:
@@ -67,6 +86,7 @@ class Executor:
         self._secrets = secrets
         self._policy_key = signing.Verifier.load(settings.keys, "policy")
         self._limits = Limits(max_result_bytes=settings.max_message_bytes // 2)
+        self._batch: _Batch | None = None
         self._breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s)
         private = settings.private_networks()
         # One client per HTTP tool: each has its own egress rule and connection pool.
@@ -79,6 +99,48 @@ class Executor:
     async def close(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self._http.values()))
 
+    async def handle_batch(self, pipeline: Pipeline, deliveries: Sequence[Delivery]) -> None:
+        """A batch's records in order, what the store knows of them read in one query, their
+        outcomes written in as few transactions as the guarantee allows; then sent."""
+        decoded = decode_all(deliveries)
+        keys = [decide.idempotency_key(e) for e in decoded if isinstance(e, ActionApproved) and e.executable]
+        with self._engine.connect() as conn:
+            batch = _Batch(executions.get_many(conn, keys))
+        self._batch = batch
+        try:
+            prepared = await pipeline.prepare_batch(deliveries, decoded)
+            self._write_outcomes()
+        finally:
+            self._batch = None
+        await pipeline.publish(prepared)
+
+    def _write_outcomes(self, conn: Connection | None = None) -> None:
+        """Write the batch's outcomes not yet written, in `conn`'s transaction or one of their own."""
+        if self._batch is None or not self._batch.outcomes:
+            return
+        if conn is None:
+            with self._engine.begin() as own:
+                self._write_outcomes(own)
+            return
+        executions.save_outcomes(conn, list(self._batch.outcomes.values()), self._clock.now())
+
+    def _record(self, key: str, *, fresh: bool) -> decide.Execution | None:
+        batch = self._batch
+        if batch is not None and key in batch.outcomes:
+            _, attempts, outcome = batch.outcomes[key]
+            return decide.Execution("completed", attempts, outcome)
+        if batch is not None and not fresh:
+            return batch.known.get(key)
+        with self._engine.connect() as conn:
+            return executions.get(conn, key)
+
+    def _completed(self, event: ActionApproved, attempts: int, outcome: Event) -> None:
+        if self._batch is not None:
+            self._batch.outcomes[decide.idempotency_key(event)] = (event, attempts, outcome)
+            return
+        with self._engine.begin() as conn:
+            executions.save(conn, event, attempts, self._clock.now(), outcome)
+
     async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
         # A human's approval runs only once policy has decided it again (revalidated).
         if not isinstance(event, ActionApproved) or not event.executable:
@@ -88,9 +150,9 @@ class Executor:
             raise ForgedEvent(f"approval {event.event_id} is not signed by the policy service; not executed")
         key = decide.idempotency_key(event)
         spec = self._registry.get(event.action.tool)
+        fresh = False
         while True:
-            with self._engine.begin() as conn:
-                record = executions.get(conn, key)
+            record = self._record(key, fresh=fresh)
             plan = decide.plan(record, spec is not None and spec.idempotent)
             if plan.recorded is not None:
                 log.info("action %s already completed, re-emitting its outcome", key)
@@ -103,8 +165,8 @@ class Executor:
                 # outcome, or the end of its lease, comes before anything we would do.
                 log.info("action %s is held by another replica; waiting", key)
                 await asyncio.sleep(HELD_POLL_S)
-        with self._engine.begin() as conn:
-            executions.save(conn, event, plan.attempt, self._clock.now(), outcome)
+                fresh = True
+        self._completed(event, plan.attempt, outcome)
         return [outcome]
 
     async def _outcome(self, event: ActionApproved, spec: ToolSpec | None, plan: decide.Plan) -> Event:
@@ -137,6 +199,9 @@ class Executor:
                 ):
                     raise Held
                 executions.save(conn, event, plan.attempt, now)
+                self._write_outcomes(conn)
+            if self._batch is not None:
+                self._batch.written(decide.idempotency_key(event), plan.attempt)
             return await self._call(spec, event, ctx, plan.attempt)
         finally:
             # A probe that ended neither in success nor in failure gives its slot back.
@@ -228,13 +293,16 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     executor = Executor(settings, engine, tools.load(settings.tool_module_list()), clock, control, secrets)
     pipeline = Pipeline(NAME, bus, executor.handle, clock)
 
+    async def handle_batch(deliveries: list[Delivery]) -> None:
+        await executor.handle_batch(pipeline, deliveries)
+
     async def close_http(stop: asyncio.Event) -> None:
         await stop.wait()
         await executor.close()
 
     return Parts(
         topics=[topics.name(settings, Topic.ACTIONS_APPROVED)],
-        handle_batch=pipeline.process_batch,
+        handle_batch=handle_batch,
         background=[close_http],
         control=control,
         close=engine.dispose,

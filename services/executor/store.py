@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, Literal
 
 from sqlalchemy import (
     Column,
@@ -26,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from charter import serde
 from charter.events import ActionApproved, Event
 from charter.killswitch import switches_table
-from charter.store import upsert
+from charter.store import upsert, upsert_many
 from services.executor.decide import Execution, idempotency_key
 
 metadata = MetaData()
@@ -72,6 +74,9 @@ _RENEW = (
 _GET = select(executions.c.status, executions.c.attempts, executions.c.outcome).where(
     executions.c.idempotency_key == bindparam("key")
 )
+_GET_MANY = select(
+    executions.c.idempotency_key, executions.c.status, executions.c.attempts, executions.c.outcome
+).where(executions.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 _UNCLAIM = delete(claims).where(claims.c.idempotency_key == bindparam("key"))
 
 
@@ -89,32 +94,50 @@ def create(engine: Engine) -> None:
     metadata.create_all(engine)
 
 
+def _execution(status: Literal["started", "completed"], attempts: int, outcome: bytes | None) -> Execution:
+    decoded = serde.decode(outcome) if outcome is not None else None
+    return Execution(status=status, attempts=attempts, outcome=decoded)
+
+
 def get(conn: Connection, key: str) -> Execution | None:
     row = conn.execute(_GET, {"key": key}).first()
-    if row is None:
-        return None
-    outcome = serde.decode(row.outcome) if row.outcome is not None else None
-    return Execution(status=row.status, attempts=row.attempts, outcome=outcome)
+    return None if row is None else _execution(row.status, row.attempts, row.outcome)
+
+
+def get_many(conn: Connection, keys: Sequence[str]) -> dict[str, Execution]:
+    """What the store knows of those keys it knows, in one query."""
+    if not keys:
+        return {}
+    rows = conn.execute(_GET_MANY, {"keys": list(keys)})
+    return {row.idempotency_key: _execution(row.status, row.attempts, row.outcome) for row in rows}
+
+
+def _row(approved: ActionApproved, attempts: int, now: datetime, outcome: Event | None) -> dict[str, Any]:
+    return {
+        "idempotency_key": idempotency_key(approved),
+        "action_id": approved.action.action_id,
+        "run_id": approved.envelope.run_id or "",
+        "tool": approved.action.tool,
+        "status": "started" if outcome is None else "completed",
+        "attempts": attempts,
+        "outcome": serde.encode(outcome) if outcome is not None else None,
+        "updated_at": now,
+    }
 
 
 def save(
     conn: Connection, approved: ActionApproved, attempts: int, now: datetime, outcome: Event | None = None
 ) -> None:
     """Record `started` (no outcome yet) or `completed` (with the outcome event)."""
-    upsert(
-        conn,
-        executions,
-        {
-            "idempotency_key": idempotency_key(approved),
-            "action_id": approved.action.action_id,
-            "run_id": approved.envelope.run_id or "",
-            "tool": approved.action.tool,
-            "status": "started" if outcome is None else "completed",
-            "attempts": attempts,
-            "outcome": serde.encode(outcome) if outcome is not None else None,
-            "updated_at": now,
-        },
-        "idempotency_key",
-    )
     if outcome is not None:
-        conn.execute(_UNCLAIM, {"key": idempotency_key(approved)})
+        save_outcomes(conn, [(approved, attempts, outcome)], now)
+        return
+    upsert(conn, executions, _row(approved, attempts, now, None), "idempotency_key")
+
+
+def save_outcomes(conn: Connection, done: Sequence[tuple[ActionApproved, int, Event]], now: datetime) -> None:
+    """Record each action `completed` with its outcome, and let its claim go, all at once."""
+    if not done:
+        return
+    upsert_many(conn, executions, [_row(a, n, now, outcome) for a, n, outcome in done], ("idempotency_key",))
+    conn.execute(_UNCLAIM, [{"key": idempotency_key(a)} for a, _, _ in done])

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import faust
 import mode
 from aiokafka import TopicPartition
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from charter import agents as agent_files
 from charter import broker, metrics, metrics_server, store, tools, topics
@@ -44,8 +47,9 @@ from charter.events import (
     TriggerReceived,
     WaitExpired,
 )
+from charter.faust_batches import take_ready
 from charter.killswitch import ControlFollower, SwitchStore
-from charter.pipeline import Pipeline
+from charter.pipeline import Decoded, Pipeline, decode_all
 from charter.secrets import Secrets, guard_logs
 from charter.service import group_id, service_bus
 from charter.stack import readiness
@@ -58,6 +62,7 @@ from services.planner.model import ModelClient, ModelUnavailable
 from services.planner.run import RunState, Transition
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 NAME = "planner"
 TOPICS = (Topic.TRIGGERS, Topic.ACTIONS_RESULTS, Topic.ACTIONS_REJECTED)
 
@@ -67,14 +72,36 @@ WAIT_TICK_S = 1.0
 # Times an event is decided again because a run it changes changed while its model thought.
 CONFLICT_RETRIES = 5
 # Records handled together: their outputs are sent together and awaited once, so the planner
-# pays one broker round trip a batch rather than one a record. A batch closes when full or
-# BATCH_WAIT_S after it opened, which is all the latency batching adds.
+# pays one broker round trip a batch rather than one a record. A batch is what has arrived by
+# the time the last one is done (charter.faust_batches), so batching adds no wait of its own.
 BATCH_MAX = 200
-BATCH_WAIT_S = 0.001
 
 
 class _Changed(Exception):
     pass
+
+
+@dataclass
+class _Batch:
+    """One batch of records handled in one database transaction: what the inbox held for them
+    when it began, and what they have done so far, written when the batch ends."""
+
+    conn: Connection
+    recorded: dict[str, list[Event]]
+    pending: dict[str, tuple[Event, list[Event]]] = field(default_factory=dict)
+    broken: bool = False
+
+    def break_(self) -> None:
+        """A record failed mid-transaction: drop everything written since the last flush, at
+        once, so that no lock is held while the pipeline retries or dead-letters it."""
+        self.conn.rollback()
+        self.pending.clear()
+        self.broken = True
+
+
+# The batch the running task handles, if any. A context variable, not an attribute: the kill
+# switch follower calls the planner from its own task, and decides in transactions of its own.
+_BATCH: ContextVar[_Batch | None] = ContextVar("planner_batch", default=None)
 
 
 class Planner:
@@ -87,12 +114,15 @@ class Planner:
         self._pricing = reason.Pricing(settings.llm_input_cost_per_1k, settings.llm_output_cost_per_1k)
         self._watcher = DirectoryWatcher(settings.agents_dir, ("*.yaml", "*.yml"))
         self.registry = tools.load(settings.tool_module_list())
+        # The business events some run may wait for, so that a trigger looks for waiting runs
+        # only when one may be waiting: every event a wait step of an agent loaded since start
+        # awaits, and every event a stored wait names (a run started under an older agent file).
+        self._awaited = runs.awaited_events(engine)
         self._use(self._load_agents())
 
     def _use(self, agents: Mapping[str, Agent]) -> None:
         self.agents = agents
-        # The business events some run may wait for, so a trigger need not look at every step.
-        self._awaited = {s.wait.event for a in agents.values() for s in a.steps if s.wait is not None}
+        self._awaited |= {s.wait.event for a in agents.values() for s in a.steps if s.wait is not None}
 
     async def close(self) -> None:
         await self._model.close()
@@ -116,9 +146,67 @@ class Planner:
                 log.info("a run %s changes changed meanwhile; deciding it again", event.event_id)
         raise RuntimeError(f"runs changed under {event.event_id} {CONFLICT_RETRIES} times in a row")
 
+    async def batched(self, decoded: Sequence[Decoded], work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work`, the handling of one batch of records, in one database transaction, with
+        the inbox read once for all of them and written once: a transaction a record cost
+        more than deciding it. Committed before `work`'s outputs may be sent.
+
+        If a record fails mid-transaction, the transaction is rolled back and the batch is
+        handled again a record at a time, as without batching; records whose effects were
+        committed meanwhile (before a model call, or after the failure) are found in the inbox."""
+        with self._engine.connect() as conn:
+            ids = [e.event_id for e in decoded if isinstance(e, Event)]
+            batch = _Batch(conn, runs.inbox.outputs_of_many(conn, ids))
+            token = _BATCH.set(batch)
+            try:
+                result = await work()
+                if not batch.broken:
+                    self._flush(batch)
+                    return result
+            finally:
+                _BATCH.reset(token)
+        log.warning("a record failed within its batch; handling the batch again a record at a time")
+        return await work()
+
+    def _flush(self, batch: _Batch) -> None:
+        """Record the batch's events in the inbox and commit, with the run states they wrote."""
+        runs.inbox.record_many(batch.conn, list(batch.pending.values()), self._clock.now())
+        batch.conn.commit()
+        for event, outputs in batch.pending.values():
+            batch.recorded[event.event_id] = outputs
+            self._measure.observe(event, outputs)
+        batch.pending.clear()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """The batch's connection inside a batch (committed when it ends), else a transaction."""
+        batch = _BATCH.get()
+        if batch is None or batch.broken:
+            with self._engine.begin() as conn:
+                yield conn
+            return
+        try:
+            yield batch.conn
+        except BaseException:
+            batch.break_()
+            raise
+
+    def _done(self, conn: Connection, event: Event, *, fresh: bool = False) -> list[Event] | None:
+        """The outputs recorded for `event`, if it was handled before. `fresh`: ask the store,
+        not what the batch read when it began (another replica may have handled it since)."""
+        batch = _BATCH.get()
+        if batch is not None and not batch.broken:
+            if event.event_id in batch.pending:
+                return batch.pending[event.event_id][1]
+            if not fresh and event.event_id in batch.recorded:
+                return batch.recorded[event.event_id]
+            if not fresh:
+                return None
+        return runs.inbox.outputs_of(conn, event.event_id)
+
     async def _handle_once(self, event: Event) -> Sequence[Event]:
-        with self._engine.begin() as conn:
-            done = runs.inbox.outputs_of(conn, event.event_id)
+        with self._begin() as conn:
+            done = self._done(conn, event)
             if done is not None:
                 return done
             now = self._clock.now()
@@ -130,19 +218,26 @@ class Planner:
                 return self._commit(conn, event, transitions, now)
             # The model thinks with no transaction open; what was read is checked before writing.
             seen = runs.snapshot(conn, [t.state.run_id for t in transitions])
+        batch = _BATCH.get()
+        if batch is not None and not batch.broken:
+            self._flush(batch)
         thought = [await self._think(t, event) for t in transitions]
-        with self._engine.begin() as conn:
-            done = runs.inbox.outputs_of(conn, event.event_id)
+        with self._begin() as conn:
+            done = self._done(conn, event, fresh=True)
             if done is not None:
                 return done
             if runs.snapshot(conn, list(seen)) != seen:
                 raise _Changed
             return self._commit(conn, event, thought, self._clock.now())
 
-    def _commit(self, conn: Any, event: Event, transitions: list[Transition], now: Any) -> list[Event]:
+    def _commit(self, conn: Connection, event: Event, transitions: list[Transition], now: Any) -> list[Event]:
         for transition in transitions:
             runs.put(conn, transition.state, now)
         outputs = [e for t in transitions for e in t.outputs]
+        batch = _BATCH.get()
+        if batch is not None and not batch.broken:
+            batch.pending[event.event_id] = (event, outputs)  # recorded in the inbox when the batch ends
+            return outputs
         runs.inbox.record(conn, event, outputs, now)
         self._measure.observe(event, outputs)
         return outputs
@@ -195,8 +290,9 @@ class Planner:
         """Start the runs the business event starts, and go on with the runs that await it."""
         candidates = [decide.run_id_for(trigger, a) for a in self.agents.values()]
         transitions = decide.on_trigger(trigger, self.agents, runs.existing(conn, candidates), now)
-        if trigger.name in self._awaited:
-            runs.keep_signal(conn, trigger, now)
+        if trigger.name not in self._awaited:
+            return transitions
+        runs.keep_signal(conn, trigger, now)
         for run_id in runs.waiting_for(conn, trigger.name, trigger.data):
             state = runs.get(conn, run_id)
             awaited = decide.on_signal(trigger, state, now) if state else None
@@ -346,7 +442,11 @@ class Runtime:
         # On Kafka, the outputs and these records' offsets commit in one transaction; faust's
         # own later commit of the same offsets changes nothing.
         async with self.bus.transaction():
-            await self.pipeline.process_batch(deliveries)
+            decoded = decode_all(deliveries)
+            prepared = await self._planner.batched(
+                decoded, lambda: self.pipeline.prepare_batch(deliveries, decoded)
+            )
+            await self.pipeline.publish(prepared)
             if self.bus.transactional:
                 offsets = {TopicPartition(d.topic, d.partition): d.offset + 1 for d in deliveries}
                 await self.bus.send_offsets(offsets, group_id(self.settings, NAME))
@@ -437,7 +537,7 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(source)
     async def plan(stream: Any) -> None:
         await runtime.start_bus()
-        async for records in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
+        async for records in take_ready(stream, BATCH_MAX):
             await runtime.process([_delivery(record.message) for record in records])
 
     async def _assigned(_app: Any, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -207,6 +207,12 @@ def _put_wait(conn: Connection, state: RunState) -> None:
     )
 
 
+def awaited_events(engine: Engine) -> set[str]:
+    """The business events the stored waits name."""
+    with engine.connect() as conn:
+        return set(conn.execute(select(waits.c.event_name).distinct()).scalars())
+
+
 def waiting_for(conn: Connection, name: str, data: dict[str, Any]) -> list[str]:
     """The runs waiting for this business event: its name, and their key in their field."""
     rows = conn.execute(_WAITING_FOR, {"name": name})

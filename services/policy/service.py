@@ -43,9 +43,11 @@ class _Batch:
     """The open transaction and usage snapshot one batch is decided in, and its decisions,
     recorded together when the batch ends."""
 
-    def __init__(self, conn: Connection, usage: limits.Usage) -> None:
+    def __init__(self, conn: Connection, usage: limits.Usage, recorded: dict[str, list[Event]]) -> None:
         self.conn = conn
         self.usage = usage
+        # What the inbox held for the batch's events when it began, read in one query.
+        self.recorded = recorded
         self.decided: dict[str, tuple[Event, list[Event]]] = {}
         self.used: set[str] = set()
 
@@ -86,7 +88,10 @@ class Policy:
             return
         decoded = decode_all(wanted)
         with store.serialized(self._engine, policy_store.LOCK) as conn:
-            self._batch = _Batch(conn, self._usage_for(conn, decoded, now))
+            ids = [e.event_id for e in decoded if isinstance(e, Event)]
+            self._batch = _Batch(
+                conn, self._usage_for(conn, decoded, now), policy_store.inbox.outputs_of_many(conn, ids)
+            )
             try:
                 prepared = await self.pipeline.prepare_batch(wanted, decoded)
                 policy_store.save_usage(conn, self._batch.usage)
@@ -135,7 +140,7 @@ class Policy:
         """The recorded outputs for a redelivered event; else decide (recorded at batch end)."""
         if event.event_id in batch.decided:
             return batch.decided[event.event_id][1]
-        done = policy_store.inbox.outputs_of(batch.conn, event.event_id)
+        done = batch.recorded.get(event.event_id)
         if done is not None:
             return done
         outputs = [

@@ -10,14 +10,16 @@ from typing import Any, cast
 
 import pytest
 from pydantic import BaseModel
+from sqlalchemy import select
 
-from charter import signing
+from charter import serde, signing
 from charter.breaker import Breakers
 from charter.clock import SystemClock
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event, ToolUnavailable
 from charter.killswitch import ControlFollower
+from charter.pipeline import Pipeline
 from charter.secrets import REDACTED, Secrets, guard_logs
 from charter.store import make_engine
 from charter.tools import ToolContext, ToolError, tool
@@ -270,3 +272,76 @@ def test_secrets_load_from_the_environment_and_a_file(tmp_path: Path) -> None:
     loaded = Secrets.load(tmp_path / "secrets.yaml", {"CHARTER_SECRET_B_KEY": "from-env", "OTHER": "x"})
     assert loaded.resolve(["A_KEY", "B_KEY"]) == {"A_KEY": "from-the-file", "B_KEY": "from-env"}
     assert loaded.redact({"x": ["from-env!", "ok"]}) == {"x": [f"{REDACTED}!", "ok"]}
+
+
+class _Sent:
+    """Stands in for the producer: what the pipeline sends, in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.events: list[Event] = []
+
+    async def send(self, event: Event) -> asyncio.Future[Any]:
+        self.events.append(event)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _batch(executor: Executor, *events: ActionApproved) -> list[Event]:
+    """One batch through the executor's batch path, as its consumer hands it over."""
+    sent = _Sent(executor._settings)
+    pipeline = Pipeline("executor", sent, executor.handle, SystemClock())  # type: ignore[arg-type]
+    deliveries = [
+        Delivery("charter.actions.approved", 0, i, b"k", serde.encode(e), (), 0) for i, e in enumerate(events)
+    ]
+    asyncio.run(executor.handle_batch(pipeline, deliveries))
+    return sent.events
+
+
+def _stored(executor: Executor) -> dict[str, tuple[str, int]]:
+    with executor._engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                executions.executions.c.idempotency_key,
+                executions.executions.c.status,
+                executions.executions.c.attempts,
+            )
+        )
+        return {key: (status, attempts) for key, status, attempts in rows}
+
+
+def test_a_batch_calls_each_action_once_and_records_every_outcome(tmp_path: Path) -> None:
+    executor = _executor(tmp_path)
+    events = [_approved(tmp_path, "writes", f"r{n}") for n in range(4)]
+    # The same approval twice in one batch (a redelivery): one call, one outcome sent twice.
+    sent = _batch(executor, *events, events[0])
+    assert calls["writes"] == 4
+    assert all(isinstance(e, ActionExecuted) for e in sent)
+    assert sent[-1] == sent[0]
+    assert set(_stored(executor).values()) == {("completed", 1)}
+    assert len(_stored(executor)) == 4
+    # Redelivered whole: the recorded outcomes, byte for byte, and no call.
+    again = _batch(executor, *events)
+    assert [serde.encode(e) for e in again] == [serde.encode(e) for e in sent[:4]]
+    assert calls["writes"] == 4
+
+
+def test_a_batch_retrying_a_record_sees_its_call_started_and_does_not_repeat_it(tmp_path: Path) -> None:
+    """A record whose handling fails after its call began is handled again by the pipeline: what
+    the batch read at its start is stale by then, and must not let a non-idempotent tool run twice."""
+    executor = _executor(tmp_path)
+    event = _approved(tmp_path, "hangs", "r1")
+    real_call = executor._call
+    failures = iter([RuntimeError("the process lost its footing mid-call")])
+
+    async def call_then_fail(*args: Any) -> Any:
+        await real_call(*args)
+        raise next(failures, None) or AssertionError("called a second time")
+
+    executor._call = call_then_fail  # type: ignore[method-assign,assignment]
+    [outcome] = _batch(executor, event)
+    assert calls["hangs"] == 1
+    assert isinstance(outcome, ActionFailed)
+    assert outcome.in_doubt  # started, never finished: in doubt, not called again
+    assert _stored(executor) == {f"{event.run_id}:{event.action.step_index}": ("completed", 1)}

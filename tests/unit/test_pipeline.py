@@ -62,6 +62,31 @@ def test_garbage_is_dead_lettered_and_the_next_record_still_runs() -> None:
     assert good == EVENT
 
 
+def test_records_the_service_skips_are_not_handled_and_the_rest_are() -> None:
+    recorder = Recorder()
+    seen: list[Event] = []
+
+    async def handler(event: Event, _d: Delivery) -> Sequence[Event]:
+        seen.append(event)
+        return [event]
+
+    other = one_of_each()[1]
+    skip = serde.event_type(serde.encode(other))
+    pipeline = Pipeline(
+        "planner",
+        recorder,  # type: ignore[arg-type]
+        handler,
+        FixedClock(NOW),
+        skip=lambda d: serde.event_type(d.value) == skip,
+    )
+    values = [serde.encode(EVENT), serde.encode(other), b"garbage"]
+    asyncio.run(pipeline.process_batch([_delivery(v, i) for i, v in enumerate(values)]))
+    assert seen == [EVENT]
+    assert recorder.sent[0] == EVENT
+    assert isinstance(recorder.sent[1], DeadLettered)  # bad input is never skipped unseen
+    assert len(recorder.sent) == 2
+
+
 def test_the_same_bad_record_gets_the_same_dead_letter_id() -> None:
     assert _run(echo, b"garbage")[0].event_id == _run(echo, b"garbage")[0].event_id
 
