@@ -188,6 +188,8 @@ def put(conn: Connection, state: RunState, now: datetime) -> None:
 
 
 def _put_wait(conn: Connection, state: RunState) -> None:
+    if not any(step.wait is not None for step in state.agent.steps):
+        return  # a run whose plan never waits has no wait to replace
     conn.execute(_UNWAIT, {"run_id": state.run_id})
     if state.status != "waiting" or state.wait_until is None:
         return
