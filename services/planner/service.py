@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import faust
@@ -57,6 +54,7 @@ from charter.topics import Topic
 from charter.watch import DirectoryWatcher
 from services.planner import coordinate, decide, reason
 from services.planner import store as runs
+from services.planner.batch import Batches
 from services.planner.measure import Measure
 from services.planner.model import ModelClient, ModelUnavailable
 from services.planner.run import RunState, Transition
@@ -81,29 +79,6 @@ class _Changed(Exception):
     pass
 
 
-@dataclass
-class _Batch:
-    """One batch of records handled in one database transaction: what the inbox held for them
-    when it began, and what they have done so far, written when the batch ends."""
-
-    conn: Connection
-    recorded: dict[str, list[Event]]
-    pending: dict[str, tuple[Event, list[Event]]] = field(default_factory=dict)
-    broken: bool = False
-
-    def break_(self) -> None:
-        """A record failed mid-transaction: drop everything written since the last flush, at
-        once, so that no lock is held while the pipeline retries or dead-letters it."""
-        self.conn.rollback()
-        self.pending.clear()
-        self.broken = True
-
-
-# The batch the running task handles, if any. A context variable, not an attribute: the kill
-# switch follower calls the planner from its own task, and decides in transactions of its own.
-_BATCH: ContextVar[_Batch | None] = ContextVar("planner_batch", default=None)
-
-
 class Planner:
     def __init__(self, settings: Settings, engine: Engine, clock: Clock, model: ModelClient) -> None:
         self._settings = settings
@@ -119,6 +94,7 @@ class Planner:
         # awaits, and every event a stored wait names (a run started under an older agent file).
         self._awaited = runs.awaited_events(engine)
         self._use(self._load_agents())
+        self._batches = Batches(engine, clock, self._measure.observe)
 
     def _use(self, agents: Mapping[str, Agent]) -> None:
         self.agents = agents
@@ -147,66 +123,12 @@ class Planner:
         raise RuntimeError(f"runs changed under {event.event_id} {CONFLICT_RETRIES} times in a row")
 
     async def batched(self, decoded: Sequence[Decoded], work: Callable[[], Awaitable[T]]) -> T:
-        """Run `work`, the handling of one batch of records, in one database transaction, with
-        the inbox read once for all of them and written once: a transaction a record cost
-        more than deciding it. Committed before `work`'s outputs may be sent.
-
-        If a record fails mid-transaction, the transaction is rolled back and the batch is
-        handled again a record at a time, as without batching; records whose effects were
-        committed meanwhile (before a model call, or after the failure) are found in the inbox."""
-        with self._engine.connect() as conn:
-            ids = [e.event_id for e in decoded if isinstance(e, Event)]
-            batch = _Batch(conn, runs.inbox.outputs_of_many(conn, ids))
-            token = _BATCH.set(batch)
-            try:
-                result = await work()
-                if not batch.broken:
-                    self._flush(batch)
-                    return result
-            finally:
-                _BATCH.reset(token)
-        log.warning("a record failed within its batch; handling the batch again a record at a time")
-        return await work()
-
-    def _flush(self, batch: _Batch) -> None:
-        """Record the batch's events in the inbox and commit, with the run states they wrote."""
-        runs.inbox.record_many(batch.conn, list(batch.pending.values()), self._clock.now())
-        batch.conn.commit()
-        for event, outputs in batch.pending.values():
-            batch.recorded[event.event_id] = outputs
-            self._measure.observe(event, outputs)
-        batch.pending.clear()
-
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        """The batch's connection inside a batch (committed when it ends), else a transaction."""
-        batch = _BATCH.get()
-        if batch is None or batch.broken:
-            with self._engine.begin() as conn:
-                yield conn
-            return
-        try:
-            yield batch.conn
-        except BaseException:
-            batch.break_()
-            raise
-
-    def _done(self, conn: Connection, event: Event, *, fresh: bool = False) -> list[Event] | None:
-        """The outputs recorded for `event`, if it was handled before. `fresh`: ask the store,
-        not what the batch read when it began (another replica may have handled it since)."""
-        batch = _BATCH.get()
-        if batch is not None and not batch.broken:
-            if event.event_id in batch.pending:
-                return batch.pending[event.event_id][1]
-            if not fresh and event.event_id in batch.recorded:
-                return batch.recorded[event.event_id]
-            if not fresh:
-                return None
-        return runs.inbox.outputs_of(conn, event.event_id)
+        """Handle a batch of records (`work`) in one transaction (services/planner/batch.py)."""
+        return await self._batches.run(decoded, work)
 
     async def _handle_once(self, event: Event) -> Sequence[Event]:
-        with self._begin() as conn:
-            done = self._done(conn, event)
+        with self._batches.begin() as conn:
+            done = self._batches.done(conn, event)
             if done is not None:
                 return done
             now = self._clock.now()
@@ -218,12 +140,10 @@ class Planner:
                 return self._commit(conn, event, transitions, now)
             # The model thinks with no transaction open; what was read is checked before writing.
             seen = runs.snapshot(conn, [t.state.run_id for t in transitions])
-        batch = _BATCH.get()
-        if batch is not None and not batch.broken:
-            self._flush(batch)
+        self._batches.commit()
         thought = [await self._think(t, event) for t in transitions]
-        with self._begin() as conn:
-            done = self._done(conn, event, fresh=True)
+        with self._batches.begin() as conn:
+            done = self._batches.done(conn, event, fresh=True)
             if done is not None:
                 return done
             if runs.snapshot(conn, list(seen)) != seen:
@@ -234,12 +154,7 @@ class Planner:
         for transition in transitions:
             runs.put(conn, transition.state, now)
         outputs = [e for t in transitions for e in t.outputs]
-        batch = _BATCH.get()
-        if batch is not None and not batch.broken:
-            batch.pending[event.event_id] = (event, outputs)  # recorded in the inbox when the batch ends
-            return outputs
-        runs.inbox.record(conn, event, outputs, now)
-        self._measure.observe(event, outputs)
+        self._batches.record(conn, event, outputs, now)
         return outputs
 
     async def _think(self, transition: Transition, event: Event) -> Transition:
