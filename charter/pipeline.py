@@ -69,6 +69,9 @@ class Pipeline:
         self._retry = retry or RetryPolicy()
         self._tracer = telemetry.tracer(f"charter.{service}")
         self._skip = skip
+        # The series every record touches, looked up once rather than once a record.
+        self._seconds = metrics.record_seconds.labels(service)
+        self._counted: dict[str, Any] = {}
 
     async def process_batch(self, deliveries: Sequence[Delivery]) -> None:
         await self.publish(await self.prepare_batch(deliveries))
@@ -120,9 +123,12 @@ class Pipeline:
                 },
             ),
             telemetry.run_context(env.run_id),
-            metrics.record_seconds.labels(self.service).time(),
+            self._seconds.time(),
         ):
-            metrics.records.labels(self.service, env.event_type).inc()
+            counter = self._counted.get(env.event_type)
+            if counter is None:
+                counter = self._counted[env.event_type] = metrics.records.labels(self.service, env.event_type)
+            counter.inc()
             return Prepared(await self._handle(event, delivery), otel_context.get_current())
 
     async def _handle(self, event: Event, delivery: Delivery) -> Sequence[Event]:

@@ -51,6 +51,21 @@ class Parts:
 Factory = Callable[[Settings, Bus], Awaitable[Parts]]
 
 
+# A record makes and frees thousands of objects, nearly all freed by their reference counts;
+# the cycle collector's default (a young collection every 700 allocations) ran hundreds of
+# times a second for little. Measured on the whole hot path in one process: 5% less CPU.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def settle_gc() -> None:
+    """Once start-up is done: what it loaded (policies, agents, schemas) lives as long as the
+    process, so it is kept out of the collector's generations, which shortens every later
+    collection; and collections come less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def group_id(settings: Settings, service: str) -> str:
     return f"{settings.topic_prefix}{service}"
 
@@ -70,10 +85,7 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
     except BaseException:
         await bus.stop()
         raise
-    # What start-up loaded (policies, agents, schemas) lives as long as the process: keep it
-    # out of the collector's generations, which shortens every later collection.
-    gc.collect()
-    gc.freeze()
+    settle_gc()
     assigned = {"main": False}
 
     def joined(what: str) -> None:

@@ -1,7 +1,7 @@
 """End to end: how many governed actions a second the stack sustains, at what latency and cost.
 
-    .venv/bin/python -m bench.e2e [--broker tansu|kafka] [--rates 25,50,100,200,400] [--seconds 20]
-        [--warmup 5] [--inflight 50] [--max-p99-ms 1000] [--no-telemetry]
+    .venv/bin/python -m bench.e2e [--broker tansu|kafka] [--rates 25,50,100,200,300,400] [--seconds 20]
+        [--warmup 5] [--inflight 100] [--max-p99-ms 1000] [--no-telemetry]
 
 Starts `charter up` in a fresh home with one agent (bench/agents/bench-lookup.yaml: one step,
 lookup_order, which policy allows outright) and limits wide enough for the load, then drives

@@ -24,14 +24,14 @@ def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(bench.e2e.__doc__ or "").splitlines()[0])
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
     parser.add_argument(
-        "--rates", type=lambda s: [float(r) for r in s.split(",")], default=[25, 50, 100, 200, 400]
+        "--rates", type=lambda s: [float(r) for r in s.split(",")], default=[25, 50, 100, 200, 300, 400]
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per stage")
     parser.add_argument(
         "--warmup", type=float, default=5.0, help="unmeasured seconds at the start of a stage"
     )
     parser.add_argument(
-        "--inflight", type=int, default=50, help="closed-loop runs outstanding; 0: no such stage"
+        "--inflight", type=int, default=100, help="closed-loop runs outstanding; 0: no such stage"
     )
     parser.add_argument("--max-p99-ms", type=float, default=1000.0, help="a stage's latency bound")
     parser.add_argument("--no-telemetry", action="store_true", help="no trace file, no metrics endpoints")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 
@@ -12,6 +11,7 @@ import mode.loop
 from charter import broker
 from charter.config import Settings
 from charter.errors import ConfigError
+from charter.service import settle_gc
 from charter.stack import readiness
 from charter.telemetry import setup_logging, setup_tracing
 from services.planner.service import NAME, build_app
@@ -36,8 +36,7 @@ def main() -> None:
         app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False
     )
     worker.spinner = None  # a terminal spinner writes escape codes into the log file
-    gc.collect()
-    gc.freeze()  # start-up's objects (agents, schemas) stay out of later collections
+    settle_gc()
     try:
         worker.execute_from_commandline()
     finally:
