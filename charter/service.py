@@ -102,6 +102,7 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
         bus=bus if parts.transactional else None,
         on_assigned=lambda: joined("main"),
         fetch_max_wait_ms=settings.sink_fetch_max_wait_ms if parts.sink else None,
+        pace_s=settings.sink_fetch_max_wait_ms / 1000 if parts.sink else 0.0,
     )
     # The metrics endpoint listens before anything joins a group: a port already taken stops
     # the process at once, with the reason, rather than mid-start.

@@ -35,15 +35,23 @@ def _args() -> argparse.Namespace:
     )
     parser.add_argument("--max-p99-ms", type=float, default=1000.0, help="a stage's latency bound")
     parser.add_argument("--no-telemetry", action="store_true", help="no trace file, no metrics endpoints")
+    parser.add_argument(
+        "--partitions", type=int, default=None, help="partitions a topic (default: the product's)"
+    )
     return parser.parse_args()
 
 
 def _run(args: argparse.Namespace) -> tuple[Measured, Settings]:
     home = Path(tempfile.mkdtemp(prefix="charter-bench-e2e-"))
-    stack = Stack(home, _env(home, telemetry=not args.no_telemetry), "--broker", args.broker)
+    env = _env(home, telemetry=not args.no_telemetry)
+    if args.partitions:
+        env["CHARTER_PARTITIONS"] = str(args.partitions)
+    stack = Stack(home, env, "--broker", args.broker)
     try:
         console.print(f"stack ready in {stack.wait_ready(180 if args.broker == 'kafka' else 60):.1f}s")
-        settings = Settings(home=home, broker=args.broker)
+        settings = Settings(
+            home=home, broker=args.broker, partitions=args.partitions or Settings().partitions
+        )
         return asyncio.run(_measure(settings, stack, args)), settings
     finally:
         try:
