@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e clean
+.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e bench-hotpath clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -49,11 +49,17 @@ bench: $(STAMP) $(AGT)/.installed
 	$(BIN)/python bench/executor.py
 	$(BIN)/python -m bench.audit
 	$(BIN)/python bench/llm.py
+	$(BIN)/python -m bench.hotpath
+	$(BIN)/python -m bench.hotpath --telemetry
 	$(BIN)/python -m bench.e2e --broker tansu
 	$(BIN)/python -m bench.e2e --broker kafka
 
 bench-llm: $(STAMP)
 	$(BIN)/python bench/llm.py
+
+bench-hotpath: $(STAMP)
+	$(BIN)/python -m bench.hotpath
+	$(BIN)/python -m bench.hotpath --telemetry
 
 bench-e2e: $(STAMP)
 	$(BIN)/python -m bench.e2e

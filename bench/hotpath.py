@@ -10,7 +10,7 @@ handler's outputs are the next ones' inputs, in batches of `--batch` (the audit'
 producer is a recorder: what Kafka costs is the end-to-end benchmark's to measure
 (bench/e2e), and this one isolates the services' own work, so that a change to it can be
 measured in seconds. CPU time of each handler, per action, median over the repeats; results go
-to bench/results/hotpath.json.
+to bench/results/hotpath[-telemetry].json.
 """
 
 from __future__ import annotations
@@ -217,7 +217,8 @@ def main() -> None:
         "telemetry": args.telemetry,
         "cpu_ms_per_action": result,
     }
-    (REPO / "bench" / "results" / "hotpath.json").write_text(json.dumps(out, indent=2) + "\n")
+    name = "hotpath-telemetry.json" if args.telemetry else "hotpath.json"
+    (REPO / "bench" / "results" / name).write_text(json.dumps(out, indent=2) + "\n")
     for name, ms in result.items():
         print(f"{name:<10} {ms:6.3f} ms of CPU per action")
 

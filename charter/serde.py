@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -91,13 +92,15 @@ def schemas(directory: Path = SCHEMAS_DIR) -> SchemaSet:
 # for its inbox and again to send it, and re-encodes events it decoded (a run keeps its
 # trigger). Events are frozen, so an event's bytes never change; the entry holds the event
 # itself, so its id cannot be reused by another object while the entry lives.
-_RECENT: dict[int, tuple[Event, bytes]] = {}
+# (An OrderedDict: evicting the oldest from a plain dict, `next(iter(d))`, slows as deleted
+# slots pile up at its front.)
+_RECENT: OrderedDict[int, tuple[Event, bytes]] = OrderedDict()
 _RECENT_MAX = 4096
 
 
 def _remember(event: Event, data: bytes) -> None:
     if len(_RECENT) >= _RECENT_MAX:
-        del _RECENT[next(iter(_RECENT))]
+        _RECENT.popitem(last=False)
     _RECENT[id(event)] = (event, data)
 
 
@@ -135,7 +138,9 @@ def event_type(data: bytes) -> str | None:
         return None
 
 
-def decode(data: bytes) -> Event:
+def decode(data: bytes, *, remember: bool = True) -> Event:
+    """The event `data` holds. `remember`: keep its bytes for encoding it again (a reader that
+    never re-encodes what it reads, the audit, says False and spares the memory)."""
     schema = writer_schema(data)
     body = io.BytesIO(data[_HEADER_LEN:])
     try:
@@ -157,7 +162,7 @@ def decode(data: bytes) -> Event:
         raise UndecodableRecord(
             f"envelope says {event.envelope.event_type!r} but the schema is {schema.name}"
         )
-    if schema.current:  # an older writer's bytes are not what encoding it now gives
+    if remember and schema.current:  # an older writer's bytes are not what encoding it now gives
         _remember(event, bytes(data))
     return event
 

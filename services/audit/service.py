@@ -41,7 +41,7 @@ NAME = "audit"
 
 def _decode(delivery: Delivery) -> Event | None:
     try:
-        return serde.decode(delivery.value)
+        return serde.decode(delivery.value, remember=False)
     except InvalidMessage:
         return None
 

@@ -27,6 +27,7 @@ from charter.tools import load as load_tools
 from services.executor import store as executions
 from services.executor.service import Executor
 from tests.factories import one_of_each
+from tests.unit.test_pipeline import Recorder
 
 CANARY = "canary-9f3e2d1c7b"
 APPROVED = next(e for e in one_of_each() if isinstance(e, ActionApproved))
@@ -274,29 +275,15 @@ def test_secrets_load_from_the_environment_and_a_file(tmp_path: Path) -> None:
     assert loaded.redact({"x": ["from-env!", "ok"]}) == {"x": [f"{REDACTED}!", "ok"]}
 
 
-class _Sent:
-    """Stands in for the producer: what the pipeline sends, in order."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.events: list[Event] = []
-
-    async def send(self, event: Event) -> asyncio.Future[Any]:
-        self.events.append(event)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
 def _batch(executor: Executor, *events: ActionApproved) -> list[Event]:
     """One batch through the executor's batch path, as its consumer hands it over."""
-    sent = _Sent(executor._settings)
+    sent = Recorder()
     pipeline = Pipeline("executor", sent, executor.handle, SystemClock())  # type: ignore[arg-type]
     deliveries = [
         Delivery("charter.actions.approved", 0, i, b"k", serde.encode(e), (), 0) for i, e in enumerate(events)
     ]
     asyncio.run(executor.handle_batch(pipeline, deliveries))
-    return sent.events
+    return sent.sent
 
 
 def _stored(executor: Executor) -> dict[str, tuple[str, int]]:
