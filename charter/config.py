@@ -90,8 +90,8 @@ class Settings(BaseSettings):
     sink_fetch_max_wait_ms: int = Field(
         100,
         ge=1,
-        description="The same for the consumers no run waits on (the audit, the approvals' record of "
-        "requests and decisions): fewer, larger fetches.",
+        description="The same for the consumers off the hot path, the audit and the approvals service "
+        "(a person's decision takes seconds anyway): fewer, larger fetches.",
     )
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)

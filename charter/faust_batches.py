@@ -4,13 +4,15 @@ faust's `Stream.take_events(max_, within)` waits for a full buffer or `within` s
 loop that wakes every `within` even when nothing arrives: at the 1 ms a handler can afford on
 the hot path, that is a thousand wake-ups a second and about a seventh of a core with no load.
 This take waits on an event instead. The stream's passive drainer appends each record and wakes
-the consumer; by the time the consumer runs, every record the fetch brought is in the buffer.
-So an idle stream costs nothing, a lone record is handled at once, and under load the batches
-grow to what arrived while the last one was being handled (at most `max_`).
+the consumer, which takes whatever the buffer holds when it runs. So an idle stream costs
+nothing, a lone record is handled at once, and under load the batches grow to what arrived
+while the last one was being handled (at most `max_`).
 
 Like `take_events`, it turns the stream's automatic acks off and acks each record only once the
-batch that holds it has been handled, so faust commits no offset of a record not yet handled.
-It uses the same stream hooks as `take_events` (faust-streaming is pinned in pyproject.toml).
+batch that holds it has been handled, so faust commits no offset of a record not yet handled;
+unlike it, a batch whose handling raised is not acked at all (the worker stops, and the records
+come again). It uses the same stream hooks as `take_events` (faust-streaming is pinned in
+pyproject.toml).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ async def take_ready(stream: Any, max_: int) -> AsyncIterator[list[Any]]:
         if len(events) >= max_:
             # Backpressure: the drainer (and so the fetch) waits until the batch is taken.
             room.clear()
-            await room.wait()
+            await stream.wait(room)
         return value
 
     acks = stream.enable_acks
@@ -45,17 +47,18 @@ async def take_ready(stream: Any, max_: int) -> AsyncIterator[list[Any]]:
     stream._enable_passive(aiter(stream.channel))
     try:
         while not stream.should_stop:
-            await arrived.wait()
+            if not arrived.is_set():
+                await stream.wait_for_stopped(arrived)  # records, or the stream stopping
+            if not events:
+                break  # woken with nothing: the stream stopped (or crashed)
             batch = events[:max_]
             del events[: len(batch)]
             if not events:
                 arrived.clear()
             room.set()
-            try:
-                yield batch
-            finally:
-                for event in batch:
-                    await stream.ack(event)
+            yield batch
+            for event in batch:
+                await stream.ack(event)
     finally:
         stream.enable_acks = acks
         stream._processors.remove(add_to_buffer)

@@ -82,11 +82,15 @@ class Pipeline:
     async def prepare_batch(
         self, deliveries: Sequence[Delivery], decoded: Sequence[Decoded] | None = None
     ) -> list[Prepared]:
-        """Decide every record, in order; publish nothing yet. `decoded`: the records of
-        `self.wanted(deliveries)` already decoded, in the same order."""
-        wanted = self.wanted(deliveries)
-        events = decoded if decoded is not None else decode_all(wanted)
-        return [await self.prepare(delivery, event) for delivery, event in zip(wanted, events, strict=True)]
+        """Decide every record, in order; publish nothing yet. `decoded`: `deliveries` already
+        decoded, in the same order."""
+        if decoded is None:
+            wanted = self.wanted(deliveries)
+            pairs = list(zip(wanted, decode_all(wanted), strict=True))
+        else:
+            skip = self._skip
+            pairs = [(d, e) for d, e in zip(deliveries, decoded, strict=True) if not (skip and skip(d))]
+        return [await self.prepare(delivery, event) for delivery, event in pairs]
 
     async def publish(self, prepared: Sequence[Prepared]) -> None:
         """Send every output, each under the trace of the record that caused it, and wait until

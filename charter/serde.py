@@ -89,19 +89,30 @@ def schemas(directory: Path = SCHEMAS_DIR) -> SchemaSet:
 
 
 # The bytes of events encoded or decoded lately, by object: a service encodes the same event
-# for its inbox and again to send it, and re-encodes events it decoded (a run keeps its
+# for its inbox and again to send it, and re-encodes events it stored (a run keeps its
 # trigger). Events are frozen, so an event's bytes never change; the entry holds the event
-# itself, so its id cannot be reused by another object while the entry lives.
+# itself, so its id cannot be reused by another object while the entry lives. Large records
+# are not kept, and the whole is bounded in bytes as well as in entries.
 # (An OrderedDict: evicting the oldest from a plain dict, `next(iter(d))`, slows as deleted
 # slots pile up at its front.)
 _RECENT: OrderedDict[int, tuple[Event, bytes]] = OrderedDict()
 _RECENT_MAX = 4096
+_RECENT_MAX_BYTES = 16 * 1024 * 1024
+_RECENT_LARGEST = 64 * 1024
+_recent_bytes = 0
 
 
 def _remember(event: Event, data: bytes) -> None:
-    if len(_RECENT) >= _RECENT_MAX:
-        _RECENT.popitem(last=False)
+    global _recent_bytes  # noqa: PLW0603 (the one figure the memory's bound needs)
+    if len(data) > _RECENT_LARGEST:
+        return
+    known = _RECENT.pop(id(event), None)
+    if known is not None:
+        _recent_bytes -= len(known[1])
+    while _RECENT and (len(_RECENT) >= _RECENT_MAX or _recent_bytes + len(data) > _RECENT_MAX_BYTES):
+        _recent_bytes -= len(_RECENT.popitem(last=False)[1][1])
     _RECENT[id(event)] = (event, data)
+    _recent_bytes += len(data)
 
 
 def encode(event: Event) -> bytes:
@@ -138,9 +149,11 @@ def event_type(data: bytes) -> str | None:
         return None
 
 
-def decode(data: bytes, *, remember: bool = True) -> Event:
-    """The event `data` holds. `remember`: keep its bytes for encoding it again (a reader that
-    never re-encodes what it reads, the audit, says False and spares the memory)."""
+def decode(data: bytes, *, remember: bool = False) -> Event:
+    """The event `data` holds. `remember`: keep `data` as what encoding the event gives, for
+    bytes Charter encoded itself and stored (a run's trigger, an inbox's outputs, an outcome),
+    which are then sent or stored again. Not for bytes off a topic: another producer may have
+    written the same event differently (JSON fields are canonical only as Charter writes them)."""
     schema = writer_schema(data)
     body = io.BytesIO(data[_HEADER_LEN:])
     try:

@@ -43,8 +43,8 @@ class Parts:
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     # Figures the service keeps in a registry of its own, served with the process's.
     registries: Sequence[CollectorRegistry] = ()
-    # A sink (no run waits on it) fetches less often and takes more at a time: the broker answers
-    # fewer empty fetches, and each batch costs the service less per record.
+    # A sink (off the hot path: the audit, approvals) fetches less often and takes more at a
+    # time: the broker answers fewer fetches, and each batch costs the service less per record.
     sink: bool = False
 
 

@@ -144,7 +144,7 @@ def _pack(events: Sequence[Event]) -> bytes:
 
 
 def _unpack(blob: bytes) -> list[Event]:
-    return [serde.decode(bytes.fromhex(h)) for h in json.loads(blob)]
+    return [serde.decode(bytes.fromhex(h), remember=True) for h in json.loads(blob)]
 
 
 class Inbox:

@@ -60,15 +60,29 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float) -> None:
 # A port found free is bound by its server a moment later. Ports the kernel hands out itself
 # (bind to 0) lie in its ephemeral range, from which every outgoing connection also takes its
 # local port: the Kafka clients of a starting stack can take it first ("Address already in
-# use"). So ports are drawn at random from below that range, where no connection lands.
+# use"). So ports are drawn at random from outside that range, where no connection lands; on a
+# machine whose range leaves no room, from the kernel, as before.
 _LOW_PORT = 10_000
+_PORTS = 65_536
 
 
-def _ephemeral_start() -> int:
+def _ephemeral() -> tuple[int, int]:
     try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
+def _candidate(count: int) -> int:
+    low, high = _ephemeral()
+    ranges = [(lo, hi - count) for lo, hi in ((_LOW_PORT, low), (high + 1, _PORTS)) if hi - count > lo]
+    if not ranges:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    lo, hi = random.choice(ranges)  # noqa: S311 (a port, not a secret)
+    return random.randrange(lo, hi)  # noqa: S311
 
 
 def free_port() -> int:
@@ -77,9 +91,10 @@ def free_port() -> int:
 
 def free_ports(count: int, attempts: int = 200) -> int:
     """The first of `count` consecutive ports free now (the services' metrics ports)."""
-    top = max(_LOW_PORT + count, _ephemeral_start()) - count
     for _ in range(attempts):
-        first = random.randrange(_LOW_PORT, top)  # noqa: S311 (a port, not a secret)
+        first = _candidate(count)
+        if first + count > _PORTS:
+            continue
         held: list[socket.socket] = []
         try:
             for port in range(first, first + count):

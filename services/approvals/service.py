@@ -270,13 +270,13 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     )
     # Of the run events, only a run's end concerns approvals: the rest are skipped undecoded.
     runs_topic = topics.name(settings, Topic.RUNS)
-    ends = {cls.__name__ for cls in RUN_TERMINAL}
+    kept = {cls.__name__ for cls in RUN_TERMINAL} | {None}  # None: no known header, so bad input
     pipeline = Pipeline(
         NAME,
         bus,
         handler.handle,
         clock,
-        skip=lambda d: d.topic == runs_topic and serde.event_type(d.value) not in (*ends, None),
+        skip=lambda d: d.topic == runs_topic and serde.event_type(d.value) not in kept,
     )
     auth = Authenticator(engine, users, OidcVerifier.from_settings(settings), clock)
     audit_key = signing.Verifier.load(settings.keys, "audit")

@@ -41,7 +41,7 @@ NAME = "audit"
 
 def _decode(delivery: Delivery) -> Event | None:
     try:
-        return serde.decode(delivery.value, remember=False)
+        return serde.decode(delivery.value)
     except InvalidMessage:
         return None
 

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from opentelemetry import trace
 from sqlalchemy import Connection, Engine
@@ -45,22 +45,33 @@ class Held(Exception):
     """Another replica holds the action's claim."""
 
 
+class Stale(Exception):
+    """The store knows more of the action than its batch read: plan it again from the store."""
+
+
 @dataclass
 class _Batch:
-    """The records of one batch: what the store knew of their keys when it began, and the
-    outcomes decided since and not yet written. An outcome must be durable before it is sent,
-    not before the next call, so outcomes are written together: with the next `started`
-    record (one transaction a call, as the guarantee needs) or when the batch ends."""
+    """The records of one batch: what the store knew of their keys when it began (a guess, to
+    be checked before anything is done on it: another replica may act on a key meanwhile), and
+    the outcomes decided since and not yet written. An outcome must be durable before it is
+    sent, not before the next call, so outcomes are written together: with the next `started`
+    record (one transaction a call, as the guarantee needs), before a wait, or when the batch
+    ends."""
 
     known: dict[str, decide.Execution]
     outcomes: dict[str, tuple[ActionApproved, int, Event]] = field(default_factory=dict)
 
-    def written(self, key: str, attempts: int) -> None:
-        """`key` is recorded `started`, and the outcomes pending with it `completed`."""
+    def flushed(self) -> None:
+        """The pending outcomes are written: their keys are `completed`."""
         for done, (_, tries, outcome) in self.outcomes.items():
             self.known[done] = decide.Execution("completed", tries, outcome)
         self.outcomes.clear()
-        self.known[key] = decide.Execution("started", attempts, None)
+
+
+def _same(a: decide.Execution | None, b: decide.Execution | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.status, a.attempts) == (b.status, b.attempts)
 
 
 def _lease_s(spec: ToolSpec) -> float:
@@ -115,12 +126,14 @@ class Executor:
         await pipeline.publish(prepared)
 
     def _write_outcomes(self, conn: Connection | None = None) -> None:
-        """Write the batch's outcomes not yet written, in `conn`'s transaction or one of their own."""
+        """Write the batch's outcomes not yet written: in `conn`'s transaction (the caller marks
+        them flushed once it commits), or in one of their own."""
         if self._batch is None or not self._batch.outcomes:
             return
         if conn is None:
             with self._engine.begin() as own:
-                self._write_outcomes(own)
+                executions.save_outcomes(own, list(self._batch.outcomes.values()), self._clock.now())
+            self._batch.flushed()
             return
         executions.save_outcomes(conn, list(self._batch.outcomes.values()), self._clock.now())
 
@@ -158,19 +171,61 @@ class Executor:
                 log.info("action %s already completed, re-emitting its outcome", key)
                 return [plan.recorded]
             try:
-                outcome = await self._outcome(event, spec, plan)
+                outcome = await self._outcome(event, spec, plan, record, fresh=fresh)
                 break
+            except Stale:
+                fresh = True
             except Held:
                 # Another replica is calling it (a rebalance handed us the same record): its
-                # outcome, or the end of its lease, comes before anything we would do.
+                # outcome, or the end of its lease, comes before anything we would do. What
+                # this batch has decided is written first: none of it waits on that.
                 log.info("action %s is held by another replica; waiting", key)
+                self._write_outcomes()
                 await asyncio.sleep(HELD_POLL_S)
                 fresh = True
         self._completed(event, plan.attempt, outcome)
         return [outcome]
 
-    async def _outcome(self, event: ActionApproved, spec: ToolSpec | None, plan: decide.Plan) -> Event:
+    async def _outcome(
+        self,
+        event: ActionApproved,
+        spec: ToolSpec | None,
+        plan: decide.Plan,
+        record: decide.Execution | None,
+        *,
+        fresh: bool,
+    ) -> Event:
+        """The action's outcome: called, or why not. `record`, what the plan was made on, is
+        checked against the store before the call (and, unless `fresh`, before any outcome)."""
         now = self._clock.now()
+        uncalled = self._uncalled(event, spec, plan, now)
+        if uncalled is not None:
+            if not fresh:
+                raise Stale  # an outcome decided on the batch's guess must be decided on the store's
+            return uncalled
+        assert spec is not None  # an unknown tool is not called
+        try:
+            ctx = self._context(spec, event)
+        except MissingSecret as exc:
+            if not fresh:
+                raise Stale from exc
+            return decide.failed(event, str(exc), "MissingSecret", plan.attempt, now)
+        refusal = self._breakers.admit(spec.name, time.monotonic())
+        if refusal is not None:
+            if not fresh:
+                raise Stale
+            return decide.unavailable(event, refusal.failures, refusal.retry_after_s, now)
+        try:
+            self._started(event, spec, plan, record, now)
+            return await self._call(spec, event, ctx, plan.attempt)
+        finally:
+            # A probe that ended neither in success nor in failure gives its slot back.
+            self._breakers.release(spec.name)
+
+    def _uncalled(
+        self, event: ActionApproved, spec: ToolSpec | None, plan: decide.Plan, now: datetime
+    ) -> Event | None:
+        """The outcome of an action its tool must not be called for, if it is one."""
         switch = matching(self._switches.switches, event.envelope.agent, event.action.tool)
         if switch is not None:
             if plan.kind == "call" and plan.attempt == 1:
@@ -184,28 +239,31 @@ class Executor:
             )
         if plan.kind == "in_doubt":
             return decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
-        try:
-            ctx = self._context(spec, event)
-        except MissingSecret as exc:
-            return decide.failed(event, str(exc), "MissingSecret", plan.attempt, now)
-        refusal = self._breakers.admit(spec.name, time.monotonic())
-        if refusal is not None:
-            return decide.unavailable(event, refusal.failures, refusal.retry_after_s, now)
-        try:
-            until = now + timedelta(seconds=_lease_s(spec))
-            with self._engine.begin() as conn:
-                if not executions.claim(
-                    conn, decide.idempotency_key(event), self._settings.instance, now, until
-                ):
-                    raise Held
-                executions.save(conn, event, plan.attempt, now)
-                self._write_outcomes(conn)
-            if self._batch is not None:
-                self._batch.written(decide.idempotency_key(event), plan.attempt)
-            return await self._call(spec, event, ctx, plan.attempt)
-        finally:
-            # A probe that ended neither in success nor in failure gives its slot back.
-            self._breakers.release(spec.name)
+        return None
+
+    def _started(
+        self,
+        event: ActionApproved,
+        spec: ToolSpec,
+        plan: decide.Plan,
+        record: decide.Execution | None,
+        now: datetime,
+    ) -> None:
+        """Claim the key and record it `started`, committed, with the batch's pending outcomes.
+        The key is read again once claimed: a replica that completed it meanwhile has let its
+        claim go, and what it recorded must not be written over, nor its call repeated."""
+        key = decide.idempotency_key(event)
+        until = now + timedelta(seconds=_lease_s(spec))
+        with self._engine.begin() as conn:
+            if not executions.claim(conn, key, self._settings.instance, now, until):
+                raise Held
+            if not _same(executions.get(conn, key), record):
+                raise Stale
+            executions.save(conn, event, plan.attempt, now)
+            self._write_outcomes(conn)
+        if self._batch is not None:
+            self._batch.flushed()
+            self._batch.known[key] = decide.Execution("started", plan.attempt, None)
 
     def _context(self, spec: ToolSpec, approved: ActionApproved) -> ToolContext:
         return ToolContext(

@@ -24,11 +24,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.expression import Executable
 
 from charter import serde
 from charter.events import ActionApproved, Event
 from charter.killswitch import switches_table
-from charter.store import upsert, upsert_many
 from services.executor.decide import Execution, idempotency_key
 
 metadata = MetaData()
@@ -95,7 +95,7 @@ def create(engine: Engine) -> None:
 
 
 def _execution(status: Literal["started", "completed"], attempts: int, outcome: bytes | None) -> Execution:
-    decoded = serde.decode(outcome) if outcome is not None else None
+    decoded = serde.decode(outcome, remember=True) if outcome is not None else None
     return Execution(status=status, attempts=attempts, outcome=decoded)
 
 
@@ -125,6 +125,22 @@ def _row(approved: ActionApproved, attempts: int, now: datetime, outcome: Event 
     }
 
 
+def _saving(dialect: str) -> Executable:
+    """Insert or update a key's record, but never one already `completed`: a completed key's
+    outcome is what it is, whoever comes later with another (a replica that was handed the
+    same record and decided on what it read before)."""
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(executions)
+    columns = [c.name for c in executions.columns if c.name != "idempotency_key"]
+    return stmt.on_conflict_do_update(
+        index_elements=["idempotency_key"],
+        set_={c: stmt.excluded[c] for c in columns},
+        where=executions.c.status != "completed",
+    )
+
+
+_SAVE = {dialect: _saving(dialect) for dialect in ("postgresql", "sqlite")}
+
+
 def save(
     conn: Connection, approved: ActionApproved, attempts: int, now: datetime, outcome: Event | None = None
 ) -> None:
@@ -132,12 +148,12 @@ def save(
     if outcome is not None:
         save_outcomes(conn, [(approved, attempts, outcome)], now)
         return
-    upsert(conn, executions, _row(approved, attempts, now, None), "idempotency_key")
+    conn.execute(_SAVE[conn.dialect.name], _row(approved, attempts, now, None))
 
 
 def save_outcomes(conn: Connection, done: Sequence[tuple[ActionApproved, int, Event]], now: datetime) -> None:
     """Record each action `completed` with its outcome, and let its claim go, all at once."""
     if not done:
         return
-    upsert_many(conn, executions, [_row(a, n, now, outcome) for a, n, outcome in done], ("idempotency_key",))
+    conn.execute(_SAVE[conn.dialect.name], [_row(a, n, now, outcome) for a, n, outcome in done])
     conn.execute(_UNCLAIM, [{"key": idempotency_key(a)} for a, _, _ in done])

@@ -6,11 +6,12 @@ record's run states are written as it is decided, and the records are entered in
 together when the batch ends, with the commit; only then may their outputs be sent.
 
 Two things end a batch's transaction early. A model call: the transaction is committed before
-the model is asked, so no lock is held while it thinks. A record that fails: the transaction is
-rolled back at once (no lock is held while the pipeline retries or dead-letters it), and the
-batch is then handled again a record at a time, a transaction each, as without batching.
-Records whose effects were committed meanwhile are found in the inbox and answered with the
-outputs recorded, so nothing is decided twice.
+the model is asked, so no lock is held while it thinks. A failure inside the transaction (a
+record's handling, or the commit): the transaction is rolled back at once, the batch's pass
+stops there, and the batch is handled again from its first record, a record at a time and a
+transaction each, as without batching, so its records take effect in their order. Records
+whose effects were committed before (ahead of a model call) are found in the inbox and
+answered with the outputs recorded, so nothing is decided twice.
 """
 
 from __future__ import annotations
@@ -50,9 +51,22 @@ class _Batch:
 _CURRENT: ContextVar[_Batch | None] = ContextVar("planner_batch", default=None)
 
 
+class _Redo(BaseException):
+    """Ends a batch's first pass at its first failure. A BaseException, so that the pipeline,
+    which retries and dead-letters Exceptions, lets it pass: a record retried there would be
+    decided before the records ahead of it in the batch, whose effects were just rolled back."""
+
+
 def _open() -> _Batch | None:
     batch = _CURRENT.get()
     return batch if batch is not None and not batch.broken else None
+
+
+def _break(batch: _Batch) -> None:
+    """Roll back at once: no lock is held while the failure is dealt with."""
+    batch.conn.rollback()
+    batch.pending.clear()
+    batch.broken = True
 
 
 class Batches:
@@ -69,12 +83,12 @@ class Batches:
             token = _CURRENT.set(batch)
             try:
                 result = await work()
-                if not batch.broken:
-                    self._commit(batch)
-                    return result
+                self._commit(batch)
+                return result
+            except _Redo as redo:
+                log.warning("handling a batch again a record at a time: %r", redo.__cause__)
             finally:
                 _CURRENT.reset(token)
-        log.warning("a record failed within its batch; handling the batch again a record at a time")
         return await work()
 
     def commit(self) -> None:
@@ -84,8 +98,14 @@ class Batches:
             self._commit(batch)
 
     def _commit(self, batch: _Batch) -> None:
-        runs.inbox.record_many(batch.conn, list(batch.pending.values()), self._clock.now())
-        batch.conn.commit()
+        try:
+            runs.inbox.record_many(batch.conn, list(batch.pending.values()), self._clock.now())
+            batch.conn.commit()
+        except Exception as exc:
+            # Say another replica recorded one of these events first: handled again one at a
+            # time, each finds what the inbox holds now.
+            _break(batch)
+            raise _Redo from exc
         for event, outputs in batch.pending.values():
             batch.recorded[event.event_id] = outputs
             self._observe(event, outputs)
@@ -101,10 +121,11 @@ class Batches:
             return
         try:
             yield batch.conn
+        except Exception as exc:
+            _break(batch)
+            raise _Redo from exc
         except BaseException:
-            batch.conn.rollback()
-            batch.pending.clear()
-            batch.broken = True
+            _break(batch)
             raise
 
     def done(self, conn: Connection, event: Event, *, fresh: bool = False) -> list[Event] | None:

@@ -89,9 +89,9 @@ class Planner:
         self._pricing = reason.Pricing(settings.llm_input_cost_per_1k, settings.llm_output_cost_per_1k)
         self._watcher = DirectoryWatcher(settings.agents_dir, ("*.yaml", "*.yml"))
         self.registry = tools.load(settings.tool_module_list())
-        # The business events some run may wait for, so that a trigger looks for waiting runs
-        # only when one may be waiting: every event a wait step of an agent loaded since start
-        # awaits, and every event a stored wait names (a run started under an older agent file).
+        # The business events some run may wait for, kept in case they come before the wait:
+        # every event a wait step of an agent loaded since start awaits, and every event a
+        # stored wait names (a run started under an older agent file).
         self._awaited = runs.awaited_events(engine)
         self._use(self._load_agents())
         self._batches = Batches(engine, clock, self._measure.observe)
@@ -205,9 +205,10 @@ class Planner:
         """Start the runs the business event starts, and go on with the runs that await it."""
         candidates = [decide.run_id_for(trigger, a) for a in self.agents.values()]
         transitions = decide.on_trigger(trigger, self.agents, runs.existing(conn, candidates), now)
-        if trigger.name not in self._awaited:
-            return transitions
-        runs.keep_signal(conn, trigger, now)
+        if trigger.name in self._awaited:
+            runs.keep_signal(conn, trigger, now)
+        # Every trigger looks for the runs that wait for it: a run may wait on an event no agent
+        # file names any more (it started under an older one, here or on another replica).
         for run_id in runs.waiting_for(conn, trigger.name, trigger.data):
             state = runs.get(conn, run_id)
             awaited = decide.on_signal(trigger, state, now) if state else None

@@ -124,7 +124,7 @@ def get(conn: Connection, run_id: str) -> RunState | None:
     if row is None:
         return None
     body = json.loads(row["state"])
-    trigger = serde.decode(bytes.fromhex(body["trigger"]))
+    trigger = serde.decode(bytes.fromhex(body["trigger"]), remember=True)
     if not isinstance(trigger, TriggerReceived):
         raise TypeError(f"run {run_id} holds a {type(trigger).__name__} as its trigger")
     return RunState(

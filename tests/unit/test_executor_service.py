@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -332,3 +333,49 @@ def test_a_batch_retrying_a_record_sees_its_call_started_and_does_not_repeat_it(
     assert isinstance(outcome, ActionFailed)
     assert outcome.in_doubt  # started, never finished: in doubt, not called again
     assert _stored(executor) == {f"{event.run_id}:{event.action.step_index}": ("completed", 1)}
+
+
+def test_a_key_another_replica_completed_since_the_batch_began_is_not_called_again(tmp_path: Path) -> None:
+    """The batch reads its keys when it begins; a rebalance can hand one to another replica that
+    completes it meanwhile. What the batch read must not make this replica call it again."""
+    a = _executor(tmp_path, instance="replica-a")
+    b = _executor(tmp_path, instance="replica-b")
+    first, key = _approved(tmp_path, "writes", "r1"), _approved(tmp_path, "writes", "r2")
+    real_call = a._call
+
+    async def call_then_b_takes_the_key(*args: Any) -> Any:
+        outcome = await real_call(*args)
+        if args[1].envelope.run_id == "r1":
+            await b.handle(key, NO_DELIVERY)  # b completes r2 while a's batch is under way
+        return outcome
+
+    a._call = call_then_b_takes_the_key  # type: ignore[method-assign,assignment]
+    _, replayed = _batch(a, first, key)
+    assert calls["writes"] == 2  # r1 by a, r2 by b: never r2 twice
+    [by_b] = asyncio.run(b.handle(key, NO_DELIVERY))
+    assert replayed == by_b  # a sends what b recorded
+
+
+def test_outcomes_are_written_before_waiting_on_a_key_another_replica_holds(tmp_path: Path) -> None:
+    executor = _executor(tmp_path)
+    done, held = _approved(tmp_path, "writes", "r1"), _approved(tmp_path, "slow", "r2")
+    now = datetime.now(UTC)
+    with executor._engine.begin() as conn:  # another replica's claim on r2, lapsing in 0.6 s
+        executions.claim(conn, f"r2:{held.action.step_index}", "replica-b", now, now + timedelta(seconds=0.6))
+    pipeline = Pipeline("executor", Recorder(), executor.handle, SystemClock())  # type: ignore[arg-type]
+    deliveries = [
+        Delivery("charter.actions.approved", 0, i, b"k", serde.encode(e), (), 0)
+        for i, e in enumerate((done, held))
+    ]
+
+    async def meanwhile() -> dict[str, tuple[str, int]]:
+        batch = asyncio.create_task(executor.handle_batch(pipeline, deliveries))
+        await asyncio.sleep(0.3)  # r2 is held by the other replica until 0.6 s
+        stored = _stored(executor)
+        await batch
+        return stored
+
+    stored = asyncio.run(meanwhile())
+    # r1's outcome is durable while r2 waits, not only once the wait is over.
+    assert stored == {f"r1:{done.action.step_index}": ("completed", 1)}
+    assert calls == {"writes": 1, "slow": 1}

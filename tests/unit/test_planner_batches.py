@@ -24,6 +24,7 @@ from charter.events import (
     DeadLettered,
     Event,
     RunCompleted,
+    RunInstructed,
     RunStarted,
     TriggerReceived,
 )
@@ -158,7 +159,7 @@ def test_a_record_failing_mid_batch_is_dead_lettered_and_the_rest_take_effect_on
     with caplog.at_level(logging.WARNING):
         sent = planned.batch(_trigger(1), _stray_outcome(), b"\xc3\x01not avro", _trigger(2))
     # The stray outcome failed inside the batch's transaction, which was then handled again.
-    assert "handling the batch again a record at a time" in caplog.text
+    assert "handling a batch again a record at a time" in caplog.text
     letters = [e for e in sent if isinstance(e, DeadLettered)]
     assert {letter.error_type for letter in letters} == {"InvalidEvent", "UnknownSchema"}
     assert "unknown run no-such-run" in next(e.reason for e in letters if e.error_type == "InvalidEvent")
@@ -169,3 +170,35 @@ def test_a_record_failing_mid_batch_is_dead_lettered_and_the_rest_take_effect_on
     # Each trigger's run once, each recorded once; the stray outcome not at all.
     assert planned.count(runs.runs) == 2
     assert planned.count(runs.inbox.table) == 2
+
+
+def _cancel_then_outcome(home: Path, *, fail_once: bool) -> list[str]:
+    """A run's cancel and its step's outcome in one batch, the outcome failing once if asked."""
+    home.mkdir()
+    planned = Planned(home)
+    [proposed] = [e for e in planned.batch(_trigger(1)) if isinstance(e, ActionProposed)]
+    cancel = RunInstructed.caused_by(
+        proposed,
+        event_id=derive_id(proposed.event_id, "cancel"),
+        now=NOW,
+        command="cancel",
+        instructed_by="ops",
+    )
+    decide = planned.planner._decide
+    failures = [RuntimeError("database is locked")] if fail_once else []
+
+    def flaky(conn: Any, event: Event, now: Any) -> Any:
+        if isinstance(event, ActionExecuted) and failures:
+            raise failures.pop()
+        return decide(conn, event, now)
+
+    planned.planner._decide = flaky  # type: ignore[method-assign]
+    return [type(e).__name__ for e in planned.batch(cancel, _executed(proposed))]
+
+
+def test_a_batch_that_fails_part_way_takes_effect_in_its_order(tmp_path: Path) -> None:
+    """The cancel's effect is rolled back with the batch; the outcome must not then be decided
+    (on a retry) before the cancel is decided again."""
+    assert _cancel_then_outcome(tmp_path / "failing", fail_once=True) == _cancel_then_outcome(
+        tmp_path / "steady", fail_once=False
+    )

@@ -32,8 +32,10 @@ def test_an_event_encoded_again_gives_the_same_bytes_without_encoding() -> None:
     assert serde.encode(event) is data
     decoded = serde.decode(data)
     assert serde.encode(decoded) == data
-    # A reader that says it will not encode what it reads again leaves nothing behind.
-    assert serde.encode(serde.decode(data, remember=False)) is not data
+    # Bytes off a topic are not taken as the encoding (another producer may write differently);
+    # bytes Charter stored itself are.
+    assert serde.encode(serde.decode(data)) is not data
+    assert serde.encode(serde.decode(data, remember=True)) is data
     # Equal is not the same: another object with equal fields is encoded afresh, to equal bytes.
     copy = event.model_copy()
     assert serde.encode(copy) == data

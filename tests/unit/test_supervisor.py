@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from charter.stack import processes
 from charter.stack import supervisor as sup
 from charter.stack.processes import spawn
 
@@ -125,3 +126,13 @@ def test_spawn_writes_output_to_the_log(tmp_path: Path) -> None:
     proc = spawn([PY, "-c", "print('hello')"], tmp_path / "logs" / "x.log")
     proc.wait()
     assert (tmp_path / "logs" / "x.log").read_text() == "hello\n"
+
+
+def test_free_ports_lie_outside_the_kernels_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processes, "_ephemeral", lambda: (32_768, 60_999))
+    for _ in range(20):
+        first = processes.free_ports(5)
+        assert not (first + 4 >= 32_768 and first <= 60_999), first  # no connection takes them
+    # A machine whose range leaves no room outside it: the kernel's choice, as before.
+    monkeypatch.setattr(processes, "_ephemeral", lambda: (1_024, 65_535))
+    assert 1_024 <= processes.free_port() <= 65_535
