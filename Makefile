@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e bench-hotpath clean
+.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e bench-hotpath bench-hop clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -51,6 +51,7 @@ bench: $(STAMP) $(AGT)/.installed
 	$(BIN)/python bench/llm.py
 	$(BIN)/python -m bench.hotpath
 	$(BIN)/python -m bench.hotpath --telemetry
+	$(BIN)/python -m bench.hop
 	$(BIN)/python -m bench.e2e --broker tansu
 	$(BIN)/python -m bench.e2e --broker kafka
 
@@ -60,6 +61,9 @@ bench-llm: $(STAMP)
 bench-hotpath: $(STAMP)
 	$(BIN)/python -m bench.hotpath
 	$(BIN)/python -m bench.hotpath --telemetry
+
+bench-hop: $(STAMP)
+	$(BIN)/python -m bench.hop
 
 bench-e2e: $(STAMP)
 	$(BIN)/python -m bench.e2e

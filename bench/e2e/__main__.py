@@ -38,6 +38,12 @@ def _args() -> argparse.Namespace:
     parser.add_argument(
         "--partitions", type=int, default=None, help="partitions a topic (default: the product's)"
     )
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=None,
+        help="the services' CHARTER_FETCH_MAX_WAIT_MS (default: the product's); results get a suffix",
+    )
     return parser.parse_args()
 
 
@@ -46,11 +52,16 @@ def _run(args: argparse.Namespace) -> tuple[Measured, Settings]:
     env = _env(home, telemetry=not args.no_telemetry)
     if args.partitions:
         env["CHARTER_PARTITIONS"] = str(args.partitions)
+    if args.fetch_wait_ms:
+        env["CHARTER_FETCH_MAX_WAIT_MS"] = str(args.fetch_wait_ms)
     stack = Stack(home, env, "--broker", args.broker)
     try:
         console.print(f"stack ready in {stack.wait_ready(180 if args.broker == 'kafka' else 60):.1f}s")
         settings = Settings(
-            home=home, broker=args.broker, partitions=args.partitions or Settings().partitions
+            home=home,
+            broker=args.broker,
+            partitions=args.partitions or Settings().partitions,
+            fetch_max_wait_ms=args.fetch_wait_ms or Settings().fetch_max_wait_ms,
         )
         return asyncio.run(_measure(settings, stack, args)), settings
     finally:
@@ -90,6 +101,8 @@ def main() -> None:
         "bottleneck": _bottleneck(_top(stages)),
     }
     name = f"e2e-{args.broker}{'' if result['telemetry'] else '-no-telemetry'}"
+    if args.fetch_wait_ms:
+        name += f"-fetch{args.fetch_wait_ms}ms"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, RESULTS / f"{name}.png")
     _table(result)
