@@ -4,7 +4,7 @@
 
 Starts Tansu, then for each consumer fetch wait (CHARTER_FETCH_MAX_WAIT_MS) sends records one
 at a time, at random gaps of up to 50 ms, with the product's producer and consumer settings
-(linger 1 ms, acks=all; a consumer group of a three-partition topic, committing each batch as
+(acks=all, no linger; a consumer group of a three-partition topic, committing each batch as
 the services do), and times each from its send to its arrival. No service, store or event
 encoding: this is what the broker and the Kafka client cost a hop, the floor under the end-to-
 end benchmark's hops (bench/e2e). Medians over the repeats of each percentile; results go to

@@ -61,7 +61,7 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.bootstrap(),
         "acks": "all",
         "enable_idempotence": caps.idempotent_producer,
-        "linger_ms": 1,
+        "linger_ms": settings.producer_linger_ms,
         "max_request_size": settings.max_message_bytes,
     }
 

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Port of the embedded broker; 0 picks a free one."
     )
     fetch_max_wait_ms: int = Field(20, ge=1, description="Broker wait for data per fetch: the latency floor.")
+    producer_linger_ms: int = Field(
+        0,
+        ge=0,
+        description="How long a producer holds a record for others to join its batch. 0: a record is "
+        "sent at once, with whatever else was queued meanwhile (a service queues a whole batch's "
+        "outputs before its sender runs, so they still go together).",
+    )
     sink_fetch_max_wait_ms: int = Field(
         100,
         ge=1,
