@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
+from bench.e2e.load import _pct
 from charter import broker
 from charter.config import Settings
 from charter.stack.embedded import EmbeddedBroker
@@ -37,10 +38,7 @@ MAX_GAP_S = 0.05  # random, so a send lands anywhere in a waiting fetch
 
 def _percentiles(values: list[float]) -> dict[str, float]:
     ranked = sorted(values)
-    return {
-        name: round(ranked[min(len(ranked) - 1, int(len(ranked) * q))], 2)
-        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
-    }
+    return {name: round(_pct(ranked, q), 2) for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
 
 
 async def _hops(settings: Settings, topic: str, records: int) -> dict[str, dict[str, float]]:

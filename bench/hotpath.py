@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import tempfile
 import time
@@ -28,7 +27,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.e2e.stack import LIMITS
+from bench.e2e.stack import configure
 from charter import bus as bus_module
 from charter import serde, signing, telemetry
 from charter.bus import Outgoing
@@ -36,7 +35,7 @@ from charter.clock import SystemClock, new_id
 from charter.config import Settings
 from charter.consumer import Delivery
 from charter.events import Event, RunCompleted, TriggerReceived
-from charter.pipeline import Pipeline, decode_all
+from charter.pipeline import Pipeline
 from charter.store import make_engine
 from services.approvals.service import build as approvals
 from services.audit.service import build as audit
@@ -85,11 +84,7 @@ class Recorder:
 
 
 def _settings(home: Path, telemetry_on: bool) -> Settings:
-    config = home / "config"
-    (config / "agents").mkdir(parents=True)
-    shutil.copy(REPO / "bench" / "agents" / "bench-lookup.yaml", config / "agents")
-    shutil.copytree(REPO / "policies", config / "policies")
-    (config / "policies" / "limits.yaml").write_text(LIMITS)
+    config = configure(home)
     return Settings(
         home=home,
         agents_dir=config / "agents",
@@ -108,10 +103,7 @@ async def _handlers(settings: Settings) -> tuple[dict[str, BatchHandler], dict[s
     pipeline = Pipeline("planner", recorders["planner"], plans.handle, SystemClock())  # type: ignore[arg-type]
 
     async def plan(deliveries: list[Delivery]) -> None:
-        decoded = decode_all(deliveries)
-        await pipeline.publish(
-            await plans.batched(decoded, lambda: pipeline.prepare_batch(deliveries, decoded))
-        )
+        await pipeline.publish(await plans.prepare_batch(pipeline, deliveries))
 
     handlers: dict[str, BatchHandler] = {"planner": plan}
     for name, build in (

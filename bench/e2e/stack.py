@@ -41,13 +41,20 @@ class Stack(StackProcess):
         return {**pids, "supervisor": self.proc.pid, "bench client": os.getpid()}
 
 
-def _env(home: Path, telemetry: bool) -> dict[str, str]:
+def configure(home: Path) -> Path:
+    """`home`/config: the bench's agents, and the product's policies with limits wide enough
+    for the load."""
     config = home / "config"
     (config / "agents").mkdir(parents=True)
     for agent in (REPO / "bench" / "agents").glob("*.yaml"):
         shutil.copy(agent, config / "agents" / agent.name)
     shutil.copytree(REPO / "policies", config / "policies")
     (config / "policies" / "limits.yaml").write_text(LIMITS)
+    return config
+
+
+def _env(home: Path, telemetry: bool) -> dict[str, str]:
+    config = configure(home)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
     env.update(
         CHARTER_HOME=str(home),

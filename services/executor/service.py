@@ -198,29 +198,36 @@ class Executor:
         """The action's outcome: called, or why not. `record`, what the plan was made on, is
         checked against the store before the call (and, unless `fresh`, before any outcome)."""
         now = self._clock.now()
-        uncalled = self._uncalled(event, spec, plan, now)
-        if uncalled is not None:
+        ctx = self._admitted(event, spec, plan, now)
+        if not isinstance(ctx, ToolContext):
             if not fresh:
                 raise Stale  # an outcome decided on the batch's guess must be decided on the store's
-            return uncalled
-        assert spec is not None  # an unknown tool is not called
-        try:
-            ctx = self._context(spec, event)
-        except MissingSecret as exc:
-            if not fresh:
-                raise Stale from exc
-            return decide.failed(event, str(exc), "MissingSecret", plan.attempt, now)
-        refusal = self._breakers.admit(spec.name, time.monotonic())
-        if refusal is not None:
-            if not fresh:
-                raise Stale
-            return decide.unavailable(event, refusal.failures, refusal.retry_after_s, now)
+            return ctx
+        assert spec is not None  # an unknown tool is not admitted
         try:
             self._started(event, spec, plan, record, now)
             return await self._call(spec, event, ctx, plan.attempt)
         finally:
             # A probe that ended neither in success nor in failure gives its slot back.
             self._breakers.release(spec.name)
+
+    def _admitted(
+        self, event: ActionApproved, spec: ToolSpec | None, plan: decide.Plan, now: datetime
+    ) -> ToolContext | Event:
+        """The call's context, if the tool may be called now (with a slot of its circuit, which
+        the caller gives back); else the outcome of not calling it."""
+        uncalled = self._uncalled(event, spec, plan, now)
+        if uncalled is not None:
+            return uncalled
+        assert spec is not None  # an unknown tool is not called
+        try:
+            ctx = self._context(spec, event)
+        except MissingSecret as exc:
+            return decide.failed(event, str(exc), "MissingSecret", plan.attempt, now)
+        refusal = self._breakers.admit(spec.name, time.monotonic())
+        if refusal is not None:
+            return decide.unavailable(event, refusal.failures, refusal.retry_after_s, now)
+        return ctx
 
     def _uncalled(
         self, event: ActionApproved, spec: ToolSpec | None, plan: decide.Plan, now: datetime

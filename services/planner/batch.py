@@ -132,11 +132,12 @@ class Batches:
         """The outputs recorded for `event`, if it was handled before. `fresh`: ask the store,
         not what the batch read when it began (another replica may have handled it since)."""
         batch = _open()
+        pending = batch.pending.get(event.event_id) if batch is not None else None
+        if pending is not None:
+            return pending[1]
         if batch is None or fresh:
-            pending = batch.pending.get(event.event_id) if batch is not None else None
-            return pending[1] if pending is not None else runs.inbox.outputs_of(conn, event.event_id)
-        pending = batch.pending.get(event.event_id)
-        return pending[1] if pending is not None else batch.recorded.get(event.event_id)
+            return runs.inbox.outputs_of(conn, event.event_id)
+        return batch.recorded.get(event.event_id)
 
     def record(self, conn: Connection, event: Event, outputs: list[Event], now: datetime) -> None:
         """Enter `event` in the inbox with its outputs: with the batch's commit, or now."""

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import faust
 import mode
@@ -46,7 +46,7 @@ from charter.events import (
 )
 from charter.faust_batches import take_ready
 from charter.killswitch import ControlFollower, SwitchStore
-from charter.pipeline import Decoded, Pipeline, decode_all
+from charter.pipeline import Pipeline, Prepared, decode_all
 from charter.secrets import Secrets, guard_logs
 from charter.service import group_id, service_bus
 from charter.stack import readiness
@@ -60,7 +60,6 @@ from services.planner.model import ModelClient, ModelUnavailable
 from services.planner.run import RunState, Transition
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 NAME = "planner"
 TOPICS = (Topic.TRIGGERS, Topic.ACTIONS_RESULTS, Topic.ACTIONS_REJECTED)
 
@@ -122,9 +121,11 @@ class Planner:
                 log.info("a run %s changes changed meanwhile; deciding it again", event.event_id)
         raise RuntimeError(f"runs changed under {event.event_id} {CONFLICT_RETRIES} times in a row")
 
-    async def batched(self, decoded: Sequence[Decoded], work: Callable[[], Awaitable[T]]) -> T:
-        """Handle a batch of records (`work`) in one transaction (services/planner/batch.py)."""
-        return await self._batches.run(decoded, work)
+    async def prepare_batch(self, pipeline: Pipeline, deliveries: Sequence[Delivery]) -> list[Prepared]:
+        """Decide a batch of records through `pipeline`, in one transaction
+        (services/planner/batch.py), committed before their outputs may be sent."""
+        decoded = decode_all(deliveries)
+        return await self._batches.run(decoded, lambda: pipeline.prepare_batch(deliveries, decoded))
 
     async def _handle_once(self, event: Event) -> Sequence[Event]:
         with self._batches.begin() as conn:
@@ -358,11 +359,7 @@ class Runtime:
         # On Kafka, the outputs and these records' offsets commit in one transaction; faust's
         # own later commit of the same offsets changes nothing.
         async with self.bus.transaction():
-            decoded = decode_all(deliveries)
-            prepared = await self._planner.batched(
-                decoded, lambda: self.pipeline.prepare_batch(deliveries, decoded)
-            )
-            await self.pipeline.publish(prepared)
+            await self.pipeline.publish(await self._planner.prepare_batch(self.pipeline, deliveries))
             if self.bus.transactional:
                 offsets = {TopicPartition(d.topic, d.partition): d.offset + 1 for d in deliveries}
                 await self.bus.send_offsets(offsets, group_id(self.settings, NAME))

@@ -28,7 +28,7 @@ from charter.events import (
     RunStarted,
     TriggerReceived,
 )
-from charter.pipeline import Pipeline, decode_all
+from charter.pipeline import Pipeline
 from services.planner import service
 from services.planner import store as runs
 from tests.factories import NOW
@@ -63,11 +63,7 @@ class Planned:
         self.recorder.sent = []
 
         async def go() -> None:
-            decoded = decode_all(deliveries)
-            prepared = await self.planner.batched(
-                decoded, lambda: self.pipeline.prepare_batch(deliveries, decoded)
-            )
-            await self.pipeline.publish(prepared)
+            await self.pipeline.publish(await self.planner.prepare_batch(self.pipeline, deliveries))
 
         asyncio.run(go())
         return list(self.recorder.sent)
