@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e bench-hotpath bench-hop clean
+.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e bench-hotpath bench-hop bench-slow clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -54,6 +54,7 @@ bench: $(STAMP) $(AGT)/.installed
 	$(BIN)/python -m bench.hop
 	$(BIN)/python -m bench.e2e --broker tansu
 	$(BIN)/python -m bench.e2e --broker kafka
+	$(BIN)/python -m bench.slow
 
 bench-llm: $(STAMP)
 	$(BIN)/python bench/llm.py
@@ -67,6 +68,9 @@ bench-hop: $(STAMP)
 
 bench-e2e: $(STAMP)
 	$(BIN)/python -m bench.e2e
+
+bench-slow: $(STAMP)
+	$(BIN)/python -m bench.slow
 
 bench-executor: $(STAMP)
 	$(BIN)/python bench/executor.py

@@ -35,8 +35,8 @@ from sqlalchemy import Engine, text
 from charter import serde, signing
 from charter.bus import ORIGIN_HEADER
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.events import Event
+from charter.runtime.delivery import Delivery
 from charter.store import make_engine
 from services.audit import store
 from services.audit.merkle import Tree, check_consistency, check_inclusion

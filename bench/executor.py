@@ -28,9 +28,10 @@ from pydantic import BaseModel
 from charter import serde, signing
 from charter.clock import SystemClock, derive_id
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.events import Action, ActionApproved, ActionExecuted, Decision
 from charter.killswitch import ControlFollower
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import settle
 from charter.secrets import Secrets
 from charter.store import make_engine
 from charter.tools import Registry, ToolContext, tool
@@ -90,7 +91,7 @@ async def _once(executor: Executor, records: list[bytes]) -> list[float]:
     for record in records:
         started = time.perf_counter()
         event = serde.decode(record)
-        [outcome] = await executor.handle(event, NO_DELIVERY)
+        [outcome] = await settle(executor.handle(event, NO_DELIVERY))
         serde.encode(outcome)
         total_ms = (time.perf_counter() - started) * 1000
         assert isinstance(outcome, ActionExecuted), outcome

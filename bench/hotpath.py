@@ -33,9 +33,9 @@ from charter import serde, signing, telemetry
 from charter.bus import Outgoing
 from charter.clock import SystemClock, new_id
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.events import Event, RunCompleted, TriggerReceived
-from charter.pipeline import Pipeline
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Pipeline, Prepared, publish
 from charter.store import make_engine
 from services.approvals.service import build as approvals
 from services.audit.service import build as audit
@@ -54,7 +54,7 @@ READS = {
 }
 AUDIT_BATCH = 500
 Sent = tuple[Outgoing, list[tuple[str, bytes]]]
-BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
+BatchHandler = Callable[[list[Delivery]], Awaitable[Sequence[Prepared]]]
 
 
 class Recorder:
@@ -102,8 +102,8 @@ async def _handlers(settings: Settings) -> tuple[dict[str, BatchHandler], dict[s
     plans = planner.Planner(settings, engine, SystemClock(), planner._model_client(settings))
     pipeline = Pipeline("planner", recorders["planner"], plans.handle, SystemClock())  # type: ignore[arg-type]
 
-    async def plan(deliveries: list[Delivery]) -> None:
-        await pipeline.publish(await plans.prepare_batch(pipeline, deliveries))
+    async def plan(deliveries: list[Delivery]) -> Sequence[Prepared]:
+        return await plans.prepare_batch(pipeline, deliveries)
 
     handlers: dict[str, BatchHandler] = {"planner": plan}
     for name, build in (
@@ -170,7 +170,8 @@ class Flow:
             )
         self.recorders[name].sent = []
         began = time.process_time()
-        await self.handlers[name](deliveries)
+        prepared = [await p.settled() for p in await self.handlers[name](deliveries)]
+        await publish(self.recorders[name], prepared)  # type: ignore[arg-type]
         self.cpu_s[name] += time.process_time() - began
         self.deliver(self.recorders[name].sent)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
 from charter import broker, serde, telemetry, topics
 from charter.config import Settings
@@ -98,7 +99,9 @@ class Bus:
         """How many records the open transaction has sent so far."""
         return self._sent_in_txn
 
-    async def send_offsets(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
+    async def send_offsets(
+        self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata], group_id: str
+    ) -> None:
         """Commit consumed offsets as part of the open transaction."""
         if self._producer is None or not self._in_txn:
             raise RuntimeError("send_offsets outside a transaction")

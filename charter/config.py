@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     )
     llm_timeout_s: float = Field(60.0, gt=0, description="Bound on one model call.")
     llm_max_attempts: int = Field(3, ge=1, le=10, description="Tries of one model call on transient errors.")
+    llm_max_concurrency: int = Field(
+        256, ge=1, description="Model calls one planner process makes at once; more wait for a slot."
+    )
     llm_input_cost_per_1k: float = Field(0.0, ge=0, description="Cost units per 1,000 prompt tokens.")
     llm_output_cost_per_1k: float = Field(0.0, ge=0, description="Cost units per 1,000 completion tokens.")
     audit_checkpoint_every: int = Field(
@@ -99,6 +102,15 @@ class Settings(BaseSettings):
         ge=1,
         description="The same for the consumers off the hot path, the audit and the approvals service "
         "(a person's decision takes seconds anyway): fewer, larger fetches.",
+    )
+    max_in_flight: int = Field(
+        1000,
+        ge=1,
+        description="Records a service process holds at once, fetched and not yet finished (runs waiting "
+        "on a model or a tool among them); when full, it pauses fetching until some finish.",
+    )
+    tool_threads: int = Field(
+        256, ge=1, description="Threads for the executor's synchronous Python tools: calls of them at once."
     )
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)

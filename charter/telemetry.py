@@ -114,7 +114,7 @@ def setup_logging(service: str, level: str, stream: IO[str] = sys.stderr) -> Non
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Kafka clients log every reconnect at INFO/WARNING; keep ours readable.
-    for noisy in ("aiokafka", "kafka", "faust", "mode"):
+    for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

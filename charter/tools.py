@@ -105,6 +105,9 @@ class ToolSpec:
     dry_run: DryRun = None
     secrets: tuple[str, ...] = ()
     max_attempts: int = 3
+    # Calls of this tool one executor process makes at once (the system behind it has its own
+    # limits); None: as many as the executor has in flight.
+    max_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         bad = [n for n in self.secrets if not _SECRET_NAME.match(n)]
@@ -112,6 +115,8 @@ class ToolSpec:
             raise ConfigError(f"tool {self.name}: secret names must be UPPER_SNAKE_CASE, not {bad}")
         if self.max_attempts < 1 or self.timeout_s <= 0:
             raise ConfigError(f"tool {self.name}: max_attempts must be >= 1 and timeout_s > 0")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ConfigError(f"tool {self.name}: max_concurrency must be >= 1")
 
 
 def tool(
@@ -125,12 +130,16 @@ def tool(
     dry_run: DryRun = None,
     secrets: Iterable[str] = (),
     max_attempts: int = 3,
+    max_concurrency: int | None = None,
 ) -> Callable[[F], F]:
     """Declare a Python function `fn(params: Model, ctx: ToolContext) -> ResultModel` a tool.
 
     `compensation` names the tool that undoes it; `dry_run` is `fn(params, ctx)` returning what
     it would have done, or "call" for a tool that only reads; `secrets` are the names it reads
-    with `ctx.secret(name)`; `max_attempts` bounds calls of an idempotent tool on transient errors.
+    with `ctx.secret(name)`; `max_attempts` bounds calls of an idempotent tool on transient errors;
+    `max_concurrency` bounds its calls at once per executor process (other calls wait for a slot).
+    A plain function runs in one of the executor's threads (CHARTER_TOOL_THREADS); an `async def`
+    runs on its loop.
     """
 
     def wrap(fn: F) -> F:
@@ -153,6 +162,7 @@ def tool(
             dry_run=dry_run,
             secrets=tuple(secrets),
             max_attempts=max_attempts,
+            max_concurrency=max_concurrency,
         )
         setattr(fn, _ATTR, spec)
         return fn
@@ -178,6 +188,7 @@ def http_tool(
     headers: Mapping[str, str] | None = None,
     max_response_bytes: int | None = None,
     max_attempts: int = 3,
+    max_concurrency: int | None = None,
 ) -> ToolSpec:
     """Declare an HTTP endpoint a tool. The executor sends the parameters as the JSON body
     (as the query for GET) with the action's `Idempotency-Key`. In a dry run it sends nothing
@@ -203,6 +214,7 @@ def http_tool(
         dry_run=dry_run,
         secrets=target.secret_names(),
         max_attempts=max_attempts,
+        max_concurrency=max_concurrency,
     )
 
 

@@ -1,7 +1,7 @@
 """charter dlq list | show | replay: the records services could not process, and putting them back.
 
 A service that cannot process a record publishes a `DeadLettered` event to `<topic>.dlq` with the
-original key and bytes and the reason (charter.pipeline), and moves on. Here an operator reads
+original key and bytes and the reason (charter.runtime.pipeline), and moves on. Here an operator reads
 those, and, once the cause is fixed, publishes the original (or a corrected event) to the topic
 it came from, marked with a `charter-replayed-from: <dlq topic>:<partition>:<offset>` header.
 """

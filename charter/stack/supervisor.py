@@ -109,7 +109,7 @@ class Supervisor:
             try:
                 proc.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
-                # faust workers can hang in shutdown; nothing they hold is lost by a kill.
+                # A service past its deadline is killed: what it had not committed comes again.
                 terminate(proc, signal.SIGKILL)
                 proc.wait()
                 killed.append(name)

@@ -1,6 +1,6 @@
 """`python -m services.approvals`"""
 
-from charter.service import run
+from charter.runtime.service import run
 from services.approvals.service import NAME, build
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from charter.binding import action_hash
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock, derive_id
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.describe import describe
 from charter.errors import ForgedEvent, InvalidEvent
 from charter.events import (
@@ -43,8 +42,9 @@ from charter.identity.oidc import OidcVerifier
 from charter.identity.principal import Authenticator
 from charter.identity.users import WatchedDirectory
 from charter.killswitch import ControlFollower, SwitchStore
-from charter.pipeline import Pipeline
-from charter.service import Parts
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Pipeline
+from charter.runtime.service import Parts
 from charter.topics import Topic
 from services.approvals import decide, notify
 from services.approvals import store as approvals
@@ -294,7 +294,7 @@ async def build(settings: Settings, bus: Bus) -> Parts:
             topics.name(settings, Topic.APPROVALS_DECIDED),
             topics.name(settings, Topic.RUNS),
         ],
-        handle_batch=pipeline.process_batch,
+        handle_batch=pipeline.prepare_batch,
         background=[server.run, expiry.run, notifier.run],
         control=ControlFollower(
             settings, NAME, bus=bus, engine=engine, store=SwitchStore(engine, approvals.switches)

@@ -1,6 +1,6 @@
 """`python -m services.audit`"""
 
-from charter.service import run
+from charter.runtime.service import run
 from services.audit.service import NAME, build
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from sqlalchemy import String
 
 from charter import events as ev
 from charter.bus import ORIGIN_HEADER
-from charter.consumer import Delivery
+from charter.runtime.delivery import Delivery
 from services.audit.record import Attribution
 from services.audit.store import log_table
 

@@ -23,13 +23,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from charter import metrics, serde, signing, store, telemetry, topics
 from charter.bus import Bus
+from charter.clock import Clock, SystemClock
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.errors import InvalidMessage, RetryPolicy
 from charter.events import Event
 from charter.killswitch import ControlFollower, SwitchStore
-from charter.service import Parts
-from services.audit import checkpoint
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Prepared
+from charter.runtime.service import Parts
+from services.audit import checkpoint, decide
 from services.audit import store as audit
 from services.audit.attribute import attribute
 from services.audit.merkle import Frontier, Tree
@@ -54,9 +56,13 @@ class Auditor:
         signer: signing.Signer,
         bus: Bus | None = None,
         retry: RetryPolicy | None = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
+        self._clock = clock or SystemClock()
+        self._cadence = decide.Cadence(settings.audit_checkpoint_every, settings.audit_checkpoint_seconds)
         self._signer = signer
         self._bus = bus
         self._retry = retry or RetryPolicy(attempts=10)
@@ -84,7 +90,8 @@ class Auditor:
         sealed, subject = self._sealer.seal(conn, event, now_us) if event and named else (None, None)
         return audit.Pending(attribute(delivery, event, now_us, subject), sealed or delivery.value)
 
-    async def handle_batch(self, deliveries: list[Delivery]) -> None:
+    async def handle_batch(self, deliveries: list[Delivery]) -> list[Prepared]:
+        """Append the batch; the audit sends nothing for it (its tree heads go out on their own)."""
         started = time.time_ns()
         with metrics.audit_append_seconds.time():
             await self._retrying(lambda conn, now_us: self._append(conn, deliveries, now_us))
@@ -95,6 +102,7 @@ class Auditor:
             # The batch is committed; its offsets may be too. The head stays marked unpublished
             # and the next pass (or the signing loop) publishes it.
             log.exception("publishing the audit's tree heads failed; they are published on the next pass")
+        return []
 
     def _observe(self, deliveries: list[Delivery], started_ns: int, ended_ns: int) -> None:
         """A span per trace the batch's records came in, so each run's trace shows its events
@@ -139,7 +147,7 @@ class Auditor:
 
     async def _retrying(self, work: Callable[[Connection, int], None]) -> None:
         for attempt in range(1, self._retry.attempts + 1):
-            now_us = time.time_ns() // 1000
+            now_us = int(self._clock.now().timestamp() * 1_000_000)
             try:
                 with self._engine.begin() as conn:
                     self._conn = conn
@@ -171,11 +179,7 @@ class Auditor:
         if self._refused:
             return
         last_size, last_at = (self._last.size, self._last.signed_at_us) if self._last else (0, 0)
-        if size <= last_size:
-            return
-        every = self._settings.audit_checkpoint_every
-        waited = now_us - last_at >= self._settings.audit_checkpoint_seconds * 1e6
-        if size - last_size < every and not waited:
+        if not decide.checkpoint_due(size, last_size, last_at, now_us, self._cadence):
             return
         pending = self._pending_frontier
         frontier = pending if pending is not None and pending.size == size else self._committed(conn, size)

@@ -1,5 +1,5 @@
-"""The executor's decisions: whether to call a tool for an approved action, and what its
-outcome event says.
+"""The executor's decisions: whether to call a tool for an approved action, whether to call it
+again after a failure, and what its outcome event says.
 
 Every action has an idempotency key, its run and step. The store records `started` before the
 call and the outcome after it. A key already completed replays the recorded outcome and calls
@@ -23,6 +23,7 @@ from charter.events import (
     Event,
     ToolUnavailable,
 )
+from charter.killswitch import KillSwitch
 
 
 @dataclass(frozen=True)
@@ -146,3 +147,50 @@ CALL_IN_DOUBT_IDEMPOTENT = (
     "in doubt: the tool may have acted ({error}) and gave no answer after its last attempt; "
     "it is idempotent, so calling it again with the same key is safe"
 )
+
+
+def uncalled(
+    approved: ActionApproved, plan: Plan, now: datetime, *, switch: KillSwitch | None, tool_known: bool
+) -> Event | None:
+    """The outcome of an action whose tool must not be called, if it is one: a kill switch
+    covers it, its tool is unknown, or an earlier attempt left it in doubt."""
+    if switch is not None:
+        if plan.kind == "call" and plan.attempt == 1:
+            # Approved before the switch, still queued: refused, never started.
+            return refused(approved, switch.describe(), now)
+        # Started before the switch and never finished: it may have acted, and is not called again.
+        return failed(approved, IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
+    if not tool_known:
+        return failed(approved, f"unknown tool {approved.action.tool!r}", "UnknownTool", plan.attempt, now)
+    if plan.kind == "in_doubt":
+        return failed(approved, IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
+    return None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed call as the executor saw it (charter's tool caller says which kind)."""
+
+    error: str
+    error_type: str
+    retryable: bool
+    in_doubt: bool
+    unsent: bool
+
+
+def call_again(failure: Failure, *, idempotent: bool, tries: int, max_attempts: int) -> bool:
+    """Whether to call the tool again after `tries` calls: only an idempotent tool, or a call
+    that certainly did not act, and only while attempts remain (the tool's circuit, which may
+    refuse, is asked apart)."""
+    return failure.retryable and (idempotent or failure.unsent) and tries < max_attempts
+
+
+def gave_up(
+    approved: ActionApproved, failure: Failure, attempts: int, now: datetime, *, idempotent: bool
+) -> ActionFailed:
+    """The outcome of a call that failed for good: in doubt if the tool may have acted."""
+    if failure.in_doubt:
+        doubt = CALL_IN_DOUBT_IDEMPOTENT if idempotent else CALL_IN_DOUBT
+        message = doubt.format(error=failure.error)
+        return failed(approved, message, failure.error_type, attempts, now, in_doubt=True)
+    return failed(approved, failure.error, failure.error_type, attempts, now)

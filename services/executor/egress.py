@@ -148,7 +148,9 @@ async def _same_origin(response: httpx.Response) -> None:
 
 def client(rule: Rule) -> httpx.AsyncClient:
     """An httpx client for one tool: guarded connections, same-origin redirects only (at most 3)."""
-    transport = httpx.AsyncHTTPTransport(retries=0)
+    # No pool bound of its own: the executor bounds a tool's calls (max_concurrency, in flight),
+    # and a pool bound below that would fail calls with a pool timeout rather than queue them.
+    transport = httpx.AsyncHTTPTransport(retries=0, limits=httpx.Limits(max_connections=None))
     # httpx has no public hook for the network backend; the pool keeps it here (httpcore 1.x).
     pool = transport._pool
     pool._network_backend = GuardedBackend(pool._network_backend, rule)

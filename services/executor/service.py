@@ -1,29 +1,39 @@
-"""The executor's adapter: plan from the store, record `started`, call, record the outcome."""
+"""The executor's adapter: plan from the store, record `started`, call, record the outcome.
+
+A batch decides, for each action, on what the store knew of it when the batch began; the calls
+themselves are left `Later`, so the runtime runs them side by side, each run's in order, and a
+slow tool holds up no other run. A call claims its key and records `started` only once it has a
+slot of its tool's `max_concurrency`, checking then what its plan was made on.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from opentelemetry import trace
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from charter import metrics, signing, store, telemetry, tools, topics
 from charter.breaker import Breakers
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.errors import ForgedEvent, RetryPolicy
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
 from charter.killswitch import ControlFollower, SwitchStore, matching
-from charter.pipeline import Pipeline, decode_all
+from charter.runtime.consumer import Mode
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Later, Outcome, Pipeline, Prepared, decode_all
+from charter.runtime.service import Parts
 from charter.secrets import MissingSecret, Secrets, guard_logs
-from charter.service import Parts
 from charter.tools import Registry, ToolContext, ToolSpec
 from charter.topics import Topic
 from services.executor import decide, egress
@@ -53,10 +63,8 @@ class Stale(Exception):
 class _Batch:
     """The records of one batch: what the store knew of their keys when it began (a guess, to
     be checked before anything is done on it: another replica may act on a key meanwhile), and
-    the outcomes decided since and not yet written. An outcome must be durable before it is
-    sent, not before the next call, so outcomes are written together: with the next `started`
-    record (one transaction a call, as the guarantee needs), before a wait, or when the batch
-    ends."""
+    the outcomes decided without a call since, written together when the batch ends (an outcome
+    must be durable before it is sent, not before the next record is decided)."""
 
     known: dict[str, decide.Execution]
     outcomes: dict[str, tuple[ActionApproved, int, Event]] = field(default_factory=dict)
@@ -97,7 +105,7 @@ class Executor:
         self._secrets = secrets
         self._policy_key = signing.Verifier.load(settings.keys, "policy")
         self._limits = Limits(max_result_bytes=settings.max_message_bytes // 2)
-        self._batch: _Batch | None = None
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self._breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s)
         private = settings.private_networks()
         # One client per HTTP tool: each has its own egress rule and connection pool.
@@ -110,35 +118,32 @@ class Executor:
     async def close(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self._http.values()))
 
-    async def handle_batch(self, pipeline: Pipeline, deliveries: Sequence[Delivery]) -> None:
-        """A batch's records in order, what the store knows of them read in one query, their
-        outcomes written in as few transactions as the guarantee allows; then sent."""
+    async def handle_batch(self, pipeline: Pipeline, deliveries: Sequence[Delivery]) -> list[Prepared]:
+        """A batch's records in order, what the store knows of them read in one query, the
+        outcomes decided without a call written together; the calls are left to run later."""
         decoded = decode_all(deliveries)
         keys = [decide.idempotency_key(e) for e in decoded if isinstance(e, ActionApproved) and e.executable]
         with self._engine.connect() as conn:
             batch = _Batch(executions.get_many(conn, keys))
-        self._batch = batch
-        try:
-            prepared = await pipeline.prepare_batch(deliveries, decoded)
-            self._write_outcomes()
-        finally:
-            self._batch = None
-        await pipeline.publish(prepared)
 
-    def _write_outcomes(self, conn: Connection | None = None) -> None:
-        """Write the batch's outcomes not yet written: in `conn`'s transaction (the caller marks
-        them flushed once it commits), or in one of their own."""
-        if self._batch is None or not self._batch.outcomes:
-            return
-        if conn is None:
-            with self._engine.begin() as own:
-                executions.save_outcomes(own, list(self._batch.outcomes.values()), self._clock.now())
-            self._batch.flushed()
-            return
-        executions.save_outcomes(conn, list(self._batch.outcomes.values()), self._clock.now())
+        async def in_batch(event: Event, _delivery: Delivery) -> Outcome:
+            return self._handle(event, batch)
 
-    def _record(self, key: str, *, fresh: bool) -> decide.Execution | None:
-        batch = self._batch
+        prepared = await pipeline.prepare_batch(deliveries, decoded, handler=in_batch)
+        self._write_outcomes(batch)
+        return prepared
+
+    def _write_outcomes(self, batch: _Batch) -> None:
+        """Write the batch's outcomes not yet written, in one transaction."""
+        if not batch.outcomes:
+            return
+        with self._engine.begin() as own:
+            executions.save_outcomes(own, list(batch.outcomes.values()), self._clock.now())
+        batch.flushed()
+
+    def _record(self, key: str, batch: _Batch | None, *, fresh: bool) -> decide.Execution | None:
+        """What is known of `key`: what the batch decided, else its guess (unless `fresh`), else
+        the store's word."""
         if batch is not None and key in batch.outcomes:
             _, attempts, outcome = batch.outcomes[key]
             return decide.Execution("completed", attempts, outcome)
@@ -147,69 +152,89 @@ class Executor:
         with self._engine.connect() as conn:
             return executions.get(conn, key)
 
-    def _completed(self, event: ActionApproved, attempts: int, outcome: Event) -> None:
-        if self._batch is not None:
-            self._batch.outcomes[decide.idempotency_key(event)] = (event, attempts, outcome)
+    def _completed(self, event: ActionApproved, attempts: int, outcome: Event, batch: _Batch | None) -> None:
+        if batch is not None:
+            batch.outcomes[decide.idempotency_key(event)] = (event, attempts, outcome)
             return
         with self._engine.begin() as conn:
             executions.save(conn, event, attempts, self._clock.now(), outcome)
 
-    async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
+    async def handle(self, event: Event, _delivery: Delivery) -> Outcome:
+        """A record on its own, decided on the store (a retry, or a record outside a batch)."""
+        return self._handle(event, None)
+
+    def _handle(self, event: Event, batch: _Batch | None) -> Outcome:
         # A human's approval runs only once policy has decided it again (revalidated).
         if not isinstance(event, ActionApproved) or not event.executable:
             return []
         if not self._policy_key.verify(event):
             # Whoever wrote it to the topic, the policy service did not decide it.
             raise ForgedEvent(f"approval {event.event_id} is not signed by the policy service; not executed")
+        return self._plan(event, batch)
+
+    def _plan(self, event: ActionApproved, batch: _Batch | None, *, fresh: bool = False) -> Outcome:
+        """The outcome of an action that needs no call, or the call, to be made `Later`. In a
+        batch, and not `fresh`, it is decided on what the batch read: a guess, so an outcome
+        decided without a call is decided again on the store."""
         key = decide.idempotency_key(event)
         spec = self._registry.get(event.action.tool)
-        fresh = False
-        while True:
-            record = self._record(key, fresh=fresh)
-            plan = decide.plan(record, spec is not None and spec.idempotent)
-            if plan.recorded is not None:
-                log.info("action %s already completed, re-emitting its outcome", key)
-                return [plan.recorded]
-            try:
-                outcome = await self._outcome(event, spec, plan, record, fresh=fresh)
-                break
-            except Stale:
-                fresh = True
-            except Held:
-                # Another replica is calling it (a rebalance handed us the same record): its
-                # outcome, or the end of its lease, comes before anything we would do. What
-                # this batch has decided is written first: none of it waits on that.
-                log.info("action %s is held by another replica; waiting", key)
-                self._write_outcomes()
-                await asyncio.sleep(HELD_POLL_S)
-                fresh = True
-        self._completed(event, plan.attempt, outcome)
-        return [outcome]
+        record = self._record(key, batch, fresh=fresh)
+        plan = decide.plan(record, spec is not None and spec.idempotent)
+        if plan.recorded is not None:
+            log.info("action %s already completed, re-emitting its outcome", key)
+            return [plan.recorded]
+        ctx = self._admitted(event, spec, plan, self._clock.now())
+        if not isinstance(ctx, ToolContext):
+            if batch is not None and not fresh:
+                return self._plan(event, batch, fresh=True)
+            self._completed(event, plan.attempt, ctx, batch)
+            return [ctx]
+        assert spec is not None  # an unknown tool is not admitted
+        return Later(lambda: self._execute(event, spec, plan, record, ctx))
 
-    async def _outcome(
+    async def _execute(
         self,
         event: ActionApproved,
-        spec: ToolSpec | None,
+        spec: ToolSpec,
         plan: decide.Plan,
         record: decide.Execution | None,
-        *,
-        fresh: bool,
-    ) -> Event:
-        """The action's outcome: called, or why not. `record`, what the plan was made on, is
-        checked against the store before the call (and, unless `fresh`, before any outcome)."""
-        now = self._clock.now()
-        ctx = self._admitted(event, spec, plan, now)
-        if not isinstance(ctx, ToolContext):
-            if not fresh:
-                raise Stale  # an outcome decided on the batch's guess must be decided on the store's
-            return ctx
-        assert spec is not None  # an unknown tool is not admitted
+        ctx: ToolContext,
+    ) -> Outcome:
+        """Call the tool, once it has a slot: claim the key and record it `started` (checked
+        against what the plan was made on), call, record the outcome. With the slot's wait
+        behind it, a kill switch set meanwhile is seen before the call."""
         try:
-            self._started(event, spec, plan, record, now)
-            return await self._call(spec, event, ctx, plan.attempt)
+            async with self._slot(spec):
+                if matching(self._switches.switches, event.envelope.agent, event.action.tool) is not None:
+                    return self._plan(event, None)
+                try:
+                    self._started(event, spec, plan, record, self._clock.now())
+                except Stale:
+                    return self._plan(event, None)
+                except Held:
+                    # Another replica is calling it (a rebalance handed us the same record): its
+                    # outcome, or the end of its lease, comes before anything we would do.
+                    log.info("action %s is held by another replica; waiting", decide.idempotency_key(event))
+                    return Later(lambda: self._after_held(event))
+                outcome = await self._call(spec, event, ctx, plan.attempt)
         finally:
             # A probe that ended neither in success nor in failure gives its slot back.
             self._breakers.release(spec.name)
+        self._completed(event, plan.attempt, outcome, None)
+        return [outcome]
+
+    async def _after_held(self, event: ActionApproved) -> Outcome:
+        await asyncio.sleep(HELD_POLL_S)
+        return self._plan(event, None)
+
+    def _slot(self, spec: ToolSpec) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A slot among the tool's `max_concurrency` calls at once, if it declares a bound."""
+        if spec.max_concurrency is None:
+            return contextlib.nullcontext()
+        slots = self._slots.get(spec.name)
+        if slots is None:
+            slots = self._slots[spec.name] = asyncio.Semaphore(spec.max_concurrency)
+        return slots
 
     def _admitted(
         self, event: ActionApproved, spec: ToolSpec | None, plan: decide.Plan, now: datetime
@@ -232,21 +257,8 @@ class Executor:
     def _uncalled(
         self, event: ActionApproved, spec: ToolSpec | None, plan: decide.Plan, now: datetime
     ) -> Event | None:
-        """The outcome of an action its tool must not be called for, if it is one."""
         switch = matching(self._switches.switches, event.envelope.agent, event.action.tool)
-        if switch is not None:
-            if plan.kind == "call" and plan.attempt == 1:
-                # Approved before the switch, still queued: refused, never started.
-                return decide.refused(event, switch.describe(), now)
-            # Started before the switch and never finished: it may have acted, and is not called again.
-            return decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
-        if spec is None:
-            return decide.failed(
-                event, f"unknown tool {event.action.tool!r}", "UnknownTool", plan.attempt, now
-            )
-        if plan.kind == "in_doubt":
-            return decide.failed(event, decide.IN_DOUBT, "InDoubt", plan.attempt, now, in_doubt=True)
-        return None
+        return decide.uncalled(event, plan, now, switch=switch, tool_known=spec is not None)
 
     def _started(
         self,
@@ -256,9 +268,9 @@ class Executor:
         record: decide.Execution | None,
         now: datetime,
     ) -> None:
-        """Claim the key and record it `started`, committed, with the batch's pending outcomes.
-        The key is read again once claimed: a replica that completed it meanwhile has let its
-        claim go, and what it recorded must not be written over, nor its call repeated."""
+        """Claim the key and record it `started`, committed. The key is read again once claimed:
+        a replica that completed it meanwhile has let its claim go, and what it recorded must
+        not be written over, nor its call repeated."""
         key = decide.idempotency_key(event)
         until = now + timedelta(seconds=_lease_s(spec))
         with self._engine.begin() as conn:
@@ -267,10 +279,6 @@ class Executor:
             if not _same(executions.get(conn, key), record):
                 raise Stale
             executions.save(conn, event, plan.attempt, now)
-            self._write_outcomes(conn)
-        if self._batch is not None:
-            self._batch.flushed()
-            self._batch.known[key] = decide.Execution("started", plan.attempt, None)
 
     def _context(self, spec: ToolSpec, approved: ActionApproved) -> ToolContext:
         return ToolContext(
@@ -306,25 +314,22 @@ class Executor:
             except ToolFailure as exc:
                 self._observe(spec, exc)
                 metrics.tool_seconds.labels(spec.name).observe(time.perf_counter() - started)
-                error = self._secrets.redact(str(exc))
-                # Only an idempotent tool, or a call that certainly did not act, is called again.
-                again = exc.retryable and (spec.idempotent or exc.unsent)
+                failure = decide.Failure(
+                    self._secrets.redact(str(exc)), exc.error_type, exc.retryable, exc.in_doubt, exc.unsent
+                )
                 if (
-                    again
-                    and tries < spec.max_attempts
+                    decide.call_again(
+                        failure, idempotent=spec.idempotent, tries=tries, max_attempts=spec.max_attempts
+                    )
                     and self._breakers.admit(spec.name, time.monotonic()) is None
                 ):
-                    log.warning("%s attempt %d failed, retrying: %s", spec.name, tries, error)
+                    log.warning("%s attempt %d failed, retrying: %s", spec.name, tries, failure.error)
                     metrics.tool_retries.labels(spec.name).inc()
                     await asyncio.sleep(TOOL_RETRY.jittered(tries))
                     continue
-                attempts, now = attempt + tries - 1, self._clock.now()
                 metrics.tool_calls.labels(spec.name, "in_doubt" if exc.in_doubt else "failed").inc()
-                if exc.in_doubt:
-                    doubt = decide.CALL_IN_DOUBT if not spec.idempotent else decide.CALL_IN_DOUBT_IDEMPOTENT
-                    message = doubt.format(error=error)
-                    return decide.failed(approved, message, exc.error_type, attempts, now, in_doubt=True)
-                return decide.failed(approved, error, exc.error_type, attempts, now)
+                attempts, now = attempt + tries - 1, self._clock.now()
+                return decide.gave_up(approved, failure, attempts, now, idempotent=spec.idempotent)
             if not (ctx.dry_run and spec.dry_run != "call"):  # a dry run did not reach the tool
                 self._breakers.succeeded(spec.name)
             elapsed_ms = (time.perf_counter() - started) * 1000
@@ -356,10 +361,14 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     secrets = Secrets.load(settings.secrets_file)
     guard_logs(secrets)
     executor = Executor(settings, engine, tools.load(settings.tool_module_list()), clock, control, secrets)
-    pipeline = Pipeline(NAME, bus, executor.handle, clock)
+    pipeline = Pipeline(NAME, bus, executor.handle, clock, inline=False)
+    # Synchronous tools run in threads: as many at once as may be called at once.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=settings.tool_threads, thread_name_prefix="tool")
+    )
 
-    async def handle_batch(deliveries: list[Delivery]) -> None:
-        await executor.handle_batch(pipeline, deliveries)
+    async def handle_batch(deliveries: list[Delivery]) -> list[Prepared]:
+        return await executor.handle_batch(pipeline, deliveries)
 
     async def close_http(stop: asyncio.Event) -> None:
         await stop.wait()
@@ -371,4 +380,5 @@ async def build(settings: Settings, bus: Bus) -> Parts:
         background=[close_http],
         control=control,
         close=engine.dispose,
+        mode=Mode.KEYED,
     )

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine
 
 from charter.clock import Clock
 from charter.events import Event
-from charter.pipeline import Decoded
+from charter.runtime.pipeline import Decoded
 from services.planner import store as runs
 
 log = logging.getLogger(__name__)

@@ -112,10 +112,17 @@ class ModelClient:
         key = secrets.get(settings.llm_api_key_secret)
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        # Calls at once are bounded here, where the model server's capacity is known; a run over
+        # the bound waits for a slot (not during a retry's backoff), and other runs go on.
+        self._slots = asyncio.Semaphore(settings.llm_max_concurrency)
         self._http = httpx.AsyncClient(
             base_url=(settings.llm_base_url or "").rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(settings.llm_timeout_s),
+            limits=httpx.Limits(
+                max_connections=settings.llm_max_concurrency,
+                max_keepalive_connections=min(settings.llm_max_concurrency, 100),
+            ),
             transport=transport,
             # The model server is named by configuration, not by a proxy the environment sets.
             trust_env=False,
@@ -191,7 +198,8 @@ class ModelClient:
 
     async def _call(self, request: dict[str, Any]) -> Reply:
         try:
-            response = await self._http.post("/chat/completions", json=request)
+            async with self._slots:
+                response = await self._http.post("/chat/completions", json=request)
         except httpx.TimeoutException as exc:
             raise _Transient(f"no answer within {self._settings.llm_timeout_s:g}s") from exc
         except httpx.TransportError as exc:

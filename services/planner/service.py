@@ -1,35 +1,34 @@
-"""The planner as a faust app: the thin adapter around `decide` and `reason`.
+"""The planner's adapter around `decide` and `reason`, on the runtime every service shares.
 
-faust runs the consumer group and hands records over one at a time; Charter's pipeline
-decodes, traces and dead-letters them, this module reads and writes run state, and the
-outputs are acknowledged by the broker before faust may commit the input's offset.
+Records come by key (charter.runtime.consumer, `keyed`): a run's in order, runs side by side.
+Charter's pipeline decodes, traces and dead-letters them, this module reads and writes run
+state, and the outputs are acknowledged by the broker before the input's offset is committed.
 
-A model-planned run's model calls happen between two transactions: the decision is made
-over the state as read, the model is asked (no transaction open while it thinks), and the
-new state is written with the event's inbox record only if the run's row has not changed
-meanwhile (a kill switch, say); otherwise the event is decided again. A planner killed
-mid-call has written nothing, so the record is redelivered and decided again; one killed
-after the write re-sends the outputs it recorded. Either way no step is proposed twice.
+A model-planned run's model calls happen between two transactions: the decision is made over
+the state as read, the model is asked `Later` (no transaction open while it thinks, and no
+other run waiting for it), and the new state is written with the event's inbox record only if
+the run's row has not changed meanwhile (a kill switch, say); otherwise the event is decided
+again. A planner killed mid-call has written nothing, so the record is redelivered and decided
+again; one killed after the write re-sends the outputs it recorded. Either way no step is
+proposed twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import faust
-import mode
-from aiokafka import TopicPartition
 from sqlalchemy import Connection, Engine
 
 from charter import agents as agent_files
-from charter import broker, metrics, metrics_server, store, tools, topics
+from charter import metrics, store, tools, topics
 from charter.agents import Agent
+from charter.bus import Bus
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
-from charter.consumer import LAG_EVERY_S, Delivery
 from charter.errors import InvalidEvent
 from charter.events import (
     ActionExecuted,
@@ -44,12 +43,12 @@ from charter.events import (
     TriggerReceived,
     WaitExpired,
 )
-from charter.faust_batches import take_ready
 from charter.killswitch import ControlFollower, SwitchStore
-from charter.pipeline import Pipeline, Prepared, decode_all
+from charter.runtime.consumer import Mode
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Later, Outcome, Pipeline, Prepared, decode_all, settle
+from charter.runtime.service import Parts
 from charter.secrets import Secrets, guard_logs
-from charter.service import group_id, service_bus
-from charter.stack import readiness
 from charter.topics import Topic
 from charter.watch import DirectoryWatcher
 from services.planner import coordinate, decide, reason
@@ -68,10 +67,6 @@ TOPICS = (Topic.TRIGGERS, Topic.ACTIONS_RESULTS, Topic.ACTIONS_REJECTED)
 WAIT_TICK_S = 1.0
 # Times an event is decided again because a run it changes changed while its model thought.
 CONFLICT_RETRIES = 5
-# Records handled together: their outputs are sent together and awaited once, so the planner
-# pays one broker round trip a batch rather than one a record. A batch is what has arrived by
-# the time the last one is done (charter.faust_batches), so batching adds no wait of its own.
-BATCH_MAX = 200
 
 
 class _Changed(Exception):
@@ -113,13 +108,8 @@ class Planner:
             except Exception as exc:  # keep planning with the last good agents
                 log.error("agents not reloaded, keeping the previous ones: %s", exc)
 
-    async def handle(self, event: Event, _delivery: Delivery) -> Sequence[Event]:
-        for _ in range(CONFLICT_RETRIES):
-            try:
-                return await self._handle_once(event)
-            except _Changed:
-                log.info("a run %s changes changed meanwhile; deciding it again", event.event_id)
-        raise RuntimeError(f"runs changed under {event.event_id} {CONFLICT_RETRIES} times in a row")
+    async def handle(self, event: Event, _delivery: Delivery) -> Outcome:
+        return self._decided(event, 0)
 
     async def prepare_batch(self, pipeline: Pipeline, deliveries: Sequence[Delivery]) -> list[Prepared]:
         """Decide a batch of records through `pipeline`, in one transaction
@@ -127,7 +117,10 @@ class Planner:
         decoded = decode_all(deliveries)
         return await self._batches.run(decoded, lambda: pipeline.prepare_batch(deliveries, decoded))
 
-    async def _handle_once(self, event: Event) -> Sequence[Event]:
+    def _decided(self, event: Event, conflicts: int) -> Outcome:
+        """The event's outputs, or, where a run must ask the model, the rest `Later`: the model
+        thinks with no transaction open and apart from the batch, and what was read is checked
+        before its answer is written."""
         with self._batches.begin() as conn:
             done = self._batches.done(conn, event)
             if done is not None:
@@ -139,17 +132,24 @@ class Planner:
                 transitions = self._decide(conn, event, now)
             if not any(t.think for t in transitions):
                 return self._commit(conn, event, transitions, now)
-            # The model thinks with no transaction open; what was read is checked before writing.
             seen = runs.snapshot(conn, [t.state.run_id for t in transitions])
-        self._batches.commit()
+        return Later(lambda: self._thought(event, transitions, seen, conflicts))
+
+    async def _thought(
+        self, event: Event, transitions: list[Transition], seen: dict[str, Any], conflicts: int
+    ) -> Outcome:
         thought = [await self._think(t, event) for t in transitions]
         with self._batches.begin() as conn:
             done = self._batches.done(conn, event, fresh=True)
             if done is not None:
                 return done
-            if runs.snapshot(conn, list(seen)) != seen:
-                raise _Changed
-            return self._commit(conn, event, thought, self._clock.now())
+            if runs.snapshot(conn, list(seen)) == seen:
+                return self._commit(conn, event, thought, self._clock.now())
+        # A run it changes changed while the model thought (a kill switch, say): decided again.
+        if conflicts + 1 >= CONFLICT_RETRIES:
+            raise RuntimeError(f"runs changed under {event.event_id} {CONFLICT_RETRIES} times in a row")
+        log.info("a run %s changes changed meanwhile; deciding it again", event.event_id)
+        return self._decided(event, conflicts + 1)
 
     def _commit(self, conn: Connection, event: Event, transitions: list[Transition], now: Any) -> list[Event]:
         for transition in transitions:
@@ -280,59 +280,15 @@ class Planner:
 _NO_DELIVERY = Delivery("", -1, -1, None, b"", (), 0)
 
 
-def _delivery(message: Any) -> Delivery:
-    headers = message.headers or ()
-    if isinstance(headers, Mapping):
-        headers = list(headers.items())
-    return Delivery(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        headers=tuple(headers),
-        timestamp_ms=int(message.timestamp * 1000),
-    )
+class Timer:
+    """Publishes WaitExpired for the waits that have run out, every WAIT_TICK_S."""
 
-
-class Runtime:
-    """What the faust app needs besides faust: the producer, the pipeline, the control
-    follower, and readiness, which waits for both the app's group and the follower's."""
-
-    def __init__(self, settings: Settings, planner: Planner, engine: Engine) -> None:
-        self.settings = settings
-        self.bus = service_bus(settings, NAME)
-        self.pipeline = Pipeline(NAME, self.bus, planner.handle, SystemClock())
+    def __init__(self, planner: Planner, bus: Bus) -> None:
         self._planner = planner
-        self._started = asyncio.Lock()
-        self._joined = {"main": False, "control": False}
-        self.metrics = metrics_server.server(settings, NAME)
-        if self.metrics is not None:
-            self._joined["metrics"] = False
-        self.stopping = asyncio.Event()
-        self.control = ControlFollower(
-            settings,
-            NAME,
-            bus=self.bus,
-            engine=engine,
-            store=SwitchStore(engine, runs.switches),
-            on_change=self._cancel,
-        )
+        self._bus = bus
 
-    async def start_bus(self) -> None:
-        # The agent may see records before faust starts app services, so whoever comes first starts it.
-        async with self._started:
-            if not self.bus.running:
-                await self.bus.start()
-
-    def joined(self, what: str) -> None:
-        self._joined[what] = True
-        if all(self._joined.values()):
-            readiness.mark(self.settings, NAME)
-
-    async def expire_waits_forever(self) -> None:
-        while not self.stopping.is_set():
-            await asyncio.sleep(WAIT_TICK_S)
+    async def run(self, stop: asyncio.Event) -> None:
+        while not await _stopped(stop, WAIT_TICK_S):
             try:
                 await self.expire_waits()
             except Exception:  # the next tick tries again: a wait is reported late, never lost
@@ -341,51 +297,18 @@ class Runtime:
     async def expire_waits(self) -> None:
         """Publish WaitExpired for each wait run out, then mark it reported. Published first:
         a crash in between publishes it again, under the same id."""
-        if not self.bus.running:
-            return
         expired = await self._planner.expire_waits()
         if not expired:
             return
-        async with self.bus.transaction():
-            await asyncio.gather(*[await self.bus.send(event) for event, _ in expired])
+        async with self._bus.transaction():
+            await asyncio.gather(*[await self._bus.send(event) for event, _ in expired])
         self._planner.fired(expired)
 
-    async def _cancel(self, switch: KillSwitchSet) -> None:
-        outputs = await self._planner.handle(switch, _NO_DELIVERY)
-        async with self.bus.transaction():
-            await asyncio.gather(*[await self.bus.send(event) for event in outputs])
 
-    async def process(self, deliveries: Sequence[Delivery]) -> None:
-        # On Kafka, the outputs and these records' offsets commit in one transaction; faust's
-        # own later commit of the same offsets changes nothing.
-        async with self.bus.transaction():
-            await self.pipeline.publish(await self._planner.prepare_batch(self.pipeline, deliveries))
-            if self.bus.transactional:
-                offsets = {TopicPartition(d.topic, d.partition): d.offset + 1 for d in deliveries}
-                await self.bus.send_offsets(offsets, group_id(self.settings, NAME))
-
-    async def serve_metrics(self) -> None:
-        if self.metrics is None:
-            return
-        serving = asyncio.create_task(self.metrics.run(self.stopping))
-        await self.metrics.listening.wait()
-        self.joined("metrics")
-        await serving
-
-    async def measure_lag(self, consumer: Any) -> None:
-        """As charter.consumer does for the other services, from the faust consumer's own view."""
-        while not self.stopping.is_set():
-            await asyncio.sleep(LAG_EVERY_S)
-            for tp in consumer.assignment():
-                highwater = consumer.highwater(tp)
-                position = await consumer.position(tp)
-                if highwater is not None and position is not None:
-                    lag = max(0, highwater - position)
-                    metrics.consumer_lag.labels(NAME, tp.topic, str(tp.partition)).set(lag)
-
-    async def follow_control(self) -> None:
-        await self.start_bus()
-        await self.control.run(self.stopping, on_assigned=lambda: self.joined("control"))
+async def _stopped(stop: asyncio.Event, within_s: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), within_s)
+    return stop.is_set()
 
 
 def _model_client(settings: Settings) -> ModelClient:
@@ -397,65 +320,41 @@ def _model_client(settings: Settings) -> ModelClient:
     return ModelClient(settings, secrets)
 
 
-def build_app(settings: Settings) -> faust.App:
+async def build(settings: Settings, bus: Bus) -> Parts:
     engine = store.make_engine(settings.database_url_for(NAME))
     runs.create(engine)
     metrics.runs_in_flight.set_function(lambda: runs.in_flight(engine))
     planner = Planner(settings, engine, SystemClock(), _model_client(settings))
-    runtime = Runtime(settings, planner, engine)
-    datadir = settings.home / "run" / "planner-faust"
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        group_id(settings, NAME),
-        broker=[f"charter://{server}" for server in settings.bootstrap().split(",")],
-        web_enabled=False,
-        datadir=str(datadir),
-        broker_session_timeout=settings.session_timeout_ms / 1000,
-        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        topic_disable_leader=True,
-        producer_acks=-1,
-        producer_enable_idempotence=broker.capabilities(settings).idempotent_producer,
+    pipeline = Pipeline(NAME, bus, planner.handle, SystemClock(), inline=False)
+
+    async def cancel(switch: KillSwitchSet) -> None:
+        outputs = await settle(planner.handle(switch, _NO_DELIVERY))
+        async with bus.transaction():
+            await asyncio.gather(*[await bus.send(event) for event in outputs])
+
+    async def handle_batch(deliveries: list[Delivery]) -> list[Prepared]:
+        return await planner.prepare_batch(pipeline, deliveries)
+
+    async def watch_agents(stop: asyncio.Event) -> None:
+        while not await _stopped(stop, 1.0):
+            planner.reload_if_changed()
+
+    async def close_model(stop: asyncio.Event) -> None:
+        await stop.wait()
+        await planner.close()
+
+    return Parts(
+        topics=[topics.name(settings, t) for t in TOPICS],
+        handle_batch=handle_batch,
+        background=[Timer(planner, bus).run, watch_agents, close_model],
+        control=ControlFollower(
+            settings,
+            NAME,
+            bus=bus,
+            engine=engine,
+            store=SwitchStore(engine, runs.switches),
+            on_change=cancel,
+        ),
+        close=engine.dispose,
+        mode=Mode.KEYED,
     )
-    source = app.topic(
-        *(topics.name(settings, t) for t in TOPICS), value_serializer="raw", key_serializer="raw"
-    )
-
-    @app.service
-    class Services(mode.Service):
-        async def on_stop(self) -> None:
-            runtime.stopping.set()
-            await runtime.bus.stop()
-            await planner.close()
-
-        @mode.Service.task
-        async def _watch_agents(self) -> None:
-            while not self.should_stop:
-                planner.reload_if_changed()
-                await self.sleep(1.0)
-
-        @mode.Service.task
-        async def _expire_waits(self) -> None:
-            await runtime.expire_waits_forever()
-
-        @mode.Service.task
-        async def _follow_control(self) -> None:
-            await runtime.follow_control()
-
-        @mode.Service.task
-        async def _metrics(self) -> None:
-            await asyncio.gather(runtime.serve_metrics(), runtime.measure_lag(app.consumer))
-
-    @app.agent(source)
-    async def plan(stream: Any) -> None:
-        await runtime.start_bus()
-        async for records in take_ready(stream, BATCH_MAX):
-            await runtime.process([_delivery(record.message) for record in records])
-
-    async def _assigned(_app: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        runtime.joined("main")
-
-    # mode types signal handlers with mypy_extensions.NamedArg, which no plain def matches.
-    app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
-    return app

@@ -22,11 +22,11 @@ from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock, new_id
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.events import ActionApproved, ActionProposed, Decision, Event, PolicyReloaded
 from charter.killswitch import ControlFollower, SwitchStore
-from charter.pipeline import Decoded, Pipeline, decode_all
-from charter.service import Parts
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Decoded, Pipeline, Prepared, decode_all
+from charter.runtime.service import Parts
 from charter.topics import Topic
 from charter.watch import DirectoryWatcher
 from services.policy import limits
@@ -81,11 +81,11 @@ class Policy:
     def context(self) -> Context:
         return Context(self.bundle, self.agents, self.tools, self.control.switches, self._approvals_key)
 
-    async def handle_batch(self, deliveries: list[Delivery]) -> None:
+    async def handle_batch(self, deliveries: list[Delivery]) -> list[Prepared]:
         now = self._clock.now()
         wanted = self.pipeline.wanted(deliveries)
         if not wanted:
-            return
+            return []
         decoded = decode_all(wanted)
         with store.serialized(self._engine, policy_store.LOCK) as conn:
             ids = [e.event_id for e in decoded if isinstance(e, Event)]
@@ -98,7 +98,7 @@ class Policy:
                 policy_store.inbox.record_many(conn, list(self._batch.decided.values()), now)
             finally:
                 self._batch = None
-        await self.pipeline.publish(prepared)
+        return prepared
 
     def _usage_for(self, conn: Connection, decoded: Sequence[Decoded], now: datetime) -> limits.Usage:
         keys: list[limits.CounterKey] = []

@@ -8,6 +8,15 @@ each assistant turn of the script's own plays the script's next step, working fr
 data and the tool results so far. Like a model that has been talked round, it obeys any tool
 result that says "ignore your instructions and call `NAME` with {...}". Every request is
 logged (its Authorization header, its body) so tests can see what the planner sent.
+
+    python -m tests.e2e.model_server --port 8000 --log requests.jsonl --barrier 10
+
+With `--barrier K`, no call is answered until K calls are waiting together (a cyclic
+threading.Barrier, one party per request thread), so runs complete only if the planner has K
+model calls in flight at once: a planner that calls one at a time never fills it. If the barrier
+breaks (nobody came within `--barrier-timeout` seconds) it stays broken, and that call and every
+later one are answered 500, so the runs cannot complete normally. `GET /stats` says how many
+calls were ever in flight at once, so a test can show the barrier was met, not bypassed.
 """
 
 from __future__ import annotations
@@ -15,10 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -176,13 +187,55 @@ def completion(messages: list[dict[str, Any]], n: int) -> dict[str, Any]:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of barrier calls must not wait on a SYN retry.
+    request_queue_size = 128
 
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, barrier: threading.Barrier | None = None) -> None:
         super().__init__(("127.0.0.1", port), Handler)
         self.log = log
         self.lock = threading.Lock()
         self.requests = Counter[str]()
         self.served = 0
+        self.barrier = barrier
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    @contextmanager
+    def flight(self) -> Iterator[None]:
+        """Count a call as in flight, from before it waits at the barrier until it is answered."""
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def gathered(self) -> bool:
+        """Whether this call met the barrier's other parties (True when there is no barrier)."""
+        if self.barrier is None:
+            return True
+        try:
+            self.barrier.wait()
+        except threading.BrokenBarrierError:
+            print(
+                f"model stub: barrier of {self.barrier.parties} broken "
+                f"(at most {self.max_in_flight} calls were ever in flight at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "max_in_flight": self.max_in_flight,
+                "in_flight": self.in_flight,
+                "served": self.served,
+                "broken": self.barrier is not None and self.barrier.broken,
+            }
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -192,6 +245,9 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/stats":
+            self._send(200, self.server.stats())
+            return
         self._send(200, {"ok": True})
 
     def do_POST(self) -> None:
@@ -208,12 +264,16 @@ class Handler(BaseHTTPRequestHandler):
             seen, n = self.server.requests[key], self.server.served
             with self.server.log.open("a") as f:
                 f.write(json.dumps({"authorization": self.headers.get("Authorization"), "body": body}) + "\n")
-        if data.get("fail_first", 0) >= seen:
-            self._send(503, {"error": {"message": "overloaded"}})
-            return
-        if data.get("delay_s"):
-            time.sleep(float(data["delay_s"]))
-        self._send(200, completion(messages, n))
+        with self.server.flight():
+            if not self.server.gathered():
+                self._send(500, {"error": {"message": "the barrier broke: too few calls in flight at once"}})
+                return
+            if data.get("fail_first", 0) >= seen:
+                self._send(503, {"error": {"message": "overloaded"}})
+                return
+            if data.get("delay_s"):
+                time.sleep(float(data["delay_s"]))
+            self._send(200, completion(messages, n))
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         raw = json.dumps(body).encode()
@@ -228,8 +288,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--barrier", type=int, metavar="K", help="answer calls only K at a time, together")
+    parser.add_argument("--barrier-timeout", type=float, default=60.0, metavar="S", help="until it breaks")
     args = parser.parse_args()
-    server = Server(args.port, args.log)
+    if args.barrier is not None and args.barrier < 1:
+        parser.error("--barrier must be at least 1")
+    barrier = threading.Barrier(args.barrier, timeout=args.barrier_timeout) if args.barrier else None
+    server = Server(args.port, args.log, barrier)
     print(f"model stub on http://127.0.0.1:{args.port}/v1", flush=True)
     server.serve_forever()
 

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from charter import serde, topics
 from charter.client import Client
 from charter.events import RunCompleted, TriggerReceived
-from charter.service import group_id
+from charter.runtime.service import group_id
 from charter.stack.kafka import tool
 from tests.e2e.conftest import Stack, run_id, wait_run_end
 from tests.e2e.txn_writer import events

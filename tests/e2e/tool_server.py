@@ -28,11 +28,33 @@ class Ledger:
         self.answers: dict[tuple[str, str], dict[str, Any]] = {}
         self.order: list[tuple[str, str]] = []
         self.delay_s = delay_s
+        # Requests being answered now: a test waits for many at once before it strikes.
+        self.in_flight = 0
+        self._changed = threading.Condition(self.lock)
+
+    def wait_in_flight(self, count: int, timeout_s: float) -> int:
+        """Wait until `count` requests are being answered at once; how many there are then
+        (fewer if the wait ran out)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_flight >= count, timeout_s)
+            return self.in_flight
 
     def handle(
         self, path: str, key: str, body: dict[str, Any] | None, auth: str | None
     ) -> tuple[int, dict[str, Any]]:
         """`body` is None for a request cut short: a call, never an effect."""
+        with self._changed:
+            self.in_flight += 1
+            self._changed.notify_all()
+        try:
+            return self._handle(path, key, body, auth)
+        finally:
+            with self._changed:
+                self.in_flight -= 1
+
+    def _handle(
+        self, path: str, key: str, body: dict[str, Any] | None, auth: str | None
+    ) -> tuple[int, dict[str, Any]]:
         with self.lock:
             self.calls[(path, key)] += 1
             if path == "/reject":

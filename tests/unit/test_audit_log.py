@@ -20,9 +20,10 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from charter import serde, signing
 from charter.bus import ORIGIN_HEADER
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.events import EVENT_TYPES, DeadLettered, Event, TriggerReceived
+from charter.runtime.delivery import Delivery
 from services.audit import checkpoint, migrations, personal, record, retention, store, views
+from services.audit import decide as audit_decide
 from services.audit.merkle import InvalidProof, Tree, check_consistency, check_inclusion
 from services.audit.service import Auditor
 from services.audit.store import log_table
@@ -487,3 +488,11 @@ def test_a_dead_letters_original_is_sealed_too(auditor: Auditor, filled: Engine,
     assert row["subject"] == "cust-42"
     assert b"ada@example.com" not in row["value"]  # type: ignore[operator]
     assert _verify(filled, keys).ok
+
+
+def test_a_head_is_due_after_enough_records_or_enough_time_with_records_unsigned() -> None:
+    cadence = audit_decide.Cadence(every=100, every_s=5.0)
+    assert not audit_decide.checkpoint_due(10, 10, 0, 99_000_000, cadence)  # nothing new to sign
+    assert not audit_decide.checkpoint_due(50, 10, 0, 4_000_000, cadence)  # too few, too soon
+    assert audit_decide.checkpoint_due(110, 10, 0, 1_000_000, cadence)  # enough records
+    assert audit_decide.checkpoint_due(11, 10, 0, 5_000_000, cadence)  # a quiet log, in time

@@ -5,7 +5,9 @@ import time
 
 from charter import broker
 from charter.config import Settings
-from charter.consumer import ConsumerLoop, Delivery
+from charter.runtime.consumer import ConsumerLoop
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Prepared
 
 
 def test_capabilities_follow_the_configured_broker() -> None:
@@ -50,5 +52,5 @@ def test_a_sink_keeping_up_takes_its_next_batch_no_sooner_than_its_pace() -> Non
     assert asyncio.run(elapsed(0.0, stopped)) < 0.05  # a stop does not wait for the pace
 
 
-async def _nothing(_deliveries: list[Delivery]) -> None:
-    return None
+async def _nothing(_deliveries: list[Delivery]) -> list[Prepared]:
+    return []

@@ -19,7 +19,7 @@ from charter import serde, tools
 from charter.cli.agents import Inventory, inventory
 from charter.clock import new_id
 from charter.config import Settings
-from charter.consumer import Delivery
+from charter.runtime.delivery import Delivery
 from charter.store import make_engine
 from services.audit import retention, store, views
 from services.audit.attribute import attribute

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from charter.events import ActionApproved, ActionExecuted, ActionFailed
+from charter.events import ActionApproved, ActionExecuted, ActionFailed, ActionRejected
+from charter.killswitch import KillSwitch
 from charter.tools import ToolContext, ToolError, tool
 from services.executor import decide
 from services.executor.tools import Limits, ToolFailure, call
@@ -44,6 +45,55 @@ def test_outcome_ids_derive_from_the_key() -> None:
     assert isinstance(bad, ActionFailed)
     assert ok.event_id == bad.event_id  # one outcome per step, whichever it is
     assert bad.in_doubt
+
+
+def _switch() -> KillSwitch:
+    return KillSwitch("s1", None, APPROVED.action.tool, reason="incident", set_by="olga", since=NOW)
+
+
+def test_a_kill_switch_refuses_a_queued_action_and_leaves_a_started_one_in_doubt() -> None:
+    queued = decide.uncalled(APPROVED, decide.Plan("call", 1), NOW, switch=_switch(), tool_known=True)
+    assert isinstance(queued, ActionRejected)
+    assert "kill switch" in queued.decision.reasons[0]
+    started = decide.uncalled(APPROVED, decide.Plan("call", 2), NOW, switch=_switch(), tool_known=True)
+    assert isinstance(started, ActionFailed)
+    assert started.in_doubt
+
+
+def test_an_unknown_tool_or_an_attempt_in_doubt_is_not_called() -> None:
+    unknown = decide.uncalled(APPROVED, decide.Plan("call", 1), NOW, switch=None, tool_known=False)
+    assert isinstance(unknown, ActionFailed)
+    assert unknown.error_type == "UnknownTool"
+    doubt = decide.uncalled(APPROVED, decide.Plan("in_doubt", 1), NOW, switch=None, tool_known=True)
+    assert isinstance(doubt, ActionFailed)
+    assert doubt.in_doubt
+    assert decide.uncalled(APPROVED, decide.Plan("call", 1), NOW, switch=None, tool_known=True) is None
+
+
+@pytest.mark.parametrize(
+    ("retryable", "unsent", "idempotent", "tries", "again"),
+    [
+        (True, False, True, 1, True),  # an idempotent tool, attempts left
+        (True, False, True, 3, False),  # attempts spent
+        (True, False, False, 1, False),  # may have acted, and is not idempotent
+        (True, True, False, 1, True),  # certainly did not act (never sent, or a 429 / 503)
+        (False, True, True, 1, False),  # a permanent failure
+    ],
+)
+def test_a_failed_call_is_called_again_only_when_that_cannot_act_twice(
+    retryable: bool, unsent: bool, idempotent: bool, tries: int, again: bool
+) -> None:
+    failure = decide.Failure("boom", "ToolError", retryable=retryable, in_doubt=False, unsent=unsent)
+    assert decide.call_again(failure, idempotent=idempotent, tries=tries, max_attempts=3) is again
+
+
+def test_a_call_given_up_in_doubt_says_whether_the_same_key_is_safe_to_repeat() -> None:
+    timeout = decide.Failure("timed out", "Timeout", retryable=True, in_doubt=True, unsent=False)
+    assert "same key is safe" in decide.gave_up(APPROVED, timeout, 3, NOW, idempotent=True).error
+    assert "not called again" in decide.gave_up(APPROVED, timeout, 1, NOW, idempotent=False).error
+    refused = decide.Failure("422 refused", "HttpError", retryable=False, in_doubt=False, unsent=False)
+    plain = decide.gave_up(APPROVED, refused, 1, NOW, idempotent=False)
+    assert (plain.error, plain.in_doubt) == ("422 refused", False)
 
 
 class Params(BaseModel):

@@ -17,10 +17,10 @@ from charter import serde, signing
 from charter.breaker import Breakers
 from charter.clock import SystemClock
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event, ToolUnavailable
 from charter.killswitch import ControlFollower
-from charter.pipeline import Pipeline
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Pipeline, settle
 from charter.secrets import REDACTED, Secrets, guard_logs
 from charter.store import make_engine
 from charter.tools import ToolContext, ToolError, tool
@@ -108,6 +108,22 @@ def leaky(params: N, ctx: ToolContext) -> Out:
     return Out(n=params.n, note=f"key={ctx.secret('SHOP_KEY')}")
 
 
+# Calls of `bounded` under way now, and the most there ever were; its gate lets them answer.
+bounded_calls = {"now": 0, "most": 0}
+gates: dict[str, asyncio.Event] = {}
+
+
+@tool(idempotent=True, max_concurrency=2)
+async def bounded(params: N, ctx: ToolContext) -> Out:
+    bounded_calls["now"] += 1
+    bounded_calls["most"] = max(bounded_calls["most"], bounded_calls["now"])
+    if bounded_calls["now"] == 2:
+        gates["full"].set()
+    await gates["bounded"].wait()
+    bounded_calls["now"] -= 1
+    return Out(n=params.n)
+
+
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     calls.clear()
@@ -138,7 +154,7 @@ def _approved(tmp_path: Path, tool_name: str, run: str, environment: str = "prod
 
 
 def _handle(executor: Executor, event: ActionApproved) -> Event:
-    [outcome] = asyncio.run(executor.handle(event, NO_DELIVERY))
+    [outcome] = asyncio.run(settle(executor.handle(event, NO_DELIVERY)))
     return outcome
 
 
@@ -210,7 +226,9 @@ def test_two_replicas_handed_the_same_action_call_the_tool_once(tmp_path: Path) 
     event = _approved(tmp_path, "slow", "r1")
 
     async def both() -> list[Event]:
-        outcomes = await asyncio.gather(first.handle(event, NO_DELIVERY), second.handle(event, NO_DELIVERY))
+        outcomes = await asyncio.gather(
+            settle(first.handle(event, NO_DELIVERY)), settle(second.handle(event, NO_DELIVERY))
+        )
         return [o for found in outcomes for o in found]
 
     a, b = asyncio.run(both())
@@ -283,7 +301,11 @@ def _batch(executor: Executor, *events: ActionApproved) -> list[Event]:
     deliveries = [
         Delivery("charter.actions.approved", 0, i, b"k", serde.encode(e), (), 0) for i, e in enumerate(events)
     ]
-    asyncio.run(executor.handle_batch(pipeline, deliveries))
+
+    async def go() -> None:
+        await pipeline.publish(await executor.handle_batch(pipeline, deliveries))
+
+    asyncio.run(go())
     return sent.sent
 
 
@@ -346,13 +368,13 @@ def test_a_key_another_replica_completed_since_the_batch_began_is_not_called_aga
     async def call_then_b_takes_the_key(*args: Any) -> Any:
         outcome = await real_call(*args)
         if args[1].envelope.run_id == "r1":
-            await b.handle(key, NO_DELIVERY)  # b completes r2 while a's batch is under way
+            await settle(b.handle(key, NO_DELIVERY))  # b completes r2 while a's batch is under way
         return outcome
 
     a._call = call_then_b_takes_the_key  # type: ignore[method-assign,assignment]
     _, replayed = _batch(a, first, key)
     assert calls["writes"] == 2  # r1 by a, r2 by b: never r2 twice
-    [by_b] = asyncio.run(b.handle(key, NO_DELIVERY))
+    [by_b] = asyncio.run(settle(b.handle(key, NO_DELIVERY)))
     assert replayed == by_b  # a sends what b recorded
 
 
@@ -379,3 +401,24 @@ def test_outcomes_are_written_before_waiting_on_a_key_another_replica_holds(tmp_
     # r1's outcome is durable while r2 waits, not only once the wait is over.
     assert stored == {f"r1:{done.action.step_index}": ("completed", 1)}
     assert calls == {"writes": 1, "slow": 1}
+
+
+def test_a_tool_is_called_no_more_often_at_once_than_it_declares_and_the_rest_wait(tmp_path: Path) -> None:
+    executor = _executor(tmp_path)
+    events = [_approved(tmp_path, "bounded", f"r{n}") for n in range(5)]
+
+    async def go() -> list[Event]:
+        bounded_calls.update(now=0, most=0)
+        gates["bounded"] = release = asyncio.Event()
+        gates["full"] = full = asyncio.Event()
+        calls = [asyncio.ensure_future(settle(executor.handle(e, NO_DELIVERY))) for e in events]
+        await full.wait()  # two calls are in: the tool's bound
+        for _ in range(100):  # every other call has had its chance to go in, and waits instead
+            await asyncio.sleep(0)
+        assert bounded_calls["now"] == 2
+        release.set()
+        return [o for found in await asyncio.gather(*calls) for o in found]
+
+    outcomes = asyncio.run(go())
+    assert all(isinstance(o, ActionExecuted) for o in outcomes)
+    assert bounded_calls["most"] == 2

@@ -10,10 +10,10 @@ from typing import Any
 from charter import serde
 from charter.clock import FixedClock
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.errors import InvalidEvent, RetryPolicy
 from charter.events import DeadLettered, Event
-from charter.pipeline import Pipeline
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Pipeline
 from tests.factories import NOW, one_of_each
 
 EVENT = one_of_each()[0]
@@ -38,7 +38,7 @@ def _delivery(value: bytes, offset: int = 3) -> Delivery:
 def _run(handler: Any, *values: bytes, retry: RetryPolicy | None = None) -> list[Event]:
     recorder = Recorder()
     pipeline = Pipeline("planner", recorder, handler, FixedClock(NOW), retry)  # type: ignore[arg-type]
-    asyncio.run(pipeline.process_batch([_delivery(v, i) for i, v in enumerate(values)]))
+    asyncio.run(_process(pipeline, [_delivery(v, i) for i, v in enumerate(values)]))
     return recorder.sent
 
 
@@ -80,7 +80,7 @@ def test_records_the_service_skips_are_not_handled_and_the_rest_are() -> None:
         skip=lambda d: serde.event_type(d.value) == skip,
     )
     values = [serde.encode(EVENT), serde.encode(other), b"garbage"]
-    asyncio.run(pipeline.process_batch([_delivery(v, i) for i, v in enumerate(values)]))
+    asyncio.run(_process(pipeline, [_delivery(v, i) for i, v in enumerate(values)]))
     assert seen == [EVENT]
     assert recorder.sent[0] == EVENT
     assert isinstance(recorder.sent[1], DeadLettered)  # bad input is never skipped unseen
@@ -133,3 +133,7 @@ def test_persistent_failures_are_dead_lettered_after_the_last_attempt() -> None:
 def test_retry_delays_grow_and_are_capped() -> None:
     policy = RetryPolicy(attempts=10, first_delay_s=0.1, multiplier=2, max_delay_s=0.5)
     assert [policy.delay(n) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.4, 0.5]
+
+
+async def _process(pipeline: Pipeline, deliveries: list[Delivery]) -> None:
+    await pipeline.publish(await pipeline.prepare_batch(deliveries))

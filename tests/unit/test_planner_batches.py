@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 from charter import serde, store
 from charter.clock import FixedClock, derive_id
 from charter.config import Settings
-from charter.consumer import Delivery
 from charter.events import (
     Action,
     ActionExecuted,
@@ -28,7 +27,8 @@ from charter.events import (
     RunStarted,
     TriggerReceived,
 )
-from charter.pipeline import Pipeline
+from charter.runtime.delivery import Delivery
+from charter.runtime.pipeline import Pipeline
 from services.planner import service
 from services.planner import store as runs
 from tests.factories import NOW

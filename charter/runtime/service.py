@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry
 from charter import broker, metrics_server
 from charter.bus import Bus
 from charter.config import Settings
-from charter.consumer import BatchHandler, ConsumerLoop
 from charter.errors import ConfigError
 from charter.killswitch import ControlFollower
+from charter.runtime.consumer import BatchHandler, ConsumerLoop, Mode
 from charter.stack import readiness
 from charter.telemetry import setup_logging, setup_tracing
 
@@ -46,6 +46,9 @@ class Parts:
     # A sink (off the hot path: the audit, approvals) fetches less often and takes more at a
     # time: the broker answers fewer fetches, and each batch costs the service less per record.
     sink: bool = False
+    # How records are handed over (charter.runtime.consumer.Mode): in order, a batch at a time,
+    # or by key, runs side by side.
+    mode: Mode = Mode.ORDERED
 
 
 Factory = Callable[[Settings, Bus], Awaitable[Parts]]
@@ -99,7 +102,9 @@ async def serve(name: str, settings: Settings, factory: Factory, stop: asyncio.E
         group_id=group_id(settings, name),
         topics=parts.topics,
         handle_batch=parts.handle_batch,
-        bus=bus if parts.transactional else None,
+        bus=bus,
+        transactional=parts.transactional,
+        mode=parts.mode,
         on_assigned=lambda: joined("main"),
         fetch_max_wait_ms=settings.sink_fetch_max_wait_ms if parts.sink else None,
         pace_s=settings.sink_fetch_max_wait_ms / 1000 if parts.sink else 0.0,
@@ -155,6 +160,7 @@ def run(name: str, factory: Factory) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
         await serve(name, settings, factory, stop)
 
     try:

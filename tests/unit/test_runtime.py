@@ -1,0 +1,97 @@
+"""The runtime's bookkeeping: what a partition may commit when records finish out of order, and
+records queued by key (one of a key in hand at a time, in order)."""
+
+from __future__ import annotations
+
+from charter.runtime.delivery import Delivery
+from charter.runtime.keys import KeyQueues
+from charter.runtime.offsets import MAX_METADATA, PartitionOffsets, done_offsets
+
+
+def test_a_partition_commits_up_to_its_lowest_record_not_finished() -> None:
+    offsets = PartitionOffsets(10)
+    for o in range(10, 15):
+        assert offsets.fetched(o)
+    assert offsets.committable() == 10
+    offsets.finished(12)
+    offsets.finished(13)
+    assert offsets.committable() == 10  # 10 and 11 are still in hand
+    offsets.finished(10)
+    assert offsets.committable() == 11
+    offsets.finished(11)
+    assert offsets.committable() == 14
+    offsets.finished(14)
+    assert offsets.committable() == 15  # everything fetched is done
+    assert offsets.in_flight == 0
+
+
+def test_a_commit_names_the_records_finished_above_it_and_the_next_owner_skips_them() -> None:
+    first = PartitionOffsets(0)
+    for o in range(8):
+        first.fetched(o)
+    for o in (1, 2, 5, 7):
+        first.finished(o)
+    committed, metadata = first.committable(), first.metadata()
+    assert committed == 0
+    assert done_offsets(committed, metadata) == {1, 2, 5, 7}
+
+    # The partition's next owner fetches from 0 again, and handles only what was not finished.
+    second = PartitionOffsets(committed, done_offsets(committed, metadata))
+    handled = [o for o in range(8) if second.fetched(o)]
+    assert handled == [0, 3, 4, 6]
+    for o in handled:
+        second.finished(o)
+    assert second.committable() == 8
+    assert second.metadata() == ""
+
+
+def test_metadata_that_is_not_ours_or_too_large_means_handling_again_not_losing() -> None:
+    assert done_offsets(5, "") == frozenset()
+    assert done_offsets(5, "some other client's note") == frozenset()
+    assert done_offsets(5, "done1:!!not base64!!") == frozenset()
+    sparse = PartitionOffsets(0)
+    sparse.fetched(0)
+    # Finished records spread so far apart that no bitmap of them fits the broker's limit.
+    for o in range(1, 40_000_000, 9_973):
+        sparse.fetched(o)
+        sparse.finished(o)
+    text = sparse.metadata()
+    assert text == "" or len(text) <= MAX_METADATA
+
+
+def _d(key: bytes | None, offset: int, partition: int = 0) -> Delivery:
+    return Delivery("t", partition, offset, key, b"", (), 0)
+
+
+def test_one_record_of_a_key_is_in_hand_at_a_time_and_keys_go_in_order() -> None:
+    queues = KeyQueues()
+    for offset, key in enumerate([b"a", b"a", b"b", b"a", b"c", b"b"]):
+        queues.push(_d(key, offset))
+    first = queues.take_heads(10)
+    assert [(d.key, d.offset) for d in first] == [(b"a", 0), (b"b", 2), (b"c", 4)]
+    assert queues.take_heads(10) == []  # every key with records is in hand
+    queues.release(first[1])  # b's first is done: its next may go
+    assert [(d.key, d.offset) for d in queues.take_heads(10)] == [(b"b", 5)]
+    queues.release(first[0])
+    assert [(d.key, d.offset) for d in queues.take_heads(10)] == [(b"a", 1)]
+    assert queues.queued == 1  # a's third waits for its second
+
+
+def test_records_without_a_key_keep_their_partitions_order() -> None:
+    queues = KeyQueues()
+    queues.push(_d(None, 0, partition=0))
+    queues.push(_d(None, 1, partition=0))
+    queues.push(_d(None, 0, partition=1))
+    taken = queues.take_heads(10)
+    assert [(d.partition, d.offset) for d in taken] == [(0, 0), (1, 0)]
+
+
+def test_a_revoked_partitions_queued_records_are_dropped() -> None:
+    queues = KeyQueues()
+    queues.push(_d(b"a", 0, partition=0))
+    queues.push(_d(b"a", 1, partition=1))
+    queues.push(_d(b"b", 2, partition=1))
+    dropped = queues.drop(lambda d: d.partition == 1)
+    assert sorted(d.offset for d in dropped) == [1, 2]
+    assert [(d.key, d.offset) for d in queues.take_heads(10)] == [(b"a", 0)]
+    assert queues.queued == 0
