@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -53,7 +53,7 @@ from charter.topics import Topic
 from charter.watch import DirectoryWatcher
 from services.planner import coordinate, decide, reason
 from services.planner import store as runs
-from services.planner.batch import Batches
+from services.planner.batch import Batch, Batches
 from services.planner.measure import Measure
 from services.planner.model import ModelClient, ModelUnavailable
 from services.planner.run import RunState, Transition
@@ -109,20 +109,35 @@ class Planner:
                 log.error("agents not reloaded, keeping the previous ones: %s", exc)
 
     async def handle(self, event: Event, _delivery: Delivery) -> Outcome:
-        return self._decided(event, 0)
+        """A record on its own, in a transaction of its own (a retry, a kill switch)."""
+        return self._decided(event, 0, None)
 
     async def prepare_batch(self, pipeline: Pipeline, deliveries: Sequence[Delivery]) -> list[Prepared]:
         """Decide a batch of records through `pipeline`, in one transaction
         (services/planner/batch.py), committed before their outputs may be sent."""
         decoded = decode_all(deliveries)
-        return await self._batches.run(decoded, lambda: pipeline.prepare_batch(deliveries, decoded))
 
-    def _decided(self, event: Event, conflicts: int) -> Outcome:
+        def work(batch: Batch | None) -> Awaitable[list[Prepared]]:
+            async def in_batch(event: Event, _delivery: Delivery) -> Outcome:
+                if batch is not None and batch.broken is not None:
+                    return []  # the pass is given up: the batch is handled again, a record at a time
+                try:
+                    return self._decided(event, 0, batch)
+                except Exception:
+                    if batch is None or batch.broken is None:
+                        raise  # outside a batch: the pipeline retries it, or dead-letters it
+                    return []
+
+            return pipeline.prepare_batch(deliveries, decoded, handler=in_batch)
+
+        return await self._batches.run(decoded, work)
+
+    def _decided(self, event: Event, conflicts: int, batch: Batch | None) -> Outcome:
         """The event's outputs, or, where a run must ask the model, the rest `Later`: the model
         thinks with no transaction open and apart from the batch, and what was read is checked
         before its answer is written."""
-        with self._batches.begin() as conn:
-            done = self._batches.done(conn, event)
+        with self._batches.begin(batch) as conn:
+            done = self._batches.done(conn, event, batch)
             if done is not None:
                 return done
             now = self._clock.now()
@@ -131,7 +146,7 @@ class Planner:
             else:
                 transitions = self._decide(conn, event, now)
             if not any(t.think for t in transitions):
-                return self._commit(conn, event, transitions, now)
+                return self._commit(conn, event, transitions, now, batch)
             seen = runs.snapshot(conn, [t.state.run_id for t in transitions])
         return Later(lambda: self._thought(event, transitions, seen, conflicts))
 
@@ -139,23 +154,25 @@ class Planner:
         self, event: Event, transitions: list[Transition], seen: dict[str, Any], conflicts: int
     ) -> Outcome:
         thought = [await self._think(t, event) for t in transitions]
-        with self._batches.begin() as conn:
-            done = self._batches.done(conn, event, fresh=True)
+        with self._batches.begin(None) as conn:
+            done = self._batches.done(conn, event, None)
             if done is not None:
                 return done
             if runs.snapshot(conn, list(seen)) == seen:
-                return self._commit(conn, event, thought, self._clock.now())
+                return self._commit(conn, event, thought, self._clock.now(), None)
         # A run it changes changed while the model thought (a kill switch, say): decided again.
         if conflicts + 1 >= CONFLICT_RETRIES:
             raise RuntimeError(f"runs changed under {event.event_id} {CONFLICT_RETRIES} times in a row")
         log.info("a run %s changes changed meanwhile; deciding it again", event.event_id)
-        return self._decided(event, conflicts + 1)
+        return self._decided(event, conflicts + 1, None)
 
-    def _commit(self, conn: Connection, event: Event, transitions: list[Transition], now: Any) -> list[Event]:
+    def _commit(
+        self, conn: Connection, event: Event, transitions: list[Transition], now: Any, batch: Batch | None
+    ) -> list[Event]:
         for transition in transitions:
             runs.put(conn, transition.state, now)
         outputs = [e for t in transitions for e in t.outputs]
-        self._batches.record(conn, event, outputs, now)
+        self._batches.record(conn, event, outputs, now, batch)
         return outputs
 
     async def _think(self, transition: Transition, event: Event) -> Transition:
