@@ -31,6 +31,7 @@ from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
 from charter.killswitch import ControlFollower, SwitchStore, matching
 from charter.runtime.consumer import Mode
 from charter.runtime.delivery import Delivery
+from charter.runtime.group import GroupWriter
 from charter.runtime.pipeline import Later, Outcome, Pipeline, Prepared, decode_all
 from charter.runtime.service import Parts
 from charter.secrets import MissingSecret, Secrets, guard_logs
@@ -106,6 +107,8 @@ class Executor:
         self._policy_key = signing.Verifier.load(settings.keys, "policy")
         self._limits = Limits(max_result_bytes=settings.max_message_bytes // 2)
         self._slots: dict[str, asyncio.Semaphore] = {}
+        # The outcomes of calls that end together are written in one transaction.
+        self._outcomes = GroupWriter[tuple[ActionApproved, int, Event]](self._save_outcomes)
         self._breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s)
         private = settings.private_networks()
         # One client per HTTP tool: each has its own egress rule and connection pool.
@@ -220,8 +223,12 @@ class Executor:
         finally:
             # A probe that ended neither in success nor in failure gives its slot back.
             self._breakers.release(spec.name)
-        self._completed(event, plan.attempt, outcome, None)
+        await self._outcomes.put((event, plan.attempt, outcome))
         return [outcome]
+
+    def _save_outcomes(self, outcomes: list[tuple[ActionApproved, int, Event]]) -> None:
+        with self._engine.begin() as conn:
+            executions.save_outcomes(conn, outcomes, self._clock.now())
 
     async def _after_held(self, event: ActionApproved) -> Outcome:
         await asyncio.sleep(HELD_POLL_S)

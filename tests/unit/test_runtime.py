@@ -3,7 +3,10 @@ records queued by key (one of a key in hand at a time, in order)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from charter.runtime.delivery import Delivery
+from charter.runtime.group import GroupWriter
 from charter.runtime.keys import KeyQueues
 from charter.runtime.offsets import MAX_METADATA, PartitionOffsets, done_offsets
 
@@ -95,3 +98,26 @@ def test_a_revoked_partitions_queued_records_are_dropped() -> None:
     assert sorted(d.offset for d in dropped) == [1, 2]
     assert [(d.key, d.offset) for d in queues.take_heads(10)] == [(b"a", 0)]
     assert queues.queued == 0
+
+
+def test_writes_put_in_the_same_turn_are_made_as_one_and_each_waits_for_it() -> None:
+    writes: list[list[int]] = []
+
+    async def go() -> None:
+        group = GroupWriter[int](writes.append)
+        await asyncio.gather(*(group.put(n) for n in range(5)))
+        await group.put(5)
+
+    asyncio.run(go())
+    assert writes == [[0, 1, 2, 3, 4], [5]]
+
+
+def test_a_failed_group_write_fails_every_record_in_it() -> None:
+    def fail(_items: list[int]) -> None:
+        raise RuntimeError("database is locked")
+
+    async def go() -> list[BaseException | None]:
+        group = GroupWriter[int](fail)
+        return await asyncio.gather(*(group.put(n) for n in range(3)), return_exceptions=True)
+
+    assert [type(r) for r in asyncio.run(go())] == [RuntimeError] * 3
