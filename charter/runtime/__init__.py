@@ -4,6 +4,7 @@
     keys.py      records queued by key: a key's records one at a time, in order
     offsets.py   what a partition may commit: up to its lowest record not yet finished
     consumer.py  the loop: fetch (pausing when full), dispatch, publish and commit
+    group.py     group commit: writes of records that finish together, made as one
     pipeline.py  one record through a service: decode, trace, handle, retry, dead-letter
     service.py   the process around it: settings, producer, consumer, metrics, stop
 
