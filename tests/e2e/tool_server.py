@@ -105,10 +105,16 @@ def _handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    # Many calls arrive at once (the executor runs runs side by side); the default backlog of 5
+    # drops the rest's connections, which then wait out the kernel's SYN retries.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @contextmanager
 def serving(ledger: Ledger) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(ledger))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _handler(ledger))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
