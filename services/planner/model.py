@@ -32,6 +32,8 @@ CIRCUIT = "model"
 MODEL_RETRY = RetryPolicy(first_delay_s=0.5, max_delay_s=8.0)
 # Answers the server gives while it is unwell, or busy: the same call may succeed later.
 TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Connections of one of the model client's HTTP clients (see ModelClient).
+LANE = 32
 
 
 class ModelUnavailable(Exception):
@@ -113,27 +115,34 @@ class ModelClient:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         # Calls at once are bounded here, where the model server's capacity is known; a run over
-        # the bound waits for a slot (not during a retry's backoff), and other runs go on.
-        self._slots = asyncio.Semaphore(settings.llm_max_concurrency)
-        self._http = httpx.AsyncClient(
-            base_url=(settings.llm_base_url or "").rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(settings.llm_timeout_s),
-            limits=httpx.Limits(
-                max_connections=settings.llm_max_concurrency,
-                max_keepalive_connections=min(settings.llm_max_concurrency, 100),
-            ),
-            transport=transport,
-            # The model server is named by configuration, not by a proxy the environment sets.
-            trust_env=False,
-        )
+        # the bound waits for a slot (not during a retry's backoff), and other runs go on. The
+        # slots are spread over several clients of LANE connections each: httpx's pool looks at
+        # every connection it holds to place each request (encode/httpx#3215), which with
+        # hundreds of connections in one pool cost the planner half its CPU.
+        bound = settings.llm_max_concurrency
+        lanes = 1 if transport is not None else -(-bound // LANE)
+        self._http = [
+            httpx.AsyncClient(
+                base_url=(settings.llm_base_url or "").rstrip("/"),
+                headers=headers,
+                timeout=httpx.Timeout(settings.llm_timeout_s),
+                limits=httpx.Limits(max_connections=LANE if transport is None else bound),
+                transport=transport,
+                # The model server is named by configuration, not by a proxy the environment sets.
+                trust_env=False,
+            )
+            for _ in range(lanes)
+        ]
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        for slot in range(bound):
+            self._free.put_nowait(slot % lanes)
 
     @property
     def configured(self) -> bool:
         return bool(self._settings.llm_base_url)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await asyncio.gather(*(client.aclose() for client in self._http))
 
     async def complete(self, request: dict[str, Any]) -> Reply:
         """The model's next message; ModelUnavailable once retries are spent or the circuit is open.
@@ -197,13 +206,15 @@ class ModelClient:
         raise AssertionError("unreachable")
 
     async def _call(self, request: dict[str, Any]) -> Reply:
+        lane = await self._free.get()
         try:
-            async with self._slots:
-                response = await self._http.post("/chat/completions", json=request)
+            response = await self._http[lane].post("/chat/completions", json=request)
         except httpx.TimeoutException as exc:
             raise _Transient(f"no answer within {self._settings.llm_timeout_s:g}s") from exc
         except httpx.TransportError as exc:
             raise _Transient(f"cannot reach the model server: {type(exc).__name__} {exc}") from exc
+        finally:
+            self._free.put_nowait(lane)
         if response.status_code in TRANSIENT_STATUS:
             raise _Transient(f"the model server answered {response.status_code}")
         if response.status_code >= 400:

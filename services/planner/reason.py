@@ -14,13 +14,14 @@ instruction or cancel it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from charter.events import (
     ActionExecuted,
@@ -109,6 +110,19 @@ def _handoff_tool(agents: list[str]) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _parameters_text(params: type[BaseModel]) -> str:
+    """A tool's parameters' JSON schema, made once: it costs more than the rest of a request."""
+    schema = params.model_json_schema()
+    schema.pop("title", None)
+    return json.dumps(schema)
+
+
+def _parameters(params: type[BaseModel]) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(_parameters_text(params))  # a copy the caller may change
+    return loaded
+
+
 def tool_schemas(state: RunState, registry: Mapping[str, ToolSpec]) -> list[dict[str, Any]]:
     """What the model may call: the agent's tools, from the registry, `ask_human`, and
     `handoff` if the agent may hand work to others."""
@@ -117,8 +131,7 @@ def tool_schemas(state: RunState, registry: Mapping[str, ToolSpec]) -> list[dict
         spec = registry.get(name)
         if spec is None:
             continue
-        parameters = spec.params.model_json_schema()
-        parameters.pop("title", None)
+        parameters = _parameters(spec.params)
         schemas.append(
             {
                 "type": "function",
