@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(60.0, gt=0, description="Bound on one model call.")
     llm_max_attempts: int = Field(3, ge=1, le=10, description="Tries of one model call on transient errors.")
     llm_max_concurrency: int = Field(
-        256, ge=1, description="Model calls one planner process makes at once; more wait for a slot."
+        512, ge=1, description="Model calls one planner process makes at once; more wait for a slot."
     )
     llm_input_cost_per_1k: float = Field(0.0, ge=0, description="Cost units per 1,000 prompt tokens.")
     llm_output_cost_per_1k: float = Field(0.0, ge=0, description="Cost units per 1,000 completion tokens.")

@@ -33,7 +33,7 @@ MODEL_RETRY = RetryPolicy(first_delay_s=0.5, max_delay_s=8.0)
 # Answers the server gives while it is unwell, or busy: the same call may succeed later.
 TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Connections of one of the model client's HTTP clients (see ModelClient).
-LANE = 32
+LANE = 8
 
 
 class ModelUnavailable(Exception):
@@ -116,7 +116,7 @@ class ModelClient:
             headers["Authorization"] = f"Bearer {key}"
         # Calls at once are bounded here, where the model server's capacity is known; a run over
         # the bound waits for a slot (not during a retry's backoff), and other runs go on. The
-        # slots are spread over several clients of LANE connections each: httpx's pool looks at
+        # slots are spread over clients of LANE connections each: httpx's pool looks at
         # every connection it holds to place each request (encode/httpx#3215), which with
         # hundreds of connections in one pool cost the planner half its CPU.
         bound = settings.llm_max_concurrency
