@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 LAG_EVERY_S = 1.0
 # How long a stopping consumer lets the records in hand finish before it gives them up.
 DRAIN_S = 5.0
+# Offsets a consumer commits outside a transaction wait this long for others to join them: a
+# commit a finished record would be hundreds a second, each a request the broker answers. (A
+# crash redelivers what finished in that time; handlers are idempotent.)
+COMMIT_EVERY_S = 0.1
 
 
 class Mode(enum.StrEnum):
@@ -122,6 +126,9 @@ class ConsumerLoop:
         self._in_flight = 0  # fetched, not yet finished (queued or in hand)
         self._finished: list[tuple[Delivery, Prepared | None]] = []
         self._commit_lock = asyncio.Lock()
+        # Offsets to commit outside a transaction, gathered until COMMIT_EVERY_S has passed.
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._committed_at = 0.0
         self._batch_running = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
@@ -148,6 +155,9 @@ class ConsumerLoop:
                     await self._accept(consumer, batch)
                     self._dispatch()
                 await self._measure_lag(consumer)
+                if self._uncommitted and time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
+                    async with self._commit_lock:
+                        await self._commit_offsets()
                 if batch and sum(map(len, batch.values())) < self._max_records:
                     await self._paced(began, stop)
             await self._drain(consumer)
@@ -301,26 +311,44 @@ class ConsumerLoop:
             async with self._txn_bus.transaction():
                 await publish(self._txn_bus, sending)
                 await self._txn_bus.send_offsets(offsets, self._group_id)
+            for tp in offsets:
+                self._uncommitted.pop(tp, None)  # newer, and committed
             return
         if sending:
             if self._bus is None:
                 raise RuntimeError(f"{self._service} has outputs to send and no bus")
             await publish(self._bus, sending)
-        if offsets and self._consumer is not None:
-            # Nothing was sent, so there is nothing the offsets must commit atomically with: a
-            # plain commit is one request where a transactional one is three. (Kafka orders the
-            # two kinds of offset commit by their position in the log, so neither overwrites a
-            # newer one.)
-            try:
-                await self._consumer.commit(offsets)
-            except CommitFailedError as exc:
-                # The group rebalanced meanwhile; the new owner redelivers and handlers dedupe.
-                log.warning("commit failed after a rebalance, records will be redelivered: %s", exc)
+        # Nothing was sent in a transaction, so there is nothing the offsets must commit
+        # atomically with: they go with a plain commit (one request where a transactional one
+        # is three), soon. (Kafka orders the two kinds of offset commit by their position in
+        # the log, so neither overwrites a newer one.)
+        self._uncommitted.update(offsets)
+        await self._commit_offsets()
+
+    async def _commit_offsets(self, *, now: bool = False, only: set[TopicPartition] | None = None) -> None:
+        """Commit the offsets gathered, once COMMIT_EVERY_S has passed since the last commit (or
+        `now`); `only` those partitions' (a revoked partition's, before it is handed over)."""
+        if not self._uncommitted or self._consumer is None:
+            return
+        if not now and time.monotonic() - self._committed_at < COMMIT_EVERY_S:
+            return
+        offsets = {tp: o for tp, o in self._uncommitted.items() if only is None or tp in only}
+        for tp in offsets:
+            del self._uncommitted[tp]
+        self._committed_at = time.monotonic()
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced meanwhile; the new owner redelivers and handlers dedupe.
+            log.warning("commit failed after a rebalance, records will be redelivered: %s", exc)
 
     async def forget(self, revoked: set[TopicPartition]) -> None:
         """Partitions taken away: drop their queued records; nothing more is committed for them.
         Waits for a commit under way, so none straddles the handover."""
         async with self._commit_lock:
+            await self._commit_offsets(now=True, only=revoked)
             for tp in revoked:
                 self._tracks.pop(tp, None)
             gone = {(tp.topic, tp.partition) for tp in revoked}
@@ -343,6 +371,8 @@ class ConsumerLoop:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=DRAIN_S)
         await self._commit()
+        async with self._commit_lock:
+            await self._commit_offsets(now=True)
 
     # Pacing and lag.
 
