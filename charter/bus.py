@@ -137,10 +137,13 @@ class Bus:
         )
         return future
 
-    async def publish(self, event: Event) -> None:
-        """Send and wait until the broker has it (committed, on a transactional bus)."""
+    async def publish(self, *events: Event) -> None:
+        """Send and wait until the broker has them all (committed together, on a transactional
+        bus)."""
+        if not events:
+            return
         if self.transactional and not self._in_txn:
             async with self.transaction():
-                await (await self.send(event))
+                await asyncio.gather(*[await self.send(event) for event in events])
             return
-        await (await self.send(event))
+        await asyncio.gather(*[await self.send(event) for event in events])

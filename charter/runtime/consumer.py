@@ -155,7 +155,7 @@ class ConsumerLoop:
                     await self._accept(consumer, batch)
                     self._dispatch()
                 await self._measure_lag(consumer)
-                if self._uncommitted and time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
+                if self._uncommitted:  # offsets that no finished record has committed since
                     async with self._commit_lock:
                         await self._commit_offsets()
                 if batch and sum(map(len, batch.values())) < self._max_records:

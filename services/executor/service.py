@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from opentelemetry import trace
 from sqlalchemy import Engine
@@ -83,6 +82,17 @@ def _same(a: decide.Execution | None, b: decide.Execution | None) -> bool:
     return (a.status, a.attempts) == (b.status, b.attempts)
 
 
+async def _backoff(delay_s: float, slot: asyncio.Semaphore | None) -> None:
+    """Wait `delay_s` without the slot, and have it again after."""
+    if slot is not None:
+        slot.release()
+    try:
+        await asyncio.sleep(delay_s)
+    finally:
+        if slot is not None:
+            await slot.acquire()
+
+
 def _lease_s(spec: ToolSpec) -> float:
     """Long enough for every attempt and the waits between them; a crashed holder's lease ends."""
     return spec.max_attempts * (spec.timeout_s + TOOL_RETRY.max_delay_s) + LEASE_MARGIN_S
@@ -140,8 +150,7 @@ class Executor:
         """Write the batch's outcomes not yet written, in one transaction."""
         if not batch.outcomes:
             return
-        with self._engine.begin() as own:
-            executions.save_outcomes(own, list(batch.outcomes.values()), self._clock.now())
+        self._save_outcomes(list(batch.outcomes.values()))
         batch.flushed()
 
     def _record(self, key: str, batch: _Batch | None, *, fresh: bool) -> decide.Execution | None:
@@ -206,8 +215,9 @@ class Executor:
         """Call the tool, once it has a slot: claim the key and record it `started` (checked
         against what the plan was made on), call, record the outcome. With the slot's wait
         behind it, a kill switch set meanwhile is seen before the call."""
+        slot = self._slot(spec)
         try:
-            async with self._slot(spec):
+            async with slot or contextlib.nullcontext():
                 if matching(self._switches.switches, event.envelope.agent, event.action.tool) is not None:
                     return self._plan(event, None)
                 try:
@@ -219,7 +229,7 @@ class Executor:
                     # outcome, or the end of its lease, comes before anything we would do.
                     log.info("action %s is held by another replica; waiting", decide.idempotency_key(event))
                     return Later(lambda: self._after_held(event))
-                outcome = await self._call(spec, event, ctx, plan.attempt)
+                outcome = await self._call(spec, event, ctx, plan.attempt, slot)
         finally:
             # A probe that ended neither in success nor in failure gives its slot back.
             self._breakers.release(spec.name)
@@ -234,10 +244,10 @@ class Executor:
         await asyncio.sleep(HELD_POLL_S)
         return self._plan(event, None)
 
-    def _slot(self, spec: ToolSpec) -> contextlib.AbstractAsyncContextManager[Any]:
-        """A slot among the tool's `max_concurrency` calls at once, if it declares a bound."""
+    def _slot(self, spec: ToolSpec) -> asyncio.Semaphore | None:
+        """The tool's slots, if it declares `max_concurrency`: one is held for each attempt."""
         if spec.max_concurrency is None:
-            return contextlib.nullcontext()
+            return None
         slots = self._slots.get(spec.name)
         if slots is None:
             slots = self._slots[spec.name] = asyncio.Semaphore(spec.max_concurrency)
@@ -299,8 +309,15 @@ class Executor:
         )
 
     async def _call(
-        self, spec: ToolSpec, approved: ActionApproved, ctx: ToolContext, attempt: int
+        self,
+        spec: ToolSpec,
+        approved: ActionApproved,
+        ctx: ToolContext,
+        attempt: int,
+        slot: asyncio.Semaphore | None,
     ) -> ActionExecuted | ActionFailed:
+        """Call the tool, again while a failure allows; `slot` (held by the caller) is let go
+        for each retry's backoff, so the wait keeps no other run from the tool."""
         tries = 0
         while True:
             tries += 1
@@ -332,7 +349,7 @@ class Executor:
                 ):
                     log.warning("%s attempt %d failed, retrying: %s", spec.name, tries, failure.error)
                     metrics.tool_retries.labels(spec.name).inc()
-                    await asyncio.sleep(TOOL_RETRY.jittered(tries))
+                    await _backoff(TOOL_RETRY.jittered(tries), slot)
                     continue
                 metrics.tool_calls.labels(spec.name, "in_doubt" if exc.in_doubt else "failed").inc()
                 attempts, now = attempt + tries - 1, self._clock.now()

@@ -153,7 +153,8 @@ class Planner:
     async def _thought(
         self, event: Event, transitions: list[Transition], seen: dict[str, Any], conflicts: int
     ) -> Outcome:
-        thought = [await self._think(t, event) for t in transitions]
+        # The runs one event sets thinking (a trigger starting several) ask the model side by side.
+        thought = list(await asyncio.gather(*(self._think(t, event) for t in transitions)))
         with self._batches.begin(None) as conn:
             done = self._batches.done(conn, event, None)
             if done is not None:
@@ -317,8 +318,7 @@ class Timer:
         expired = await self._planner.expire_waits()
         if not expired:
             return
-        async with self._bus.transaction():
-            await asyncio.gather(*[await self._bus.send(event) for event, _ in expired])
+        await self._bus.publish(*(event for event, _ in expired))
         self._planner.fired(expired)
 
 
@@ -345,9 +345,7 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     pipeline = Pipeline(NAME, bus, planner.handle, SystemClock(), inline=False)
 
     async def cancel(switch: KillSwitchSet) -> None:
-        outputs = await settle(planner.handle(switch, _NO_DELIVERY))
-        async with bus.transaction():
-            await asyncio.gather(*[await bus.send(event) for event in outputs])
+        await bus.publish(*await settle(planner.handle(switch, _NO_DELIVERY)))
 
     async def handle_batch(deliveries: list[Delivery]) -> list[Prepared]:
         return await planner.prepare_batch(pipeline, deliveries)
