@@ -30,13 +30,11 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from charter.client import Client
 from charter.clock import derive_id
 from charter.config import Settings
 from charter.events import RUN_TERMINAL, RunCompleted
-from charter.stack.harness import StackProcess
+from charter.stack.harness import StackProcess, wait_answering
 from charter.stack.processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,15 +82,8 @@ def _model_server(log: Path) -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"{url}/health", timeout=1).raise_for_status()
-            return proc, url
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    wait_answering(f"{url}/health", proc, timeout_s=20)
+    return proc, url
 
 
 def _env(home: Path, model_url: str) -> dict[str, str]:

@@ -55,6 +55,7 @@ from charter.client import Client
 from charter.clock import derive_id
 from charter.config import Settings
 from charter.events import RUN_TERMINAL, ActionExecuted, Event, RunCompleted
+from charter.stack.harness import StackNotReady, wait_answering
 from charter.stack.processes import free_port, spawn, stop
 
 RESULTS = REPO / "bench" / "results"
@@ -322,17 +323,14 @@ def _model_server(home: Path, delay_s: float) -> tuple[subprocess.Popen[bytes], 
     argv = [sys.executable, "-m", "bench.slow_model", "--port", str(port), "--delay-s", str(delay_s)]
     proc = spawn(argv, home / "model.log", env)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/health", timeout=1).raise_for_status()
-            return proc, url
-        except httpx.HTTPError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop(proc, 5)
-                log = (home / "model.log").read_text()
-                raise RuntimeError(f"the model server did not start:\n{log}") from None
-            time.sleep(0.1)
+    try:
+        wait_answering(f"{url}/health", proc, timeout_s=30)
+    except StackNotReady as exc:
+        stop(proc, 5)
+        raise RuntimeError(
+            f"the model server did not start ({exc}):\n{(home / 'model.log').read_text()}"
+        ) from None
+    return proc, url
 
 
 def _stack_env(home: Path, args: argparse.Namespace, model_url: str | None) -> dict[str, str]:
@@ -375,12 +373,7 @@ def _run_kind(kind: Kind, args: argparse.Namespace, model_url: str | None, deadl
         except TimeoutError:
             return {"error": f"the benchmark's bound ({args.timeout_s:.0f}s) ran out"}
     finally:
-        try:
-            stack.stop()
-        except subprocess.TimeoutExpired:
-            stack.proc.kill()  # its services and broker die with it
-            stack.proc.wait()
-        shutil.rmtree(home, ignore_errors=True)
+        stack.close()
 
 
 def _table(result: dict[str, Any]) -> None:

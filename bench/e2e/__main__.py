@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -65,12 +63,7 @@ def _run(args: argparse.Namespace) -> tuple[Measured, Settings]:
         )
         return asyncio.run(_measure(settings, stack, args)), settings
     finally:
-        try:
-            stack.stop()
-        except subprocess.TimeoutExpired:
-            stack.proc.kill()  # its services and broker die with it
-            stack.proc.wait()
-        shutil.rmtree(home, ignore_errors=True)
+        stack.close()
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +40,16 @@ class Stack(StackProcess):
         if broker:
             pids["broker"] = int(broker)
         return {**pids, "supervisor": self.proc.pid, "bench client": os.getpid()}
+
+    def close(self) -> None:
+        """Stop it (killed if it will not stop; its services and broker die with it) and remove
+        its home."""
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def configure(home: Path) -> Path:

@@ -9,9 +9,27 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 
 class StackNotReady(RuntimeError):
     pass
+
+
+def wait_answering(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait until `url` answers 2xx, from a server `proc` started; StackNotReady if it exits
+    or the time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(url, timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise StackNotReady(f"{url}: the server exited with code {proc.returncode}") from None
+            if time.monotonic() > deadline:
+                raise StackNotReady(f"{url} did not answer within {timeout_s:g}s") from None
+            time.sleep(0.1)
 
 
 class StackProcess:

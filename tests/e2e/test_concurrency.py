@@ -16,23 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from charter.client import Client
 from charter.demo import ledger
 from charter.events import RUN_TERMINAL, Event, RunCompleted
-from charter.stack.processes import free_port
-from tests.conftest import REPO
 from tests.e2e.barrier_tools import PARTIES_ENV, TIMEOUT_ENV
 from tests.e2e.conftest import Stack, broker_env, in_thread, run_id, running, stack_env, wait_for
+from tests.e2e.model_stub import ModelServer
 
 pytestmark = pytest.mark.e2e
 
@@ -71,47 +65,11 @@ permit (principal == Agent::"{GATHERER}", action == Action::"gather", resource);
 GATHER_RESOURCES = '  - match: "barrier/*"\n    environment: production\n    kind: barrier\n'
 
 
-class BarrierModel:
-    """The scripted model stub in a process of its own, answering calls only `parties` at a time."""
-
-    def __init__(self, log: Path, parties: int) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                *("timeout", "-s", "KILL", "1800", sys.executable, "-m", "tests.e2e.model_server"),
-                *("--port", str(self.port), "--log", str(log)),
-                *("--barrier", str(parties), "--barrier-timeout", str(BARRIER_TIMEOUT_S)),
-            ],
-            cwd=REPO,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{self.url}/health", timeout=1).raise_for_status()
-                return
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the model stub did not start"
-                assert self.proc.poll() is None, "the model stub exited"
-                time.sleep(0.1)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stats(self) -> dict[str, Any]:
-        """How many calls it took and the most it ever held at once."""
-        answer: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=5).json()
-        return answer
-
-    def stop(self) -> None:
-        # SIGTERM: `timeout` passes it on to the server; SIGKILL would orphan the server.
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 @pytest.fixture
-def barrier_model(tmp_path: Path) -> Iterator[BarrierModel]:
-    server = BarrierModel(tmp_path / "requests.jsonl", MODEL_RUNS)
+def barrier_model(tmp_path: Path) -> Iterator[ModelServer]:
+    """The model stub answering calls only MODEL_RUNS at a time."""
+    barrier = ("--barrier", str(MODEL_RUNS), "--barrier-timeout", str(BARRIER_TIMEOUT_S))
+    server = ModelServer(tmp_path / "requests.jsonl", *barrier)
     yield server
     server.stop()
 
@@ -152,7 +110,7 @@ def _assert_all_completed(ended: dict[str, Event], runs: set[str], seen: str = "
 
 
 def test_the_planner_has_the_model_calls_of_many_runs_in_flight_at_once(
-    broker: str, request: pytest.FixtureRequest, tmp_path: Path, barrier_model: BarrierModel
+    broker: str, request: pytest.FixtureRequest, tmp_path: Path, barrier_model: ModelServer
 ) -> None:
     env = {
         **broker_env(request, broker),

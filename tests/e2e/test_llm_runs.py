@@ -13,16 +13,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from charter.client import Client
@@ -37,7 +33,6 @@ from charter.events import (
     RunCompleted,
     RunEscalated,
 )
-from charter.stack.processes import free_port
 from tests.conftest import REPO
 from tests.e2e.conftest import (
     Stack,
@@ -51,54 +46,10 @@ from tests.e2e.conftest import (
     wait_restarted,
     wait_run_end,
 )
+from tests.e2e.model_stub import ModelServer
 
 KEY = "sk-test-5f0c9a7e1d2b4c6a"
 ALL = ("triggers", "runs", "actions.proposed", "actions.rejected", "actions.results")
-
-
-class ModelServer:
-    def __init__(self, log: Path) -> None:
-        self.log = log
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                "timeout",
-                "-s",
-                "KILL",
-                "1800",
-                sys.executable,
-                "-m",
-                "tests.e2e.model_server",
-                "--port",
-                str(self.port),
-                "--log",
-                str(log),
-            ],
-            cwd=REPO,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{self.url}/health", timeout=1).raise_for_status()
-                return
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the model stub did not start"
-                assert self.proc.poll() is None, "the model stub exited"
-                time.sleep(0.1)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def requests(self, trigger_id: str) -> list[dict[str, Any]]:
-        """What the planner sent for the run this trigger started."""
-        lines = [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
-        return [r for r in lines if f"id {trigger_id}," in r["body"]["messages"][1]["content"]]
-
-    def stop(self) -> None:
-        # SIGTERM: `timeout` passes it on to the server; SIGKILL would orphan the server.
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
