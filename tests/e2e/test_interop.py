@@ -113,13 +113,13 @@ def _every_event_type(stack: Stack) -> None:
     asyncio.run(send())
     # A handoff to a run that waits for an event that never comes: RunHandedOff, RunWaiting,
     # and the planner's WaitExpired.
-    handing = stack.publish("test.handoff", {"order_id": "J-1007"})
+    handing = stack.publish("test.handoff", {"order_id": "J-1007", "quick": True})
     handed = wait_for(
         stack,
         lambda e: isinstance(e, RunHandedOff) and e.run_id == run_id(handing, "handoff-tester"),
         "triggers",
     )
-    wait_run_end(stack, run_id(handed.event_id, "settle-waiter"))
+    wait_run_end(stack, run_id(handed.event_id, "quick-waiter"))
     produce_raw(stack, b"not avro at all", b"interop-garbage")
     wait_for(stack, lambda e: isinstance(e, DeadLettered) and e.key == b"interop-garbage", "triggers.dlq")
 

@@ -636,7 +636,7 @@ def test_a_handoff_starts_one_run_of_the_other_agent_in_the_same_correlation() -
     assert begun.envelope.causation_id == handed.event_id
     assert started.state.depth == 1
     assert started.state.status == "waiting"
-    assert (waiting.event_name, waiting.key, waiting.timeout_s) == ("test.settled", "H-100", 3.0)
+    assert (waiting.event_name, waiting.key, waiting.timeout_s) == ("test.settled", "H-100", 120.0)
     assert decide.on_handoff(handed, TEST_AGENTS, {started.state.run_id}, NOW) == []
 
 
