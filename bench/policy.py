@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from charter.store import make_engine, serialized
 from services.policy import limits
 from services.policy import store as policy_store
 from services.policy.bundle import PolicyBundle
-from services.policy.decide import Context, decide, usage_keys
+from services.policy.decide import Context, decide, forged, usage_keys
 
 REPO = Path(__file__).resolve().parent.parent
 CORE = """
@@ -85,6 +86,10 @@ def policy_dir(root: Path, rules: int) -> Path:
     return directory
 
 
+# The planner signs every proposal; policy verifies each before it decides (services/policy).
+PLANNER = signing.Signer(Ed25519PrivateKey.generate())
+
+
 def proposals(count: int) -> list[bytes]:
     now = datetime.now(UTC)
     out = []
@@ -99,7 +104,7 @@ def proposals(count: int) -> list[bytes]:
             event_id=derive_id(run, "proposed"), now=now, tenant="bench", agent=a["agent"], run_id=run,
             correlation_id=run, action=action,
         )  # fmt: skip
-        out.append(serde.encode(event))
+        out.append(serde.encode(PLANNER.sign(event)))
     return out
 
 
@@ -133,12 +138,16 @@ def timed(fn: Callable[[bytes], object], inputs: Sequence[bytes], warmup: int) -
 def charter_path(ctx: Context, inputs: Sequence[bytes], warmup: int) -> tuple[dict[str, float], list[str]]:
     usage = limits.Usage()
     now = datetime.now(UTC)
-    # The service signs every ActionApproved it sends (Ed25519), so the path includes it.
+    # The service verifies the planner's signature on every proposal and signs every
+    # ActionApproved it sends (Ed25519), so the path includes both.
     signer = signing.Signer(Ed25519PrivateKey.generate())
+    checked = replace(ctx, planner_key=PLANNER.verifier)
 
     def one(data: bytes) -> list[bytes]:
         event = serde.decode(data)
-        outputs = decide(event, ctx, usage, now)  # type: ignore[arg-type]
+        if not isinstance(event, ActionProposed) or forged(event, checked) is not None:
+            raise SystemExit(f"not a genuine proposal: {event}")
+        outputs = decide(event, ctx, usage, now)
         return [serde.encode(signer.sign(o) if isinstance(o, ActionApproved) else o) for o in outputs]
 
     outcomes = [outcome(decide(serde.decode(d), ctx, limits.Usage(), now)[0]) for d in inputs[:4]]  # type: ignore[arg-type]

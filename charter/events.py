@@ -240,6 +240,7 @@ class ActionProposed(Event):
     triggered_by: str | None = None
     amended_by: str | None = None
     amends: str | None = None
+    signature: str | None = None
 
 
 class ActionApproved(Event):

@@ -1,11 +1,13 @@
 """Ed25519 signatures on the events that carry authority.
 
 Anyone who can write to a topic can write any event; Kafka ACLs are the first fence, these
-signatures the second. Three services sign, each with a key of its own:
+signatures the second. Four services sign, each with a key of its own:
+  - the planner signs every `ActionProposed` it sends; policy decides nothing else, so writing
+    to `actions.proposed` does not make anyone an agent;
   - policy signs every executable `ActionApproved`; the executor runs nothing unsigned;
   - approvals signs the human decisions its authenticated API accepted (and its own expiry
-    timer), which its consumer checks, and the `ActionApproved` a human's approval yields, which
-    policy checks before it decides the action again;
+    timer), which its consumer checks, and what a human's decision yields: the `ActionApproved`,
+    which policy checks before it decides the action again, and an amended `ActionProposed`;
   - audit signs the heads of its Merkle tree (services/audit/checkpoint.py).
 A signature covers the event's canonical JSON without the signature field: envelope, ids and
 payload alike, so it cannot be moved to another action or replayed under another id.
@@ -29,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from charter.errors import ConfigError
 from charter.events import Event, canonical_json
 
-SIGNERS = ("policy", "approvals", "audit")
+SIGNERS = ("policy", "approvals", "audit", "planner")
 FIELD = "signature"
 E = TypeVar("E", bound=Event)
 

@@ -28,6 +28,7 @@ from charter.errors import ForgedEvent, InvalidEvent
 from charter.events import (
     RUN_TERMINAL,
     ActionApproved,
+    ActionProposed,
     ApprovalAmended,
     ApprovalExpired,
     ApprovalGranted,
@@ -145,7 +146,12 @@ class Approvals:
                 approvals.settle(conn, event.approval_id, status=verdict.status, by=by, note=note, at=now)
                 if pending is not None:
                     _waited(pending.request, verdict.status, by, now)
-            outputs = [self._signer.sign(o) if isinstance(o, ActionApproved) else o for o in verdict.outputs]
+            # What a person's decision yields carries authority: an approval to execute, or an
+            # amended proposal for policy to decide.
+            outputs = [
+                self._signer.sign(o) if isinstance(o, ActionApproved | ActionProposed) else o
+                for o in verdict.outputs
+            ]
             approvals.inbox.record(conn, event, outputs, now)
         return outputs
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     any_,
     bindparam,
+    case,
     func,
     select,
     update,
@@ -281,6 +282,20 @@ def attributions(conn: Connection, batch: int = 20_000) -> Iterator[tuple[int, b
         after = page[-1][0]
 
 
+def subject_of_run(conn: Connection, run_id: str) -> str | None:
+    """The data subject the run's events were sealed under, if any of them named one."""
+    return conn.execute(
+        select(log_table.c.subject)
+        .where(log_table.c.run_id == run_id, log_table.c.subject.is_not(None))
+        .order_by(log_table.c.seq)
+        .limit(1)
+    ).scalar()
+
+
+def subject_of_event(conn: Connection, event_id: str) -> str | None:
+    return conn.execute(select(log_table.c.subject).where(log_table.c.event_id == event_id)).scalar()
+
+
 def values(conn: Connection, batch: int = 5_000) -> Iterator[tuple[int, bytes, str | None]]:
     """Every row's event bytes still held, with the data subject they name, in log order."""
     after = 0
@@ -428,9 +443,17 @@ def timeline(conn: Connection, run_id: str) -> list[Recorded]:
 
 
 def run_ids(conn: Connection, prefix: str = "", limit: int = 50) -> list[str]:
-    """The most recently active run ids (optionally those starting with `prefix`), newest first."""
+    """The most recently active runs (optionally those whose id starts with `prefix`), newest
+    first. A run is one the planner started: events that only name a run id (forged ones, say,
+    which were dead-lettered) make no run of their own."""
     last = func.max(log_table.c.seq)
-    query = select(log_table.c.run_id).where(log_table.c.run_id.is_not(None)).group_by(log_table.c.run_id)
+    started = func.sum(case((log_table.c.event_type == "RunStarted", 1), else_=0))
+    query = (
+        select(log_table.c.run_id)
+        .where(log_table.c.run_id.is_not(None))
+        .group_by(log_table.c.run_id)
+        .having(started > 0)
+    )
     if prefix:
         query = query.where(log_table.c.run_id.startswith(prefix, autoescape=True))
     return list(conn.execute(query.order_by(last.desc()).limit(limit)).scalars())

@@ -10,7 +10,9 @@ other run waiting for it), and the new state is written with the event's inbox r
 the run's row has not changed meanwhile (a kill switch, say); otherwise the event is decided
 again. A planner killed mid-call has written nothing, so the record is redelivered and decided
 again; one killed after the write re-sends the outputs it recorded. Either way no step is
-proposed twice.
+proposed twice. Every proposal is signed with the planner's key before it is recorded, so the
+outputs sent again are the ones first sent, and policy decides no proposal the planner did not
+make.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from charter import agents as agent_files
-from charter import metrics, store, tools, topics
+from charter import metrics, signing, store, tools, topics
 from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock
@@ -33,6 +35,7 @@ from charter.errors import InvalidEvent
 from charter.events import (
     ActionExecuted,
     ActionFailed,
+    ActionProposed,
     ActionRejected,
     Event,
     KillSwitchSet,
@@ -89,6 +92,7 @@ class Planner:
         self._awaited = runs.awaited_events(engine)
         self._use(self._load_agents())
         self._batches = Batches(engine, clock, self._measure.observe)
+        self._signer = signing.Signer.load(settings.keys, NAME)
 
     def _use(self, agents: Mapping[str, Agent]) -> None:
         self.agents = agents
@@ -172,7 +176,11 @@ class Planner:
     ) -> list[Event]:
         for transition in transitions:
             runs.put(conn, transition.state, now)
-        outputs = [e for t in transitions for e in t.outputs]
+        outputs = [
+            self._signer.sign(e) if isinstance(e, ActionProposed) else e
+            for t in transitions
+            for e in t.outputs
+        ]
         self._batches.record(conn, event, outputs, now, batch)
         return outputs
 

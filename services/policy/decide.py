@@ -6,6 +6,10 @@ an action outside the agent's environment (segmentation), parameters the tool wo
 kill switch, a loop or too many steps, a policy that errors while evaluating, and at the end
 the budgets and rates. A denial by a limit names the limit.
 
+A proposal is decided only if it is genuine: signed by the planner, or, for one a person
+amended while approving, by the approvals service (`forged` says why not). Anyone else who can
+write to `actions.proposed` could otherwise act as any agent.
+
 A human's approval is not a bypass: `revalidate` decides the approved action again against the
 current bundle and kill switches before it may run, and the decision names both policy hashes.
 It also checks that the approval is genuine (signed by the approvals service), used once, and
@@ -52,6 +56,8 @@ class Context:
     switches: Sequence[KillSwitch] = ()
     # The approvals service's public key: without it no human approval can be accepted.
     approvals_key: Verifier | None = None
+    # The planner's public key: without it no proposal can be decided.
+    planner_key: Verifier | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,21 @@ def usage_keys(proposed: ActionProposed, ctx: Context, now: datetime) -> list[li
     """The counters the decision on `proposed` may read or write: what a batch loads."""
     held = binding(proposed, ctx)
     return limits.keys_for(proposed, held, now) if held else []
+
+
+def forged(proposed: ActionProposed, ctx: Context) -> str | None:
+    """Why the proposal cannot be decided at all, if it did not come from who alone may send it."""
+    what = f"proposal {proposed.event_id} (agent {proposed.envelope.agent!r}, tool {proposed.action.tool!r})"
+    if proposed.signature is None:
+        return f"{what} is not signed: only the planner, or a person amending through approvals, proposes"
+    if proposed.amended_by is not None:
+        if ctx.approvals_key is not None and ctx.approvals_key.verify(proposed):
+            return None
+        by = proposed.amended_by
+        return f"{what} claims to be amended by {by!r}, but the approvals service did not sign it"
+    if ctx.planner_key is not None and ctx.planner_key.verify(proposed):
+        return None
+    return f"{what}: its signature does not verify against the planner's key"
 
 
 def decide(proposed: ActionProposed, ctx: Context, usage: limits.Usage, now: datetime) -> list[Event]:

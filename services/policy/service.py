@@ -4,6 +4,8 @@ It keeps the policy bundle and the agent registry in memory, reloading them when
 change and announcing each load on `control`. Live-limit usage is shared by replicas in the
 store: a batch is decided inside one serialized transaction and published after it commits.
 Every executable approval it sends is signed with its key; the executor runs nothing else.
+A proposal the planner (or, amended by a person, the approvals service) did not sign is
+dead-lettered as forged, undecided.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock, new_id
 from charter.config import Settings
+from charter.errors import ForgedEvent
 from charter.events import ActionApproved, ActionProposed, Decision, Event, PolicyReloaded
 from charter.killswitch import ControlFollower, SwitchStore
 from charter.runtime.delivery import Delivery
@@ -32,7 +35,7 @@ from charter.watch import DirectoryWatcher
 from services.policy import limits
 from services.policy import store as policy_store
 from services.policy.bundle import PATTERNS, PolicyBundle
-from services.policy.decide import Context, decide, revalidate, usage_keys
+from services.policy.decide import Context, decide, forged, revalidate, usage_keys
 
 log = logging.getLogger(__name__)
 _TRACER = telemetry.tracer("charter.policy")
@@ -77,9 +80,17 @@ class Policy:
         self._batch: _Batch | None = None
         self._signer = signing.Signer.load(settings.keys, "policy")
         self._approvals_key = signing.Verifier.load(settings.keys, "approvals")
+        self._planner_key = signing.Verifier.load(settings.keys, "planner")
 
     def context(self) -> Context:
-        return Context(self.bundle, self.agents, self.tools, self.control.switches, self._approvals_key)
+        return Context(
+            self.bundle,
+            self.agents,
+            self.tools,
+            self.control.switches,
+            self._approvals_key,
+            self._planner_key,
+        )
 
     async def handle_batch(self, deliveries: list[Delivery]) -> list[Prepared]:
         now = self._clock.now()
@@ -115,7 +126,11 @@ class Policy:
         if isinstance(event, ActionApproved) and not event.executable:
             return self._once(batch, event, lambda now: self._revalidate(batch, event, now))
         if isinstance(event, ActionProposed):
-            return self._once(batch, event, lambda now: decide(event, self.context(), batch.usage, now))
+            ctx = self.context()
+            why = forged(event, ctx)
+            if why is not None:
+                raise ForgedEvent(why)
+            return self._once(batch, event, lambda now: decide(event, ctx, batch.usage, now))
         return []
 
     def _decided(self, event: Event, decision: Callable[[datetime], list[Event]]) -> list[Event]:

@@ -1,28 +1,34 @@
 """A planner that proposes anything: random tools, parameters, resources and environments,
 tools its agent does not hold, production targets from a staging agent. Published straight to
-`actions.proposed`, as a compromised or confused planner would. Whatever it proposes, no tool
-may run outside policy, counted at the tool side (the demo tools' own call log)."""
+`actions.proposed`, as a compromised or confused planner would (one holding the planner's key),
+and as anyone else who can write to the topic would (unsigned, signed by another key, or signed
+and then changed). Whatever it proposes, no tool may run outside policy, and nothing runs that
+the planner's key did not sign as it stands: counted at the tool side (the demo tools' own
+call log)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from charter import tools
+from charter import signing, tools
 from charter.client import Client
 from charter.clock import derive_id, new_id
 from charter.demo import ledger
-from charter.events import Action, ActionApproved, ActionProposed, Event
-from tests.e2e.conftest import Stack, broker_env, running
+from charter.events import Action, ActionApproved, ActionProposed, DeadLettered, Event
+from charter.store import make_engine
+from services.audit import store as audit_store
+from tests.e2e.conftest import Stack, broker_env, running, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +78,11 @@ parameters = st.fixed_dictionaries(
 )
 
 
+# How a proposal is signed: by the planner's own key (a compromised planner), or forged.
+PLANNER, UNSIGNED, STRANGER, TAMPERED = "planner", "unsigned", "stranger", "tampered"
+STRANGER_KEY = signing.Signer(Ed25519PrivateKey.generate())
+
+
 @dataclass(frozen=True)
 class Rogue:
     agent: str
@@ -79,6 +90,7 @@ class Rogue:
     resource: str
     environment: str
     parameters: dict[str, Any]
+    signed: str = PLANNER
 
 
 anything = st.builds(
@@ -137,6 +149,7 @@ within = st.builds(
 # Much of the flood is near the mark (a real agent's own tool, its home resources) or within
 # policy outright, so that the tool-side count has something to count.
 rogues = st.one_of(anything, refunds, grants, within)
+signatures = st.sampled_from([PLANNER, PLANNER, UNSIGNED, STRANGER, TAMPERED])
 
 
 def may_run(r: Rogue) -> bool:
@@ -161,13 +174,13 @@ def may_run(r: Rogue) -> bool:
     return True
 
 
-def _proposal(r: Rogue) -> ActionProposed:
+def _proposal(r: Rogue, planner: signing.Signer) -> ActionProposed:
     run = f"rogue-{new_id()}"
     action = Action(
         action_id=derive_id(run, "action"), step_index=0, step_id="rogue", tool=r.tool, resource=r.resource,
         parameters=r.parameters, environment=r.environment,
     )  # fmt: skip
-    return ActionProposed.create(
+    proposal = ActionProposed.create(
         event_id=derive_id(run, "proposed"),
         now=datetime.now(UTC),
         tenant="default",
@@ -176,11 +189,27 @@ def _proposal(r: Rogue) -> ActionProposed:
         correlation_id=run,
         action=action,
     )
+    if r.signed == UNSIGNED:
+        return proposal
+    if r.signed == STRANGER:
+        return STRANGER_KEY.sign(proposal)
+    signed = planner.sign(proposal)
+    if r.signed == TAMPERED:
+        # Signed as a small refund by the planner, then changed on the way.
+        return signed.model_copy(update={"action": action.model_copy(update={"parameters": {"amount": 1}})})
+    return signed
+
+
+def _planner(stack: Stack) -> signing.Signer:
+    """The planner's own key, as a compromised planner holds it."""
+    return signing.Signer.load(stack.settings.keys, "planner")
 
 
 async def _flood(stack: Stack, proposals: list[ActionProposed]) -> dict[str, Event]:
-    """Publish the proposals; return each one's policy decision once every allowed one has an outcome."""
+    """Publish the proposals; return each one's policy decision (or, for a forged one, its dead
+    letter) once every allowed one has an outcome."""
     wanted = {derive_id(p.event_id, "policy"): p for p in proposals}
+    mine = {p.event_id for p in proposals}
     decisions: dict[str, Event] = {}
     outcomes: set[str | None] = set()
     async with Client(stack.settings) as client:
@@ -188,13 +217,16 @@ async def _flood(stack: Stack, proposals: list[ActionProposed]) -> dict[str, Eve
             await client.send(proposal)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            for topic in ("actions.approved", "approvals.requested", "actions.rejected", "actions.results"):
+            topics = ("actions.approved", "approvals.requested", "actions.rejected", "actions.results")
+            for topic in (*topics, "actions.proposed.dlq"):
                 async for received in client.replay(topic):
                     event = received.event
                     if event is None:
                         continue
                     if event.event_id in wanted:
                         decisions[wanted[event.event_id].event_id] = event
+                    if isinstance(event, DeadLettered) and event.envelope.causation_id in mine:
+                        decisions[event.envelope.causation_id or ""] = event
                     if topic == "actions.results":
                         outcomes.add(event.run_id)
             allowed = {e.run_id for e in decisions.values() if isinstance(e, ActionApproved)}
@@ -213,15 +245,22 @@ async def _flood(stack: Stack, proposals: list[ActionProposed]) -> dict[str, Eve
     phases=(Phase.explicit, Phase.generate),
     suppress_health_check=list(HealthCheck),
 )
-@given(batch=st.lists(rogues, min_size=40, max_size=40))
-def test_no_tool_runs_outside_policy(rogue_stack: Stack, batch: list[Rogue]) -> None:
-    proposals = [_proposal(r) for r in batch]
+@given(batch=st.lists(st.tuples(rogues, signatures), min_size=40, max_size=40))
+def test_no_tool_runs_outside_policy(rogue_stack: Stack, batch: list[tuple[Rogue, str]]) -> None:
+    rogues = [replace(r, signed=signed) for r, signed in batch]
+    planner = _planner(rogue_stack)
+    proposals = [_proposal(r, planner) for r in rogues]
     decisions = asyncio.run(_flood(rogue_stack, proposals))
     assert len(decisions) == len(proposals)
     calls = {c["run_id"] for c in ledger.calls(rogue_stack.settings.data_dir)}
-    for rogue, proposal in zip(batch, proposals, strict=True):
+    for rogue, proposal in zip(rogues, proposals, strict=True):
         decision = decisions[proposal.event_id]
-        if proposal.run_id in calls:
+        if rogue.signed != PLANNER:
+            # Forged: never decided, never run; dead-lettered with the reason.
+            assert proposal.run_id not in calls, f"a forged proposal ran: {rogue}"
+            assert isinstance(decision, DeadLettered), f"a forged proposal was decided: {rogue}: {decision}"
+            assert decision.error_type == "ForgedEvent"
+        elif proposal.run_id in calls:
             # Zero executions outside policy: whatever ran, the independent oracle allows.
             assert may_run(rogue), f"a tool ran outside policy: {rogue}"
             assert isinstance(decision, ActionApproved)
@@ -232,4 +271,48 @@ def test_no_tool_runs_outside_policy(rogue_stack: Stack, batch: list[Rogue]) -> 
         else:
             assert not isinstance(decision, ActionApproved), f"approved outside policy: {rogue}"
     # The count had something to count: what was within policy ran (unless a limit stopped it).
-    assert any(p.run_id in calls for p in proposals) or not any(may_run(r) for r in batch)
+    genuine = [r for r in rogues if r.signed == PLANNER]
+    assert any(p.run_id in calls for p in proposals) or not any(may_run(r) for r in genuine)
+
+
+def test_a_proposal_put_on_the_topic_directly_within_policy_is_never_run(stack: Stack) -> None:
+    rogue = Rogue(
+        "support-refunds",
+        "issue_refund",
+        "order/A-1001",
+        "production",
+        {"order_id": "A-1001", "amount": 10, "currency": "EUR"},
+        UNSIGNED,
+    )
+    assert may_run(rogue)  # policy would allow it, were it the planner's
+    proposal = _proposal(rogue, _planner(stack))
+
+    async def send() -> None:
+        async with Client(stack.settings) as client:
+            await client.send(proposal)
+
+    asyncio.run(send())
+    dead = wait_for(
+        stack,
+        lambda e: isinstance(e, DeadLettered) and e.envelope.causation_id == proposal.event_id,
+        "actions.proposed.dlq",
+    )
+    assert isinstance(dead, DeadLettered)
+    assert dead.error_type == "ForgedEvent"
+    assert "is not signed" in dead.reason
+    assert dead.service == "policy"
+    # The audit records the attempt, under the run id it claimed, but it makes no run.
+    engine = make_engine(stack.settings.database_url_for("audit"))
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            with engine.connect() as conn:
+                recorded = [r.event_type for r in audit_store.timeline(conn, proposal.run_id or "")]
+            if "DeadLettered" in recorded or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+    assert recorded == ["ActionProposed", "DeadLettered"]
+    assert (proposal.run_id or "")[:12] not in stack.cli("runs").stdout
+    assert proposal.run_id not in {c["run_id"] for c in ledger.calls(stack.settings.data_dir)}

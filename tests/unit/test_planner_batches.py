@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from charter import serde, store
+from charter import serde, signing, store
 from charter.clock import FixedClock, derive_id
 from charter.config import Settings
 from charter.events import (
@@ -44,6 +44,7 @@ class Planned:
         (home / "agents").mkdir()
         shutil.copy(AGENT, home / "agents")
         self.settings = Settings(home=home, agents_dir=home / "agents")
+        signing.ensure_keys(self.settings.keys, ("planner",))
         self.engine = store.make_engine(self.settings.database_url_for("planner"))
         runs.create(self.engine)
         model = service._model_client(self.settings)

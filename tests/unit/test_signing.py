@@ -19,7 +19,7 @@ APPROVED = next(e for e in one_of_each() if isinstance(e, ActionApproved))
 
 
 def test_keys_are_made_once_with_the_private_half_readable_only_by_its_owner(tmp_path: Path) -> None:
-    assert signing.ensure_keys(tmp_path) == ["policy", "approvals", "audit"]
+    assert signing.ensure_keys(tmp_path) == ["policy", "approvals", "audit", "planner"]
     mode = stat.S_IMODE((tmp_path / "policy.key").stat().st_mode)
     assert mode == 0o600
     before = (tmp_path / "policy.key").read_bytes()
