@@ -13,7 +13,7 @@ from charter.config import Settings
 from charter.stack import readiness
 from charter.stack.harness import StackProcess
 from charter.stack.processes import free_port, free_ports, spawn
-from charter.stack.supervisor import SERVICES
+from charter.stack.readiness import SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITS = """defaults:

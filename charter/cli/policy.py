@@ -23,7 +23,7 @@ from charter.config import Settings
 from charter.errors import ConfigError
 from charter.events import KillSwitchAcknowledged, KillSwitchSet
 from charter.killswitch import SwitchStore, switch_id
-from charter.stack.supervisor import SERVICES
+from charter.stack.readiness import SERVICES
 from services.audit import store as audit
 from services.policy import store as policy_store
 from services.policy.bundle import PolicyBundle

@@ -23,7 +23,7 @@ from rich.table import Table
 from charter import metrics_server
 from charter.cli.output import console
 from charter.config import Settings
-from charter.stack.supervisor import SERVICES
+from charter.stack.readiness import SERVICES
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from charter.config import Settings
 
+# The services a stack is made of; it is ready when each has said so.
+SERVICES = ("audit", "approvals", "executor", "policy", "planner")
+
 
 def _dir(settings: Settings) -> Path:
     return settings.home / "run" / "ready"
@@ -52,3 +55,21 @@ def ready_pids(settings: Settings) -> dict[str, int]:
         except (OSError, ValueError, IndexError):
             continue
     return out
+
+
+def all_ready(settings: Settings) -> bool:
+    """Every service of this instance said it was ready, and that process still runs."""
+    live = ready_pids(settings)
+    return all(_alive(live.get(name)) for name in SERVICES)
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it runs
+    return True

@@ -19,7 +19,6 @@ from charter.stack.processes import spawn, terminate
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("audit", "approvals", "executor", "policy", "planner")
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 30.0

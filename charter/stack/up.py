@@ -28,7 +28,8 @@ from charter.identity import tokens
 from charter.stack import readiness
 from charter.stack.embedded import EmbeddedBroker
 from charter.stack.kafka import LocalKafka
-from charter.stack.supervisor import SERVICES, Supervisor, service_argv
+from charter.stack.readiness import SERVICES
+from charter.stack.supervisor import Supervisor, service_argv
 from charter.store import make_engine
 
 READY_TIMEOUT_S = 60.0

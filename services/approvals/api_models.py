@@ -37,10 +37,6 @@ class Me(BaseModel):
 
 class Health(BaseModel):
     status: str
-    service: str
-    instance: str
-    broker: str
-    pending_approvals: int
 
 
 class EventIn(_In):

@@ -11,13 +11,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from charter import broker
 from charter.clock import new_id
 from charter.events import RunInstructed, RunStarted, TriggerReceived
 from charter.identity import tokens
 from charter.identity.principal import Principal
 from charter.identity.roles import Permission, approver_roles
+from charter.stack import readiness
 from services.approvals import store
 from services.approvals.api import ApiContext, ApiError, context, principal, require
 from services.approvals.api_models import (
@@ -61,17 +62,27 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 router = APIRouter(prefix="/v1")
 
 
-@router.get("/health", response_model=Health, responses=_errors())
-def health(ctx: Ctx, _who: Annotated[Principal, Depends(principal)]) -> Health:
-    with ctx.engine.connect() as conn:
-        pending = store.counts(conn)["pending"]
-    return Health(
-        status="ok",
-        service="approvals",
-        instance=ctx.settings.instance,
-        broker=broker.capabilities(ctx.settings).kind,
-        pending_approvals=pending,
-    )
+# Probes answer without a token and say nothing but whether the stack is up: a load balancer
+# or an orchestrator holds no credentials, and must learn nothing from asking.
+@router.get("/health", response_model=Health)
+def health() -> Health:
+    """Liveness: the API process answers."""
+    return Health(status="ok")
+
+
+@router.get("/ready", response_model=Health, responses={503: {"model": Health}})
+def ready(ctx: Ctx, response: Response) -> Health:
+    """Readiness: the store answers, and every service of this instance has joined its group."""
+    try:
+        with ctx.engine.connect() as conn:
+            store.counts(conn)
+    except SQLAlchemyError:
+        response.status_code = 503
+        return Health(status="not ready")
+    if not readiness.all_ready(ctx.settings):
+        response.status_code = 503
+        return Health(status="not ready")
+    return Health(status="ready")
 
 
 @router.get("/metrics", responses=_errors(), response_class=Response)

@@ -39,7 +39,7 @@ from charter.stack import readiness
 from charter.stack.harness import StackNotReady, StackProcess
 from charter.stack.kafka import LocalKafka
 from charter.stack.processes import free_port, free_ports
-from charter.stack.supervisor import SERVICES
+from charter.stack.readiness import SERVICES
 from charter.store import make_engine
 from services.approvals import store as approvals
 from tests.conftest import REPO

@@ -304,3 +304,14 @@ def test_editing_parameters_while_approving_proposes_again(stack: Stack) -> None
     end = wait_run_end(stack, run)
     assert isinstance(end, RunCompleted)
     assert end.outputs["refund"]["amount"] == 2000
+
+
+def test_probes_answer_without_a_token_and_say_nothing_else(stack: Stack) -> None:
+    for who in (None, "root"):
+        with api(stack, who, *(("admin",) if who else ())) as client:
+            health = client.get("/v1/health")
+            ready = client.get("/v1/ready")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    # Everything else still needs a token.
+    assert httpx.get(stack.api_url + "/v1/me").status_code == 401

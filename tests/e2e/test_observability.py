@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from charter import metrics_server
 from charter.client import Client
 from charter.events import RunCompleted
-from charter.stack.supervisor import SERVICES
+from charter.stack.readiness import SERVICES
 from tests.e2e.conftest import Stack, approve_when_up, run_id, wait_approval, wait_run_end
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from charter.stack.supervisor import SERVICES
+from charter.stack.readiness import SERVICES
 from tests.conftest import REPO
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from charter import metrics, metrics_server
 from charter.config import Settings
-from charter.stack.supervisor import SERVICES
+from charter.stack.readiness import SERVICES
 from tests.conftest import REPO
 
 INFRA = REPO / "infra"
