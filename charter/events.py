@@ -355,6 +355,12 @@ class DeadLettered(Event):
     reason: str
     error_type: str
     service: str
+    # The original's "sha256:<hex>" and length, so an original too big to keep whole is still
+    # known; None in letters from before they were added.
+    digest: str | None = None
+    original_size: int | None = None
+    # `value` holds only the original's first bytes: it did not fit under the broker's limit.
+    truncated: bool = False
 
 
 class KillSwitchSet(Event):

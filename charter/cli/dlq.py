@@ -1,7 +1,8 @@
 """charter dlq list | show | replay: the records services could not process, and putting them back.
 
 A service that cannot process a record publishes a `DeadLettered` event to `<topic>.dlq` with the
-original key and bytes and the reason (charter.runtime.pipeline), and moves on. Here an operator reads
+original key and bytes and the reason (charter.runtime.pipeline), and moves on. An original too
+big for the broker is kept as its digest, its size and its first bytes (`truncated`). Here an operator reads
 those, and, once the cause is fixed, publishes the original (or a corrected event) to the topic
 it came from, marked with a `charter-replayed-from: <dlq topic>:<partition>:<offset>` header.
 """
@@ -58,6 +59,8 @@ class Letter:
 
     def original(self) -> tuple[Event | None, str | None]:
         """The record it carries, decoded; or why that fails."""
+        if self.event.truncated:
+            return None, f"only its first {len(self.event.value)} bytes were kept"
         try:
             return serde.decode(self.event.value), None
         except InvalidMessage as exc:
@@ -123,6 +126,13 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode()
 
 
+def not_kept(dead: DeadLettered) -> str | None:
+    """What is known of an original the letter could not keep whole; None when it is kept."""
+    if not dead.truncated:
+        return None
+    return f"original not kept: {dead.original_size} bytes, {dead.digest}"
+
+
 def record_json(letter: Letter, with_original: bool = False) -> dict[str, Any]:
     dead, env = letter.event, letter.event.envelope
     body: dict[str, Any] = {
@@ -145,6 +155,10 @@ def record_json(letter: Letter, with_original: bool = False) -> dict[str, Any]:
         "key": _text(dead.key),
         "key_base64": _b64(dead.key),
         "value_base64": _b64(dead.value),
+        # A letter from before digests were kept has none; `truncated`: value is a prefix.
+        "digest": dead.digest,
+        "original_size": dead.original_size,
+        "truncated": dead.truncated,
     }
     if with_original:
         event, error = letter.original()
@@ -162,6 +176,10 @@ def _event_json(event: Event) -> dict[str, Any]:
 def _source(letter: Letter, prefix: str) -> str:
     dead = letter.event
     return f"{dead.source_topic.removeprefix(prefix)}@{dead.source_partition}:{dead.source_offset}"
+
+
+def _bracketed(text: str | None) -> str | None:
+    return None if text is None else f"[{text}]"
 
 
 def _cut(text: str, width: int) -> str:
@@ -200,7 +218,8 @@ def list_(
                 x.event.service,
                 _source(x, settings.topic_prefix),
                 x.event.error_type,
-                _cut(x.event.reason, REASON_WIDTH),
+                # Said first, so that cutting the reason to width never hides it.
+                _cut(" ".join(filter(None, [_bracketed(not_kept(x.event)), x.event.reason])), REASON_WIDTH),
             ]
             for x in shown
         ]
@@ -238,7 +257,14 @@ def show(
     lines += [f"  {name:<15} {'-' if value is None else value}" for name, value in fields.items()]
     value = letter.event.value
     event, error = letter.original()
-    if event is not None:
+    if letter.event.truncated:
+        lines.append(
+            f"original value ({letter.event.original_size} bytes, {letter.event.digest}) was too big "
+            f"for the broker; its first {len(value)} bytes:"
+        )
+        lines.append(f"  base64 {body['value_base64']}")
+        lines.append(f"  hex    {value.hex()}")
+    elif event is not None:
         lines.append(f"original value ({len(value)} bytes), a {event.envelope.event_type}:")
         lines.append(json.dumps(_event_json(event), indent=2, ensure_ascii=False))
     else:
@@ -344,6 +370,12 @@ def replay(
     settings = Settings()
     letter = find(settings, letter_id)
     dead = letter.event
+    if event_file is None and dead.truncated:
+        raise ConfigError(
+            f"dead letter {letter.id[:8]} kept only the first {len(dead.value)} of the original's "
+            f"{dead.original_size} bytes ({dead.digest}): publish a corrected event with --event, "
+            "or the original again from where it came"
+        )
     if event_file is None:
         out = Outgoing(dead.source_topic, dead.key, dead.value)
         what = f"the original record ({len(dead.value)} bytes)"

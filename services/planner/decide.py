@@ -24,8 +24,10 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from charter import triggering
 from charter.agents import Agent, Step
 from charter.clock import derive_id
+from charter.errors import InvalidEvent
 from charter.events import (
     ActionExecuted,
     ActionFailed,
@@ -71,35 +73,21 @@ def run_id_for(trigger: TriggerReceived, agent: Agent) -> str:
     return run_of(trigger.event_id, agent.id)
 
 
-def matches(agent: Agent, trigger: TriggerReceived) -> bool:
-    for rule in agent.triggers:
-        if rule.event != trigger.name:
-            continue
-        if rule.when is None:
-            return True
-        try:
-            if evaluate(rule.when, {"trigger": trigger.data}):
-                return True
-        except TemplateFailure as exc:
-            log.warning(
-                "agent %s: filter %r does not apply to %s: %s", agent.id, rule.when, trigger.event_id, exc
-            )
-    return False
-
-
 def on_trigger(
     trigger: TriggerReceived, agents: Mapping[str, Agent], existing: Collection[str], now: datetime
 ) -> list[Transition]:
-    """Start a run for every agent the trigger matches, unless that run already exists."""
-    transitions = []
-    for agent in sorted(agents.values(), key=lambda a: a.id):
-        if not matches(agent, trigger):
-            continue
-        run_id = run_id_for(trigger, agent)
-        if run_id in existing:
-            continue
-        transitions.append(start_run(trigger, agent, now))
-    return transitions
+    """Start a run for every agent the trigger matches, unless that run already exists.
+
+    A trigger that some agent's filter cannot be evaluated against starts nothing and is
+    refused whole (the pipeline dead-letters it with the reason), even where another agent's
+    filter holds: half its runs started and the rest dropped would look like success. Once
+    the data or the filter is fixed, replaying the dead letter starts them all."""
+    found = triggering.matched(agents, trigger.name, trigger.data)
+    if found.unevaluable:
+        raise InvalidEvent(triggering.describe(found.unevaluable, trigger.event_id))
+    return [
+        start_run(trigger, agent, now) for agent in found.agents if run_id_for(trigger, agent) not in existing
+    ]
 
 
 def on_handoff(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from charter import triggering
 from charter.agents import Agent
 from charter.clock import derive_id
 from charter.events import (
@@ -30,8 +31,9 @@ LIVE: tuple[Status, ...] = ("running", "waiting")
 
 
 def run_of(trigger_event_id: str, agent_id: str) -> str:
-    """A run's id: one run per business event (or handoff) and agent, however often it arrives."""
-    return derive_id(trigger_event_id, f"run:{agent_id}")
+    """A run's id: one run per business event (or handoff) and agent, however often it arrives.
+    The rule is charter.triggering's, which also tells a publisher the runs an event starts."""
+    return triggering.run_of(trigger_event_id, agent_id)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ No broker: the dead letters are made here."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from pathlib import Path
@@ -189,3 +190,61 @@ def test_with_no_stack_every_command_says_so_in_one_line(tmp_path: Path) -> None
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("charter: no broker: start the stack with `charter up`")
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+BIG = b"\xee" * 1_200_000
+TRUNCATED = dlq.Letter(
+    f"{TRIGGERS}.dlq",
+    0,
+    2,
+    POISON.event.model_copy(
+        update={
+            "envelope": POISON.event.envelope.model_copy(
+                update={"event_id": "0f1e2d3c-0000-5000-8000-000000000002"}
+            ),
+            "value": BIG[:1024],
+            "truncated": True,
+            "original_size": len(BIG),
+            "digest": "sha256:" + "ab" * 32,
+        }
+    ),
+)
+
+
+def test_list_says_first_what_is_known_of_an_original_too_big_to_keep(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(dlq, "read_letters", _read([POISON, TRUNCATED]))
+    dlq.list_(topic=None, as_json=False, limit=100)
+    lines = capsys.readouterr().out.splitlines()
+    assert "[original not kept" not in lines[1]
+    assert (
+        lines[2]
+        .split("UndecodableRecord")[1]
+        .strip()
+        .startswith("[original not kept: 1200000 bytes, sha256:ab")
+    )
+    dlq.list_(topic=None, as_json=True, limit=100)
+    kept, cut = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert (kept["truncated"], kept["digest"], kept["original_size"]) == (False, None, None)
+    assert (cut["truncated"], cut["digest"], cut["original_size"]) == (True, "sha256:" + "ab" * 32, 1_200_000)
+
+
+def test_show_gives_the_digest_size_and_first_bytes_of_an_original_too_big_to_keep(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(dlq, "read_letters", _read([TRUNCATED]))
+    dlq.show(letter_id="0f1e", as_json=False)
+    out = capsys.readouterr().out
+    assert f"original value (1200000 bytes, sha256:{'ab' * 32}) was too big for the broker" in out
+    assert f"its first 1024 bytes:\n  base64 {base64.b64encode(BIG[:1024]).decode()}" in out
+    dlq.show(letter_id="0f1e", as_json=True)
+    assert json.loads(capsys.readouterr().out)["original_error"] == "only its first 1024 bytes were kept"
+
+
+def test_the_first_bytes_of_an_original_are_never_replayed_as_the_original(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dlq, "read_letters", _read([TRUNCATED]))
+    with pytest.raises(ConfigError, match="kept only the first 1024 of the original's 1200000 bytes"):
+        dlq.replay(letter_id="0f1e", event_file=None, yes=True)

@@ -4,7 +4,9 @@ producer here only; the end-to-end tests prove the same on the real broker."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from charter import serde
@@ -13,15 +15,15 @@ from charter.config import Settings
 from charter.errors import InvalidEvent, RetryPolicy
 from charter.events import DeadLettered, Event
 from charter.runtime.delivery import Delivery
-from charter.runtime.pipeline import Pipeline
+from charter.runtime.pipeline import KEPT_PREFIX, LETTER_HEADROOM, Pipeline
 from tests.factories import NOW, one_of_each
 
 EVENT = one_of_each()[0]
 
 
 class Recorder:
-    def __init__(self) -> None:
-        self.settings = Settings()
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
         self.sent: list[Event] = []
 
     async def send(self, event: Event) -> asyncio.Future[Any]:
@@ -35,10 +37,17 @@ def _delivery(value: bytes, offset: int = 3) -> Delivery:
     return Delivery("charter.triggers", 1, offset, b"key", value, (), 0)
 
 
-def _run(handler: Any, *values: bytes, retry: RetryPolicy | None = None) -> list[Event]:
-    recorder = Recorder()
+def _run(
+    handler: Any,
+    *values: bytes,
+    retry: RetryPolicy | None = None,
+    settings: Settings | None = None,
+    key: bytes = b"key",
+) -> list[Event]:
+    recorder = Recorder(settings)
     pipeline = Pipeline("planner", recorder, handler, FixedClock(NOW), retry)  # type: ignore[arg-type]
-    asyncio.run(_process(pipeline, [_delivery(v, i) for i, v in enumerate(values)]))
+    deliveries = [replace(_delivery(v, i), key=key) for i, v in enumerate(values)]
+    asyncio.run(_process(pipeline, deliveries))
     return recorder.sent
 
 
@@ -85,6 +94,68 @@ def test_records_the_service_skips_are_not_handled_and_the_rest_are() -> None:
     assert recorder.sent[0] == EVENT
     assert isinstance(recorder.sent[1], DeadLettered)  # bad input is never skipped unseen
     assert len(recorder.sent) == 2
+
+
+def test_an_event_with_an_empty_id_is_dead_lettered_not_handled() -> None:
+    handled: list[Event] = []
+
+    async def handler(event: Event, _d: Delivery) -> Sequence[Event]:
+        handled.append(event)
+        return []
+
+    for blank in ("", "  "):
+        nameless = EVENT.model_copy(
+            update={"envelope": EVENT.envelope.model_copy(update={"event_id": blank})}
+        )
+        [dead] = _run(handler, serde.encode(nameless))
+        assert isinstance(dead, DeadLettered)
+        assert dead.error_type == "InvalidEvent"
+        assert dead.reason == (
+            f"{EVENT.envelope.event_type} with correlation id "
+            f"{EVENT.envelope.correlation_id!r} has an empty event_id"
+        )
+    assert handled == []
+
+
+def test_a_dead_letter_keeps_the_digest_and_size_of_an_original_that_fits() -> None:
+    [dead] = _run(echo, b"garbage")
+    assert isinstance(dead, DeadLettered)
+    assert (dead.value, dead.truncated, dead.original_size) == (b"garbage", False, 7)
+    assert dead.digest == "sha256:" + hashlib.sha256(b"garbage").hexdigest()
+
+
+SMALL = Settings(max_message_bytes=20_000)
+
+
+def _fits(letter: DeadLettered) -> bool:
+    return len(serde.encode(letter)) + len(letter.key or b"") + LETTER_HEADROOM <= SMALL.max_message_bytes
+
+
+def test_an_original_too_big_for_the_broker_is_kept_as_its_digest_size_and_first_bytes() -> None:
+    big = b"\xee" + bytes(range(256)) * 200  # 51,201 bytes of garbage
+    [dead] = _run(echo, big, settings=SMALL)
+    assert isinstance(dead, DeadLettered)
+    assert _fits(dead)
+    assert dead.truncated
+    assert dead.value == big[:KEPT_PREFIX]
+    assert dead.original_size == len(big)
+    assert dead.digest == "sha256:" + hashlib.sha256(big).hexdigest()
+    assert "not an Avro single-object record" in dead.reason
+    assert dead.key == b"key"
+
+
+def test_a_letter_still_too_big_without_its_original_cuts_its_key_and_reason_too() -> None:
+    async def quoting(event: Event, _d: Delivery) -> Sequence[Event]:
+        raise InvalidEvent("bad data: " + "x" * 50_000)  # a reason that quotes a huge record
+
+    [dead] = _run(quoting, serde.encode(EVENT), settings=SMALL, key=b"k" * 50_000)
+    assert isinstance(dead, DeadLettered)
+    assert _fits(dead)
+    assert dead.truncated
+    assert dead.reason.startswith("bad data: xxx")
+    assert len(dead.reason) == len(dead.key or b"") == KEPT_PREFIX
+    assert dead.envelope.correlation_id == "charter.triggers:1:0"
+    assert dead.original_size == len(serde.encode(EVENT))
 
 
 def test_the_same_bad_record_gets_the_same_dead_letter_id() -> None:
