@@ -3,7 +3,8 @@
 A tool names the secrets it needs, and the executor alone resolves them; the planner resolves
 only the model server's key. The values come from `CHARTER_SECRET_<NAME>` in the
 environment or from the secrets file. Every value known here is redacted from tool results,
-error messages and this process's log lines, so a tool that echoes its key does not leak it.
+error messages, this process's log lines and the spans it exports, so a tool that echoes its key
+does not leak it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from charter import telemetry
 from charter.errors import ConfigError
 
 ENV_PREFIX = "CHARTER_SECRET_"
@@ -97,7 +99,9 @@ class RedactingFilter(logging.Filter):
 
 
 def guard_logs(secrets: Secrets) -> None:
-    """Redact secrets from every log line this process writes, whichever logger emits it."""
+    """Redact secrets from every log line this process writes, whichever logger emits it, and from
+    every span it exports: a span records an exception's message and traceback as they are."""
     redacting = RedactingFilter(secrets)
     for handler in logging.getLogger().handlers:
         handler.addFilter(redacting)
+    telemetry.redact_spans(secrets.redact)

@@ -3,6 +3,8 @@
 W3C trace context rides in Kafka headers (`traceparent`, `tracestate`), so the spans of one run
 share a trace id across the planner, policy, approvals, executor and audit processes.
 Log lines carry the current trace id and run id, so a log line leads to its trace and run.
+Every exporter is wrapped so that spans are redacted before they leave the process: a secret in an
+exception's message would otherwise reach the trace file or the collector (see `redact_spans`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -22,9 +24,14 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.trace import SpanContext
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import Link, SpanContext, Status
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from charter.config import Settings
@@ -32,6 +39,10 @@ from charter.config import Settings
 Headers = Sequence[tuple[str, bytes]]
 _PROPAGATOR = TraceContextTextMapPropagator()
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("charter_run_id", default=None)
+Redactor = Callable[[str], str]
+# Whatever this process must not export: the secrets it resolves register here (charter.secrets),
+# after tracing is set up, so the exporters read the list when they export, not when they are made.
+_redactors: list[Redactor] = []
 
 
 class _HeaderGetter(Getter[Headers]):
@@ -187,21 +198,120 @@ def _second(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
-def setup_tracing(service: str, settings: Settings) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({"service.name": f"charter-{service}"}))
+def redact_spans(redact: Redactor) -> None:
+    """Apply `redact` to every string a span carries (name, status, attributes, events, links)
+    before any exporter of this process sees it."""
+    _redactors.append(redact)
+
+
+def _redact(text: str) -> str:
+    for redact in _redactors:
+        text = redact(text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _redact(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_redact_value(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _redact_value(v) for k, v in value.items()}
+    return value
+
+
+def _redact_attrs(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if attributes is None:
+        return None
+    return {k: _redact_value(v) for k, v in attributes.items()}
+
+
+def _redacted(span: ReadableSpan) -> ReadableSpan:
+    """A copy of `span` with every string redacted, or `span` itself when nothing changed: a copy
+    loses the counts of dropped attributes and events, so only a span that held a secret pays that."""
+    status = span.status
+    if status.description:
+        status = Status(status.status_code, _redact(status.description))
+    copy = ReadableSpan(
+        name=_redact(span.name),
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=_redact_attrs(span.attributes),
+        events=[Event(e.name, _redact_attrs(e.attributes), e.timestamp) for e in span.events],
+        links=[Link(link.context, _redact_attrs(link.attributes)) for link in span.links],
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+    return span if _same(span, copy) else copy
+
+
+def _same(span: ReadableSpan, copy: ReadableSpan) -> bool:
+    return (
+        span.name == copy.name
+        and span.status.description == copy.status.description
+        and _attrs(span.attributes) == _attrs(copy.attributes)
+        and [_attrs(e.attributes) for e in span.events] == [_attrs(e.attributes) for e in copy.events]
+        and [_attrs(link.attributes) for link in span.links]
+        == [_attrs(link.attributes) for link in copy.links]
+    )
+
+
+class RedactingExporter(SpanExporter):
+    """Hands `inner` each span with the registered redactions applied. It wraps the exporter, not
+    the span processor, so the redaction runs on the export thread and not on the path of a record."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if _redactors:
+            spans = [_redacted(span) for span in spans]
+        return self._inner.export(spans)
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _FileExporter(ConsoleSpanExporter):
+    """Spans as lines of a file it owns, so it closes the file when the provider shuts down."""
+
+    def shutdown(self) -> None:
+        self.out.close()
+
+
+def _exporter(service: str, settings: Settings) -> tuple[SpanExporter, int | None] | None:
+    """The exporter `settings` name, with the batch delay it is flushed at (None: the SDK's,
+    which OTEL_BSP_SCHEDULE_DELAY sets); None for no exporter."""
     if settings.trace_exporter == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    elif settings.trace_exporter == "otlp":
+        return ConsoleSpanExporter(), None
+    if settings.trace_exporter == "otlp":
         # Imported here: only a process that exports over OTLP pays for protobuf and requests.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 
         endpoint = f"{settings.otlp_endpoint.rstrip('/')}/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    elif settings.trace_exporter == "file":
+        return OTLPSpanExporter(endpoint=endpoint), None
+    if settings.trace_exporter == "file":
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
         out = (settings.logs_dir / f"traces-{service}.jsonl").open("a", encoding="utf-8")
-        exporter = ConsoleSpanExporter(out=out, formatter=_SpanLines())
-        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        return _FileExporter(out=out, formatter=_SpanLines()), 500
+    return None
+
+
+def setup_tracing(service: str, settings: Settings) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": f"charter-{service}"}))
+    chosen = _exporter(service, settings)
+    if chosen is not None:
+        exporter, delay_ms = chosen
+        provider.add_span_processor(
+            BatchSpanProcessor(RedactingExporter(exporter), schedule_delay_millis=delay_ms)
+        )
     trace.set_tracer_provider(provider)
     return provider
 
