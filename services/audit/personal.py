@@ -1,11 +1,14 @@
 """Personal data in the audit log, sealed per data subject so it can be purged (crypto-shredding).
 
 Before an event is appended, the values of personal fields (CHARTER_PERSONAL_FIELDS) inside its
-payload objects (trigger data, action parameters, results, run outputs) are encrypted with the
-key of the data subject the event names (the first of CHARTER_SUBJECT_FIELDS found), AES-256-GCM
-bound to the event id and field. The sealed event is what the log stores and what its leaf
-covers. Purging a subject deletes its key: the sealed values stay, unreadable by anyone, and
-every hash still verifies. Events naming no subject are stored as they are.
+payload objects (trigger data, action parameters, results, run outputs, hand-off and escalation
+context), at any depth, are encrypted with the key of the event's data subject, AES-256-GCM bound
+to the event id and field. The subject is the run's: the first of CHARTER_SUBJECT_FIELDS found in
+any event of the run (its trigger's, most often), wherever it nests, so a step's result or the
+run's outputs, which seldom name the customer again, are sealed under the same key as the
+trigger. The sealed event is what the log stores and what its leaf covers. Purging a subject
+deletes its key: the sealed values stay, unreadable by anyone, and every hash still verifies.
+Events naming no subject, in runs that name none, are stored as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,15 +30,18 @@ from sqlalchemy import Connection, Engine, select, text, update
 from charter import serde
 from charter.config import Settings
 from charter.errors import InvalidMessage
-from charter.events import DeadLettered, Event
+from charter.events import DeadLettered, Event, RunStarted
 from services.audit import store
 from services.audit.store import subject_keys_table as keys
 
 log = logging.getLogger(__name__)
 SEALED = "charter-sealed:v1:"
 PURGED = "[purged]"
-PAYLOADS = frozenset({"data", "parameters", "result", "outputs"})
+PAYLOADS = frozenset({"data", "parameters", "result", "outputs", "context"})
 NONCE = 12
+# Runs (and triggers) whose subject the sealer remembers, for the events of a batch not yet in
+# the log; past that the log answers (`store.subject_of_run`).
+REMEMBERED = 10_000
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -49,36 +56,45 @@ class Sealer:
     def __init__(self, personal: tuple[str, ...], subject_fields: tuple[str, ...]) -> None:
         self._personal = frozenset(personal)
         self._subject_fields = subject_fields
+        self._names = [b'"%s"' % name.encode() for name in (*subject_fields, *personal)]
+        self._subjects: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     @classmethod
     def of(cls, settings: Settings) -> Sealer:
         return cls(_names(settings.personal_fields), _names(settings.subject_fields))
 
     def subject(self, payloads: list[dict[str, Any]]) -> str | None:
+        """The data subject the payloads name, wherever it nests: the first subject field wins,
+        and of its occurrences the shallowest (a run's outputs hold each step's result)."""
+        objects = list(_objects(payloads))
         for name in self._subject_fields:
-            for payload in payloads:
-                value = payload.get(name)
+            for obj in objects:
+                value = obj.get(name)
                 if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
                     return str(value)
         return None
 
-    def mentions(self, value: bytes) -> bool:
-        """Whether the encoded event may name a subject: payloads are JSON text inside the
-        Avro record, so a field name that is not in the bytes is in no payload."""
-        return any(b'"%s"' % name.encode() in value for name in self._subject_fields)
+    def concerns(self, event: Event, value: bytes) -> bool:
+        """Whether the event, whose encoding is `value`, may name a subject, hold a personal
+        field, or tie its run to its trigger's subject (RunStarted): payloads are JSON text inside
+        the Avro record, so a field name that is not in the bytes is in no payload."""
+        return isinstance(event, RunStarted) or any(name in value for name in self._names)
 
     def seal(self, conn: Connection, event: Event, now_us: int) -> tuple[bytes | None, str | None]:
         """The event's bytes with its personal fields sealed (None if nothing needed sealing),
-        and the data subject it names. A dead letter's original record is sealed inside it."""
+        and the data subject they are sealed under. A dead letter's original record is sealed
+        inside it."""
         if isinstance(event, DeadLettered):
             return self._seal_letter(conn, event, now_us)
         dumped = event.model_dump(context={"objects": True})
         payloads = _payloads(dumped)
-        subject = self.subject(payloads)
-        personal = any(self._personal & p.keys() for p in _all_objects(payloads))
+        subject = self._of_run(conn, event) or self.subject(payloads)
+        self._remember(event, subject)
+        personal = any(self._personal & obj.keys() for obj in _objects(payloads))
         if subject is None and personal:
             log.warning(
-                "event %s carries personal fields but names no data subject (%s): stored unsealed",
+                "event %s carries personal fields but neither it nor its run names a data subject (%s): "
+                "stored unsealed",
                 event.event_id,
                 ", ".join(self._subject_fields),
             )
@@ -94,6 +110,35 @@ class Sealer:
         for payload in payloads:
             _replace(payload, self._personal, seal_one)
         return serde.encode(type(event).model_validate(dumped)), subject
+
+    def _of_run(self, conn: Connection, event: Event) -> str | None:
+        """The subject already found for the event's run, or for the trigger that starts it. The
+        run's subject wins over one the event names itself, so that purging the run's subject
+        leaves none of the run's personal data readable."""
+        if event.run_id:
+            found = self._recall(("run", event.run_id)) or store.subject_of_run(conn, event.run_id)
+            if found is not None:
+                return found
+        if isinstance(event, RunStarted):
+            trigger = event.trigger_event_id
+            return self._recall(("event", trigger)) or store.subject_of_event(conn, trigger)
+        return None
+
+    def _recall(self, key: tuple[str, str]) -> str | None:
+        found = self._subjects.get(key)
+        if found is not None:
+            self._subjects.move_to_end(key)
+        return found
+
+    def _remember(self, event: Event, subject: str | None) -> None:
+        if subject is None:
+            return
+        # An event outside any run (a trigger) is remembered for the runs it starts.
+        key = ("run", event.run_id) if event.run_id else ("event", event.event_id)
+        self._subjects[key] = subject
+        self._subjects.move_to_end(key)
+        while len(self._subjects) > REMEMBERED:
+            self._subjects.popitem(last=False)
 
     def _seal_letter(
         self, conn: Connection, letter: DeadLettered, now_us: int
@@ -125,17 +170,15 @@ def _payloads(dumped: Any) -> list[dict[str, Any]]:
     return found
 
 
-def _all_objects(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    stack: list[Any] = list(payloads)
-    while stack:
-        item = stack.pop()
+def _objects(payloads: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every object inside the payloads, the payloads first, shallower before deeper."""
+    queue: list[Any] = list(payloads)
+    for item in queue:  # grows as it is read: breadth first
         if isinstance(item, dict):
-            out.append(item)
-            stack.extend(item.values())
+            yield item
+            queue.extend(item.values())
         elif isinstance(item, list):
-            stack.extend(item)
-    return out
+            queue.extend(item)
 
 
 def _replace(obj: Any, personal: frozenset[str], change: Callable[[str, Any], Any]) -> None:

@@ -86,7 +86,7 @@ class Auditor:
 
     def _pending(self, conn: Connection, delivery: Delivery, now_us: int) -> audit.Pending:
         event = _decode(delivery)
-        named = event is not None and self._sealer.mentions(delivery.value)
+        named = event is not None and self._sealer.concerns(event, delivery.value)
         sealed, subject = self._sealer.seal(conn, event, now_us) if event and named else (None, None)
         return audit.Pending(attribute(delivery, event, now_us, subject), sealed or delivery.value)
 
