@@ -9,6 +9,7 @@ import httpx
 
 from charter.config import Settings
 from charter.errors import CharterError, ConfigError
+from charter.identity import operator
 
 TIMEOUT_S = 30.0
 
@@ -33,11 +34,12 @@ class ApiClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiClient:
-        if settings.token is None:
+        token = settings.token.get_secret_value() if settings.token is not None else operator.saved(settings)
+        if token is None:
             raise ConfigError(
                 "no API token: set CHARTER_TOKEN (an admin issues one with `charter tokens create`)"
             )
-        return cls(settings.api(), settings.token.get_secret_value())
+        return cls(settings.api(), token)
 
     def __enter__(self) -> ApiClient:
         return self

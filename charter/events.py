@@ -370,6 +370,7 @@ class KillSwitchSet(Event):
     active: bool
     reason: str
     set_by: str
+    signature: str | None = None
 
 
 class KillSwitchAcknowledged(Event):

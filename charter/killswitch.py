@@ -1,9 +1,14 @@
 """Kill switches: an operator stops an agent, a tool, or everything, at once.
 
-`charter kill-switch on` publishes KillSwitchSet to `control`. Every service process follows
-`control` with a consumer group of its own (group + instance), so every replica sees every
-switch; it records the switch in its own store before acknowledging it, so the state survives
-a restart, and answers KillSwitchAcknowledged so the operator knows it is in force.
+`charter kill-switch on` asks the API, which names the person from their credential, signs
+the KillSwitchSet with the approvals service's key and publishes it to `control`. Every service
+process follows `control` with a consumer group of its own (group + instance), so every replica
+sees every switch; it records the switch in its own store before acknowledging it, so the state
+survives a restart, and answers KillSwitchAcknowledged so the operator knows it is in force.
+
+A switch stops agents, and turning one off lets them act again, so a service applies only a
+signed switch. One that is not is dead-lettered to `control.dlq` with the reason, under an id
+every follower derives alike, so the audit keeps one letter however many services saw it.
 """
 
 from __future__ import annotations
@@ -14,16 +19,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import Boolean, Column, Connection, DateTime, Engine, MetaData, String, Table, Text, select
 
-from charter import broker, topics
+from charter import broker, signing, topics
 from charter.bus import Bus
-from charter.clock import SystemClock, as_utc, derive_id
+from charter.clock import SystemClock, as_utc, derive_id, new_id
 from charter.config import Settings
 from charter.errors import InvalidMessage
-from charter.events import KillSwitchAcknowledged, KillSwitchSet
+from charter.events import DeadLettered, KillSwitchAcknowledged, KillSwitchSet
 from charter.serde import decode
 from charter.store import upsert
 
@@ -51,6 +56,25 @@ class KillSwitch:
     def describe(self) -> str:
         scope = " and ".join(f"{k} {v}" for k, v in (("agent", self.agent), ("tool", self.tool)) if v)
         return f"kill switch on for {scope or 'every agent and tool'} (by {self.set_by}: {self.reason})"
+
+
+def switch_event(
+    *, agent: str | None, tool: str | None, active: bool, reason: str, set_by: str, tenant: str, now: datetime
+) -> KillSwitchSet:
+    """The (unsigned) event that sets the switch for a scope."""
+    scope = switch_id(agent, tool)
+    return KillSwitchSet.create(
+        event_id=new_id(),
+        now=now,
+        tenant=tenant,
+        correlation_id=scope,
+        switch_id=scope,
+        scope_agent=agent,
+        scope_tool=tool,
+        active=active,
+        reason=reason,
+        set_by=set_by,
+    )
 
 
 def matching(switches: Sequence[KillSwitch], agent: str | None, tool: str | None) -> KillSwitch | None:
@@ -148,6 +172,7 @@ class ControlFollower:
         self._engine = engine
         self._on_change = on_change
         self._clock = SystemClock()
+        self._key = signing.Verifier.load(settings.keys, "approvals")
         self.switches: list[KillSwitch] = store.active()
 
     async def run(self, stop: asyncio.Event, on_assigned: Callable[[], None] = lambda: None) -> None:
@@ -168,17 +193,45 @@ class ControlFollower:
                 batch = await consumer.getmany(timeout_ms=100)
                 for records in batch.values():
                     for record in records:
-                        await self._handle(record.value)
+                        await self._handle(record)
         finally:
             await consumer.stop()
 
-    async def _handle(self, value: bytes) -> None:
+    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
-            event = decode(value)
+            event = decode(record.value or b"")
         except InvalidMessage:
             return  # the audit keeps it; control carries nothing a service must act on besides switches
-        if isinstance(event, KillSwitchSet):
-            await self._apply(event)
+        if not isinstance(event, KillSwitchSet):
+            return
+        if not self._key.verify(event):
+            state = "on" if event.active else "off"
+            reason = (
+                f"kill switch {event.switch_id} {state} claimed by {event.set_by!r} "
+                "is not signed by the approvals service: switches are set through its API (or signed "
+                "offline with its key); not applied"
+            )
+            log.error("%s", reason)
+            await self._bus.publish(
+                DeadLettered.create(
+                    # The same id from every follower: the audit keeps one letter.
+                    event_id=derive_id(f"{record.topic}:{record.partition}:{record.offset}", "dlq:control"),
+                    now=self._clock.now(),
+                    tenant=event.envelope.tenant,
+                    correlation_id=event.envelope.correlation_id,
+                    causation_id=event.event_id,
+                    source_topic=record.topic,
+                    source_partition=record.partition,
+                    source_offset=record.offset,
+                    key=record.key,
+                    value=record.value or b"",
+                    reason=reason,
+                    error_type="ForgedEvent",
+                    service="control",
+                )
+            )
+            return
+        await self._apply(event)
 
     async def _apply(self, event: KillSwitchSet) -> None:
         with self._engine.begin() as conn:

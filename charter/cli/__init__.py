@@ -7,7 +7,20 @@ import sys
 import typer
 from typer.exceptions import TyperException
 
-from charter.cli import agents, approvals, audit, dlq, events, identity, policy, runs, stack, top
+from charter.cli import (
+    agents,
+    approvals,
+    audit,
+    dlq,
+    events,
+    identity,
+    policy,
+    runs,
+    stack,
+    switches,
+    tokens,
+    top,
+)
 from charter.errors import CharterError
 
 app = typer.Typer(
@@ -30,8 +43,8 @@ app.add_typer(approvals.app, name="approvals")
 app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(policy.app, name="policy")
-app.add_typer(policy.switch_app, name="kill-switch")
-app.add_typer(identity.tokens_app, name="tokens")
+app.add_typer(switches.switch_app, name="kill-switch")
+app.add_typer(tokens.tokens_app, name="tokens")
 app.add_typer(identity.keys_app, name="keys")
 
 

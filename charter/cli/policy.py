@@ -1,12 +1,8 @@
-"""charter policy check | test | what-if, and charter kill-switch on | off | status"""
+"""charter policy check | test | what-if"""
 
 from __future__ import annotations
 
-import asyncio
-import getpass
 import json
-import time
-from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -17,15 +13,9 @@ from charter import agents as agent_files
 from charter import tools
 from charter.cli.output import console, table
 from charter.cli.stores import open_store
-from charter.client import Client
-from charter.clock import new_id
 from charter.config import Settings
 from charter.errors import ConfigError
-from charter.events import KillSwitchAcknowledged, KillSwitchSet
-from charter.killswitch import SwitchStore, switch_id
-from charter.stack.readiness import SERVICES
 from services.audit import store as audit
-from services.policy import store as policy_store
 from services.policy.bundle import PolicyBundle
 from services.policy.check import check as check_policies
 from services.policy.check import load_cases, run_case
@@ -33,7 +23,6 @@ from services.policy.decide import Context
 from services.policy.whatif import what_if
 
 app = typer.Typer(no_args_is_help=True, help="Check, test and compare policies before rollout.")
-switch_app = typer.Typer(no_args_is_help=True, help="Stop an agent, a tool, or everything, at once.")
 Directory = Annotated[Path | None, typer.Argument(help="A policy directory (default: CHARTER_POLICIES_DIR).")]
 
 
@@ -118,95 +107,3 @@ def whatif(
     console.print(f"{len(report.changes)} would change, {report.unchanged} would not; details in {out}")
     if report.limited:
         console.print(f"{report.limited} were denied by live limits at the time, which are not replayed")
-
-
-def _set(agent: str | None, tool: str | None, active: bool, reason: str, user: str, timeout: float) -> None:
-    settings = Settings()
-    started = time.monotonic()
-    scope = switch_id(agent, tool)
-    event = KillSwitchSet.create(
-        event_id=new_id(),
-        now=datetime.now(UTC),
-        tenant=settings.tenant,
-        correlation_id=scope,
-        switch_id=scope,
-        scope_agent=agent,
-        scope_tool=tool,
-        active=active,
-        reason=reason,
-        set_by=user,
-    )
-
-    async def go() -> dict[str, list[tuple[str, float]]]:
-        acks: dict[str, list[tuple[str, float]]] = {}
-        async with Client(settings, source="cli") as client:
-            since = event.envelope.occurred_at
-            await client.send(event)
-            try:
-                async with (
-                    asyncio.timeout(timeout),
-                    aclosing(client.subscribe("control", since=since)) as events,
-                ):
-                    async for received in events:
-                        ack = received.event
-                        if (
-                            isinstance(ack, KillSwitchAcknowledged)
-                            and ack.envelope.causation_id == event.event_id
-                        ):
-                            acks.setdefault(ack.service, []).append(
-                                (ack.instance, time.monotonic() - started)
-                            )
-                            if all(s in acks for s in SERVICES):
-                                break
-            except TimeoutError:
-                pass
-        return acks
-
-    acks = asyncio.run(go())
-    state = "ON" if active else "off"
-    console.print(f"kill switch {event.switch_id} {state}: {reason}", markup=False)
-    for service in SERVICES:
-        for instance, took in acks.get(service, []):
-            console.print(f"  {service:<10} {instance:<20} applied after {took * 1000:.0f} ms", markup=False)
-    missing = [s for s in SERVICES if s not in acks]
-    if missing:
-        console.print(f"  no acknowledgement within {timeout:g}s from: {', '.join(missing)}", markup=False)
-        raise typer.Exit(1)
-
-
-Agent = Annotated[str | None, typer.Option("--agent", help="Only this agent (default: every agent).")]
-Tool = Annotated[str | None, typer.Option("--tool", help="Only this tool (default: every tool).")]
-Reason = Annotated[str, typer.Option("--reason", help="Why; every denial it causes says so.")]
-User = Annotated[str | None, typer.Option("--as", help="Who sets it (default: the OS user).")]
-Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for every service.")]
-
-
-@switch_app.command("on")
-def switch_on(
-    reason: Reason, agent: Agent = None, tool: Tool = None, user: User = None, timeout: Timeout = 5.0
-) -> None:
-    """Deny every new matching action now, refuse approved ones still queued, cancel the runs
-    it covers; wait until every service acknowledges."""
-    _set(agent, tool, True, reason, user or getpass.getuser(), timeout)
-
-
-@switch_app.command("off")
-def switch_off(
-    reason: Reason, agent: Agent = None, tool: Tool = None, user: User = None, timeout: Timeout = 5.0
-) -> None:
-    """Turn a kill switch off; normal operation resumes for its scope."""
-    _set(agent, tool, False, reason, user or getpass.getuser(), timeout)
-
-
-@switch_app.command("status")
-def switch_status() -> None:
-    """The kill switches in force, as the policy service has recorded them."""
-    engine = open_store(Settings(), "policy")
-    switches = SwitchStore(engine, policy_store.switches).active()
-    if not switches:
-        console.print("no kill switch is on")
-        return
-    table(
-        ["switch", "since (UTC)", "by", "reason"],
-        [[s.switch_id, s.since.strftime("%Y-%m-%d %H:%M:%S"), s.set_by, s.reason] for s in switches],
-    )

@@ -1,7 +1,13 @@
-"""charter runs | run show | run resume | run cancel"""
+"""charter runs | run show | run resume | run cancel
+
+Through the API with the caller's token, so each person reads only the runs their roles may
+(an approver, those of the approvals they may decide). `--offline` reads the audit store
+directly: the stack operator's way in with the API down.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -16,23 +22,37 @@ from services.audit import views
 run_app = typer.Typer(no_args_is_help=True, help="One run.")
 
 
+Offline = Annotated[
+    bool, typer.Option("--offline", help="Without the API: the audit store itself (the operator).")
+]
+
+
+def _parsed(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
 def list_runs(
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many of the latest runs.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="How many of the latest runs.")] = 20,
+    offline: Offline = False,
 ) -> None:
-    """The latest runs, from the audit store: agent, trigger, status, and the last thing that happened."""
-    engine = open_store(Settings(), "audit")
-    with engine.connect() as conn:
-        summaries = views.recent(conn, limit=limit)
-    rows = [
-        [
-            s.run_id[:8],
-            s.agent,
-            s.trigger,
-            s.started.strftime("%Y-%m-%d %H:%M:%S") if s.started else "-",
-            s.status,
-            s.last,
+    """The latest runs you may read: agent, trigger, status, and the last thing that happened."""
+    settings = Settings()
+    if offline:
+        with open_store(settings, "audit").connect() as conn:
+            summaries = [
+                (s.run_id, s.agent, s.trigger, s.started, s.status, s.last)
+                for s in views.recent(conn, limit=limit)
+            ]
+    else:
+        with ApiClient.from_settings(settings) as api:
+            runs = api.get("/v1/runs", limit=limit)["runs"]
+        summaries = [
+            (r["run_id"], r["agent"], r["trigger"], _parsed(r["started"]), r["status"], r["last"])
+            for r in runs
         ]
-        for s in summaries
+    rows = [
+        [run[:8], agent, trigger, started.strftime("%Y-%m-%d %H:%M:%S") if started else "-", status, last]
+        for run, agent, trigger, started, status, last in summaries
     ]
     if not rows:
         console.print("no runs yet")
@@ -41,25 +61,37 @@ def list_runs(
 
 
 @run_app.command("show")
-def show(run_id: Annotated[str, typer.Argument(help="The run's id, or its first characters.")]) -> None:
-    """The run's timeline from the audit store: every event, in order, with its time."""
-    engine = open_store(Settings(), "audit")
-    with engine.connect() as conn:
-        full = resolve_id(audit.run_ids(conn, prefix=run_id, limit=2), run_id, "run")
-        entries = views.timeline(conn, full)
-    first = next((e.occurred_at for e in entries if e.occurred_at), None)
-    s = views.summarize(full, entries)
-    console.print(f"run {full}  agent {s.agent}  trigger {s.trigger}  status {s.status}", markup=False)
-    for e in entries:
-        since = (e.occurred_at - first).total_seconds() * 1000 if e.occurred_at and first else None
+def show(
+    run_id: Annotated[str, typer.Argument(help="The run's id, or its first characters.")],
+    offline: Offline = False,
+) -> None:
+    """The run's timeline from the audit log: every event, in order, with its time."""
+    settings = Settings()
+    if offline:
+        with open_store(settings, "audit").connect() as conn:
+            full = resolve_id(audit.run_ids(conn, prefix=run_id, limit=2), run_id, "run")
+            entries = views.timeline(conn, full)
+        s = views.summarize(full, entries)
+        head = (full, s.agent, s.trigger, s.status)
+        lines = [(e.seq, e.occurred_at, e.event_type, e.text) for e in entries]
+    else:
+        with ApiClient.from_settings(settings) as api:
+            detail = api.get(f"/v1/runs/{run_id}")
+        run = detail["run"]
+        head = (run["run_id"], run["agent"], run["trigger"], run["status"])
+        lines = [
+            (t["seq"], _parsed(t["occurred_at"]), t["event_type"], t["text"]) for t in detail["timeline"]
+        ]
+    first = next((at for _, at, _, _ in lines if at), None)
+    console.print(f"run {head[0]}  agent {head[1]}  trigger {head[2]}  status {head[3]}", markup=False)
+    for seq, at, event_type, text in lines:
+        since = (at - first).total_seconds() * 1000 if at and first else None
         offset = f"+{since:8.1f} ms" if since is not None else " " * 12
-        console.print(f"  #{e.seq:<6} {offset}  {e.event_type:<18} {e.text}", markup=False)
+        console.print(f"  #{seq:<6} {offset}  {event_type:<18} {text}", markup=False)
 
 
-def _full_id(prefix: str) -> str:
-    engine = open_store(Settings(), "audit")
-    with engine.connect() as conn:
-        return resolve_id(audit.run_ids(conn, prefix=prefix, limit=2), prefix, "run")
+def _full_id(api: ApiClient, prefix: str) -> str:
+    return str(api.get(f"/v1/runs/{prefix}")["run"]["run_id"])
 
 
 @run_app.command("resume")
@@ -72,8 +104,8 @@ def resume(
 ) -> None:
     """Resume an escalated run through the API (role operator or admin). A model-planned run
     reads the instruction next; a playbook run proposes the step it stopped at again."""
-    full = _full_id(run_id)
     with ApiClient.from_settings(Settings()) as api:
+        full = _full_id(api, run_id)
         out = api.post(f"/v1/runs/{full}/resume", {"instruction": instruction})
     console.print(f"run {full} resumed by {out['instructed_by']} (event {out['event_id']})", markup=False)
 
@@ -85,7 +117,7 @@ def cancel(
 ) -> None:
     """Cancel a running or escalated run through the API (role operator or admin); what it did
     that can be undone is undone first."""
-    full = _full_id(run_id)
     with ApiClient.from_settings(Settings()) as api:
+        full = _full_id(api, run_id)
         out = api.post(f"/v1/runs/{full}/cancel", {"instruction": reason})
     console.print(f"run {full} cancelled by {out['instructed_by']} (event {out['event_id']})", markup=False)

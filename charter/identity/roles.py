@@ -2,7 +2,8 @@
 
 Built-in roles:
   - admin: everything, including issuing and revoking tokens;
-  - operator: publish business events, read runs and approvals, resume and cancel runs, read metrics;
+  - operator: publish business events, read runs and approvals, resume and cancel runs, set kill
+    switches, read metrics;
   - auditor: read runs, approvals and the audit log, verify and export it;
   - publisher: publish business events (for business systems).
 Any other role is an approver role, named by policies (`@approval("finance")`): its holders
@@ -28,6 +29,7 @@ class Permission(StrEnum):
     READ_AUDIT = "audit:read"
     MANAGE_TOKENS = "tokens:manage"
     READ_METRICS = "metrics:read"
+    SET_KILL_SWITCH = "switches:set"
 
 
 _GRANTS: dict[str, frozenset[Permission]] = {
@@ -40,6 +42,7 @@ _GRANTS: dict[str, frozenset[Permission]] = {
             Permission.READ_APPROVALS,
             Permission.READ_ALL_APPROVALS,
             Permission.READ_METRICS,
+            Permission.SET_KILL_SWITCH,
         }
     ),
     "auditor": frozenset(

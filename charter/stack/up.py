@@ -24,7 +24,7 @@ from charter.client import Client
 from charter.config import BrokerKind, Settings
 from charter.demo import scenario
 from charter.errors import ConfigError
-from charter.identity import tokens
+from charter.identity import operator, tokens
 from charter.stack import readiness
 from charter.stack.embedded import EmbeddedBroker
 from charter.stack.kafka import LocalKafka
@@ -130,6 +130,16 @@ def up(
     metrics_server.token(settings)  # made here, not raced for by the five services
     if created_keys:
         say(f"signing keys created for {', '.join(created_keys)} in {settings.keys}/")
+    approvals_store = make_engine(settings.database_url_for("approvals"))
+    try:
+        admin = operator.ensure(settings, approvals_store)
+    finally:
+        approvals_store.dispose()
+    if admin is not None:
+        say(
+            f"the CLI acts as {admin} (admin) with the token in {operator.path(settings)}; "
+            "set CHARTER_TOKEN to act as someone else"
+        )
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from services.approvals import console, routes
+from services.approvals import console, routes, switches
 from services.approvals.api import VERSION, ApiContext, install_errors
 from services.approvals.api import __doc__ as API_DOC
 
@@ -34,5 +34,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return response
 
     app.include_router(routes.router)
+    app.include_router(switches.router)
     console.install(app)
     return app

@@ -46,6 +46,7 @@ from services.approvals.api_models import (
     Verification,
 )
 from services.approvals.submit import approval_out, decision_out, load, submit
+from services.audit import store as audit_store
 from services.audit import views
 from services.audit.verify import verify
 
@@ -173,9 +174,13 @@ def list_runs(
 
 
 def run_detail(ctx: ApiContext, who: Principal, run_id: str) -> RunDetail:
+    """The run `run_id` names: its full id, or the first characters of only one run's."""
     with ctx.engine.connect() as conn:
         visible = _visible_runs(conn, who)
     with ctx.audit_engine.connect() as conn:
+        named = audit_store.run_ids(conn, prefix=run_id, limit=2)
+        if run_id not in named and len(named) == 1:
+            run_id = named[0]
         entries = views.timeline(conn, run_id)
         trigger = views.trigger_of(conn, entries)
     if not entries or (visible is not None and run_id not in visible):

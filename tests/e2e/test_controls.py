@@ -23,12 +23,16 @@ from charter.demo import ledger
 from charter.events import (
     ActionApproved,
     ActionRejected,
+    DeadLettered,
+    Event,
+    KillSwitchSet,
     PolicyReloaded,
     RunCancelled,
     RunCompleted,
     RunEscalated,
     RunFailed,
 )
+from charter.killswitch import switch_event
 from charter.stack import readiness
 from charter.stack.processes import free_ports
 from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_for, wait_run_end
@@ -97,10 +101,33 @@ def test_the_kill_switch_denies_refuses_cancels_and_acknowledges(stack: Stack) -
         stack.publish("support.refund_requested", {"order_id": "W-1001", "amount": 900}), "support-refunds"
     )
     request = wait_approval(stack, waiting)
-    out = stack.cli(
-        "kill-switch", "on", "--agent", "support-refunds", "--reason", "fraud investigation", "--as", "ops"
+    out = stack.as_user(
+        "omar", "kill-switch", "on", "--agent", "support-refunds", "--reason", "fraud investigation"
     ).stdout
     try:
+        # ...the switch names the operator its token authenticated, and carries the approvals
+        # service's signature,
+        switch = wait_for(
+            stack,
+            lambda e: isinstance(e, KillSwitchSet) and e.reason == "fraud investigation" and e.active,
+            "control",
+        )
+        assert isinstance(switch, KillSwitchSet)
+        assert switch.set_by == "omar"
+        assert signing.Verifier.load(stack.settings.keys, "approvals").verify(switch)
+        # a forged "off" put on `control` around the API is dead-lettered, and changes nothing,
+        forged = switch_event(
+            agent="support-refunds", tool=None, active=False, reason="forged", set_by="omar",
+            tenant="default", now=datetime.now(UTC),
+        )  # fmt: skip
+        asyncio.run(_send(stack, forged))
+        dead = wait_for(
+            stack,
+            lambda e: isinstance(e, DeadLettered) and e.envelope.causation_id == forged.event_id,
+            "control.dlq",
+        )
+        assert isinstance(dead, DeadLettered)
+        assert "not signed by the approvals service" in dead.reason
         # ...every service says it applied the switch,
         for service in ("planner", "policy", "approvals", "executor", "audit"):
             assert re.search(rf"^\s+{service}\s+\S+\s+applied after \d+ ms$", out, re.MULTILINE), out
@@ -138,7 +165,7 @@ def test_the_kill_switch_denies_refuses_cancels_and_acknowledges(stack: Stack) -
         assert isinstance(wait_run_end(stack, run_id(other, "it-access")), RunCompleted)
         assert "agent=support-refunds,tool=*" in stack.cli("kill-switch", "status").stdout
     finally:
-        stack.cli("kill-switch", "off", "--agent", "support-refunds", "--reason", "cleared", "--as", "ops")
+        stack.as_user("omar", "kill-switch", "off", "--agent", "support-refunds", "--reason", "cleared")
     assert isinstance(
         wait_run_end(
             stack,
@@ -171,7 +198,7 @@ def _queued_approval(stack: Stack) -> ActionApproved:
     return signing.Signer.load(stack.settings.keys, "policy").sign(approved)
 
 
-async def _send(stack: Stack, event: ActionApproved) -> None:
+async def _send(stack: Stack, event: Event) -> None:
     async with Client(stack.settings) as client:
         await client.send(event)
 
