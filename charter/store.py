@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     bindparam,
     create_engine,
     event,
@@ -175,3 +176,28 @@ class Inbox:
         if done:
             rows = [{"event_id": e.event_id, "processed_at": now, "outputs": _pack(outs)} for e, outs in done]
             conn.execute(self._insert, rows)
+
+
+class Traces:
+    """The trace something began in (a run, an approval), kept by its id as the `traceparent`
+    headers, so what happens to it later, in another record, another process or after a
+    person's decision hours on, continues that trace instead of starting one of its own."""
+
+    def __init__(self, metadata: MetaData, name: str, key: str) -> None:
+        self.table = Table(
+            name,
+            metadata,
+            Column(key, String(64), primary_key=True),
+            Column("headers", Text, nullable=False),
+        )
+        self._key = self.table.c[key]
+
+    def keep(self, conn: Connection, key: str, headers: Sequence[tuple[str, bytes]]) -> None:
+        """Keep the trace of `key` (the first one kept stays)."""
+        if headers and self.of(conn, key) == []:
+            text = json.dumps([[k, v.decode("latin-1")] for k, v in headers])
+            conn.execute(insert(self.table).values({self._key.name: key, "headers": text}))
+
+    def of(self, conn: Connection, key: str) -> list[tuple[str, bytes]]:
+        text = conn.execute(select(self.table.c.headers).where(self._key == key)).scalar()
+        return [(k, v.encode("latin-1")) for k, v in json.loads(text)] if text else []

@@ -129,8 +129,13 @@ class Pipeline:
         *,
         skip: Callable[[Delivery], bool] | None = None,
         inline: bool = True,
+        trace_of: Callable[[Event], Sequence[tuple[str, bytes]]] | None = None,
     ) -> None:
         self._inline = inline
+        # The trace a record's event belongs in, when its own headers may say another: a run's
+        # events are handled in the run's trace, whatever record brought them (a timer's, a
+        # business event's), so a run is one trace from its trigger to its end.
+        self._trace_of = trace_of
         self.service = service
         self._bus = bus
         self._handler = handler
@@ -183,10 +188,18 @@ class Pipeline:
             return Prepared([self.dead_letter(delivery, decoded, None)], otel_context.get_current(), delivery)
         event = decoded
         env = event.envelope
+        parent, links = telemetry.extract(delivery.headers), []
+        home = self._trace_of(event) if self._trace_of else ()
+        if home and telemetry.trace_key(home) != telemetry.trace_key(delivery.headers):
+            # The record's own trace is kept as a link: where it came from stays findable.
+            came_from = trace.get_current_span(parent).get_span_context()
+            links = [trace.Link(came_from)] if came_from.is_valid else []
+            parent = telemetry.extract(home)
         with (
             self._tracer.start_as_current_span(
                 f"{self.service} {env.event_type}",
-                context=telemetry.extract(delivery.headers),
+                context=parent,
+                links=links,
                 kind=trace.SpanKind.CONSUMER,
                 attributes={
                     "messaging.destination.name": delivery.topic,

@@ -3,7 +3,6 @@ counted or refused on it, and the notifications still to deliver."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +30,7 @@ from charter import serde
 from charter.clock import as_utc
 from charter.events import ApprovalRequested, Approver, canonical_json
 from charter.killswitch import switches_table
-from charter.store import Inbox, create_checked, inbox_table
+from charter.store import Inbox, Traces, create_checked, inbox_table
 from services.approvals.decide import Pending
 
 metadata = MetaData()
@@ -89,12 +88,7 @@ notifications = Table(
 )
 # The trace an approval was requested in, so the human's decision, made later over HTTP,
 # continues the run's trace rather than starting one of its own.
-traces = Table(
-    "approval_traces",
-    metadata,
-    Column("approval_id", String(64), primary_key=True),
-    Column("headers", Text, nullable=False),
-)
+traces = Traces(metadata, "approval_traces", "approval_id")
 inbox = Inbox(inbox_table(metadata, "approvals"))
 switches = switches_table(metadata, "approvals")
 STATUSES = ("pending", "approved", "rejected", "amended", "expired", "withdrawn")
@@ -310,11 +304,8 @@ def counts(conn: Connection) -> dict[str, int]:
 
 
 def keep_trace(conn: Connection, approval_id: str, headers: Sequence[tuple[str, bytes]]) -> None:
-    if headers:
-        text = json.dumps([[k, v.decode("latin-1")] for k, v in headers])
-        conn.execute(traces.insert().values(approval_id=approval_id, headers=text))
+    traces.keep(conn, approval_id, headers)
 
 
 def trace_of(conn: Connection, approval_id: str) -> list[tuple[str, bytes]]:
-    text = conn.execute(select(traces.c.headers).where(traces.c.approval_id == approval_id)).scalar()
-    return [(k, v.encode("latin-1")) for k, v in json.loads(text)] if text else []
+    return traces.of(conn, approval_id)

@@ -13,6 +13,11 @@ again; one killed after the write re-sends the outputs it recorded. Either way n
 proposed twice. Every proposal is signed with the planner's key before it is recorded, so the
 outputs sent again are the ones first sent, and policy decides no proposal the planner did not
 make.
+
+A run is one trace from its trigger to its end: the trace it began in is kept with it, and every
+later event of the run (a tool's result, a person's decision, the business event it waited for,
+its wait running out, a handoff to another agent) is handled, and what it causes sent, in that
+trace, with the record's own trace as a link.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from charter import agents as agent_files
-from charter import metrics, signing, store, tools, topics
+from charter import metrics, signing, store, telemetry, tools, topics
 from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock
@@ -41,6 +46,7 @@ from charter.events import (
     KillSwitchSet,
     RunHandedOff,
     RunInstructed,
+    RunStarted,
     RunWaiting,
     ToolUnavailable,
     TriggerReceived,
@@ -70,6 +76,9 @@ TOPICS = (Topic.TRIGGERS, Topic.ACTIONS_RESULTS, Topic.ACTIONS_REJECTED)
 WAIT_TICK_S = 1.0
 # Times an event is decided again because a run it changes changed while its model thought.
 CONFLICT_RETRIES = 5
+# Runs whose trace is kept in memory; beyond that the store is asked.
+TRACES_CACHED = 100_000
+Headers = Sequence[tuple[str, bytes]]
 
 
 class _Changed(Exception):
@@ -93,10 +102,37 @@ class Planner:
         self._use(self._load_agents())
         self._batches = Batches(engine, clock, self._measure.observe)
         self._signer = signing.Signer.load(settings.keys, NAME)
+        self._traces: dict[str, Headers] = {}
 
     def _use(self, agents: Mapping[str, Agent]) -> None:
         self.agents = agents
         self._awaited |= {s.wait.event for a in agents.values() for s in a.steps if s.wait is not None}
+        self._starting = {rule.event for a in agents.values() for rule in a.triggers}
+
+    def trace_of(self, event: Event) -> Headers:
+        """The trace of the run the event belongs to (none for one that starts runs)."""
+        run = event.run_id
+        if run is None and isinstance(event, TriggerReceived):
+            if event.name not in self._awaited or event.name in self._starting:
+                return ()
+            with self._engine.connect() as conn:
+                # A business event that a run waits for goes on with that run, in its trace.
+                waiting = runs.waiting_for(conn, event.name, event.data)
+            run = waiting[0] if waiting else None
+        if run is None:
+            return ()
+        headers = self._traces.get(run)
+        if headers is None:
+            with self._engine.connect() as conn:
+                headers = runs.traces.of(conn, run)
+            if headers:
+                self._remember(run, headers)
+        return headers
+
+    def _remember(self, run: str, headers: Headers) -> None:
+        if len(self._traces) >= TRACES_CACHED:
+            self._traces.clear()  # a miss reads the store: the cache only saves the query
+        self._traces[run] = headers
 
     async def close(self) -> None:
         await self._model.close()
@@ -176,6 +212,8 @@ class Planner:
     ) -> list[Event]:
         for transition in transitions:
             runs.put(conn, transition.state, now)
+            if any(isinstance(e, RunStarted) for e in transition.outputs):
+                runs.traces.keep(conn, transition.state.run_id, telemetry.inject())
         outputs = [
             self._signer.sign(e) if isinstance(e, ActionProposed) else e
             for t in transitions
@@ -326,7 +364,10 @@ class Timer:
         expired = await self._planner.expire_waits()
         if not expired:
             return
-        await self._bus.publish(*(event for event, _ in expired))
+        for event, _ in expired:
+            # In the run's trace, as everything else the run does.
+            with telemetry.continued(self._planner.trace_of(event)):
+                await self._bus.publish(event)
         self._planner.fired(expired)
 
 
@@ -350,10 +391,12 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     runs.create(engine)
     metrics.runs_in_flight.set_function(lambda: runs.in_flight(engine))
     planner = Planner(settings, engine, SystemClock(), _model_client(settings))
-    pipeline = Pipeline(NAME, bus, planner.handle, SystemClock(), inline=False)
+    pipeline = Pipeline(NAME, bus, planner.handle, SystemClock(), inline=False, trace_of=planner.trace_of)
 
     async def cancel(switch: KillSwitchSet) -> None:
-        await bus.publish(*await settle(planner.handle(switch, _NO_DELIVERY)))
+        for event in await settle(planner.handle(switch, _NO_DELIVERY)):
+            with telemetry.continued(planner.trace_of(event)):  # each cancellation in its run's trace
+                await bus.publish(event)
 
     async def handle_batch(deliveries: list[Delivery]) -> list[Prepared]:
         return await planner.prepare_batch(pipeline, deliveries)

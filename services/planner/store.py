@@ -41,7 +41,7 @@ from charter import serde
 from charter.agents import Agent
 from charter.events import TriggerReceived, canonical_json
 from charter.killswitch import switches_table
-from charter.store import Inbox, inbox_table, upsert
+from charter.store import Inbox, Traces, inbox_table, upsert
 from services.planner.run import LIVE, Chat, Done, Ending, RunState
 
 metadata = MetaData()
@@ -80,6 +80,8 @@ signals = Table(
 )
 inbox = Inbox(inbox_table(metadata, "planner"))
 switches = switches_table(metadata, "planner")
+# The trace each run began in: every later event of the run is handled in it.
+traces = Traces(metadata, "planner_traces", "run_id")
 
 
 def create(engine: Engine) -> None:

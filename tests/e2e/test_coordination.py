@@ -35,6 +35,25 @@ def _tools(events: list[Event]) -> list[str]:
     return [e.action.tool for e in events if isinstance(e, ActionExecuted)]
 
 
+TOPICS = ("runs", "triggers", "actions.proposed", "actions.approved", "actions.rejected", "actions.results")
+
+
+def _traces(stack: Stack, *runs: str) -> dict[str | None, list[str]]:
+    """The trace ids the runs' events carry, with the events that carry each."""
+
+    async def read() -> dict[str | None, list[str]]:
+        found: dict[str | None, list[str]] = {}
+        async with Client(stack.settings) as client:
+            for topic in TOPICS:
+                for run in runs:
+                    async for received in client.replay(topic, run_id=run):
+                        if received.event is not None:
+                            found.setdefault(received.trace_id, []).append(received.event.envelope.event_type)
+        return found
+
+    return asyncio.run(read())
+
+
 def test_a_handoff_starts_the_other_agents_run_which_waits_for_its_event(stack: Stack) -> None:
     trigger = stack.publish("test.handoff", {"order_id": "H-100"})
     first = run_id(trigger, "handoff-tester")
@@ -59,6 +78,13 @@ def test_a_handoff_starts_the_other_agents_run_which_waits_for_its_event(stack: 
     events = run_events(stack, second, "actions.results")
     assert _tools(events) == ["lookup_order", "notify_customer"]
     assert end.envelope.correlation_id == trigger
+    # Both runs are one trace, the trigger's: across the handoff, the wait, and the business
+    # event (with a trace of its own) that ended the wait.
+    traces = _traces(stack, first, second)
+    assert len(traces) == 1, traces
+    [(trace_id, kinds)] = traces.items()
+    assert trace_id is not None
+    assert {"RunStarted", "RunHandedOff", "RunWaiting", "ActionExecuted", "RunCompleted"} <= set(kinds)
 
 
 def test_an_event_that_came_before_the_wait_counts(stack: Stack) -> None:
@@ -81,6 +107,11 @@ def test_a_wait_that_runs_out_goes_on_as_its_step_says(stack: Stack) -> None:
     events = run_events(stack, second, "triggers", "actions.results")
     assert [e.key for e in events if isinstance(e, WaitExpired)] == ["H-102"]
     assert _tools(events) == ["lookup_order"]  # the notification's condition did not hold
+    # The planner's timer ended the wait, in the run's trace.
+    first = run_id(trigger, "handoff-tester")
+    traces = _traces(stack, first, second)
+    assert len(traces) == 1, traces
+    assert {"RunWaiting", "WaitExpired", "RunCompleted"} <= set(next(iter(traces.values())))
 
 
 def test_a_handoff_received_twice_starts_one_run(stack: Stack) -> None:
