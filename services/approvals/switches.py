@@ -41,7 +41,8 @@ class SwitchAccepted(BaseModel):
     occurred_at: datetime
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403, 422)}
+# 400: a body that is not JSON at all; 422: JSON that breaks the model.
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 422)}
 
 
 @router.post("/kill-switches", status_code=202, response_model=SwitchAccepted, responses=_ERRORS)

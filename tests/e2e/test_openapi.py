@@ -35,7 +35,7 @@ def test_no_request_the_openapi_document_allows_gets_a_server_error(stack: Stack
         "--header", f"Authorization: Bearer {stack.token('root')}",
     )  # fmt: skip
     assert main.returncode == 0, main.stdout[-6000:] + main.stderr[-2000:]
-    assert "Tested: 17" in main.stdout, main.stdout[-3000:]
+    assert "Tested: 18" in main.stdout, main.stdout[-3000:]
     assert "401 Unauthorized" not in main.stdout, main.stdout[-3000:]
     tokens = _run(
         stack, "--checks", checks, "--include-path", revoke,
