@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from charter import events as ev
+from charter.errors import ForgedEvent
 from charter.events import canonical_json
 
 
@@ -15,6 +16,61 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def _why(decision: ev.Decision) -> str:
     return "; ".join(decision.reasons) or "no reason given"
+
+
+# How every refused or dead-lettered decision is told, first, so a reader (or the console) can
+# tell a refused attempt from something that happened.
+REFUSED_ATTEMPT = "refused attempt: "
+HumanDecision = ev.ApprovalGranted | ev.ApprovalRejected | ev.ApprovalAmended
+# What a person tried, by ApprovalRefused.attempted, as a noun: "dana's approval of ...".
+_NOUN_OF = {"approve": "approval", "reject": "rejection", "amend": "amendment"}
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def _noun(decision: HumanDecision) -> str:
+    match decision:
+        case ev.ApprovalGranted():
+            return "approval"
+        case ev.ApprovalRejected():
+            return "rejection"
+    return "amendment"
+
+
+def submitted(decision: HumanDecision) -> str:
+    """A decision as sent, before the approvals service has applied or refused it."""
+    said = ""
+    if isinstance(decision, ev.ApprovalRejected):
+        said = f": {decision.reason or '-'}"
+    elif isinstance(decision, ev.ApprovalAmended):
+        said = f": {_short(decision.parameters)}"
+    return f"{decision.approver}'s {_noun(decision)} of approval {decision.approval_id[:8]} submitted{said}"
+
+
+def accepted(decision: HumanDecision) -> str:
+    """A decision the approvals service applied: only then does it read as taken."""
+    match decision:
+        case ev.ApprovalGranted():
+            return f"approval {decision.approval_id[:8]} granted by {decision.approver}"
+        case ev.ApprovalRejected():
+            why = decision.reason or "-"
+            return f"approval {decision.approval_id[:8]} rejected by {decision.approver}: {why}"
+    return (
+        f"approval {decision.approval_id[:8]} amended by {decision.approver}: "
+        f"{_short(decision.parameters)} goes back to policy"
+    )
+
+
+def dead_lettered(decision: HumanDecision, letter: ev.DeadLettered) -> str:
+    """A decision the approvals service dead-lettered: forged (unsigned), or one it could not
+    take at all. Its approver is only what the event claims, so it is named as a claim."""
+    why = "forged" if letter.error_type == ForgedEvent.__name__ else f"dead-lettered by {letter.service}"
+    return (
+        f"{REFUSED_ATTEMPT}{_a(_noun(decision))} of approval {decision.approval_id[:8]} "
+        f"claiming to be by {decision.approver} — {why}: {letter.reason}"
+    )
 
 
 def describe(event: ev.Event) -> str:  # noqa: C901, PLR0912 - one branch per event type is the point
@@ -60,20 +116,17 @@ def describe(event: ev.Event) -> str:  # noqa: C901, PLR0912 - one branch per ev
             n = event.decision.approvals_required
             who = f"{n} people in {roles}" if n > 1 else roles
             return f"{event.action.tool} waits for approval by {who} [approval {event.approval_id[:8]}]"
-        case ev.ApprovalGranted():
-            return f"approval {event.approval_id[:8]} granted by {event.approver}"
-        case ev.ApprovalRejected():
-            return f"approval {event.approval_id[:8]} rejected by {event.approver}: {event.reason or '-'}"
-        case ev.ApprovalAmended():
-            return (
-                f"approval {event.approval_id[:8]} amended by {event.approver}: "
-                f"{_short(event.parameters)} goes back to policy"
-            )
+        case ev.ApprovalGranted() | ev.ApprovalRejected() | ev.ApprovalAmended():
+            # Alone, a decision is only what someone sent: the approvals service may still
+            # refuse it, or dead-letter it as forged. What it counted for is the run's to say
+            # (services/audit/views.py pairs it with its outcome).
+            return submitted(event)
         case ev.ApprovalExpired():
             return f"approval {event.approval_id[:8]} expired without a decision"
         case ev.ApprovalRefused():
-            who = event.approver or "someone"
-            return f"{who} may not {event.attempted} approval {event.approval_id[:8]}: {event.reason}"
+            noun = _NOUN_OF.get(event.attempted, event.attempted)
+            who = f"{event.approver}'s {noun}" if event.approver else _a(noun)
+            return f"{REFUSED_ATTEMPT}{who} of approval {event.approval_id[:8]} — {event.reason}"
         case ev.ActionExecuted():
             return f"{event.action.tool} executed in {event.duration_ms:.1f} ms: {_short(event.result)}"
         case ev.ActionFailed():

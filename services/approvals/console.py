@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from charter.describe import REFUSED_ATTEMPT
 from charter.identity.principal import Principal
 from charter.identity.roles import Permission, approver_roles
 from services.approvals import store
@@ -31,6 +32,9 @@ from services.audit.verify import verify
 
 COOKIE = "charter_session"
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+# `{% if e.text is refused %}`: a timeline entry that is a refused attempt is marked as one, so
+# a forged or refused decision is never read as one more step of the run.
+templates.env.tests["refused"] = lambda text: isinstance(text, str) and text.startswith(REFUSED_ATTEMPT)
 router = APIRouter(prefix="/console", include_in_schema=False)
 Ctx = Annotated[ApiContext, Depends(context)]
 

@@ -11,6 +11,7 @@ from sqlalchemy import String
 
 from charter import events as ev
 from charter.bus import ORIGIN_HEADER
+from charter.errors import ForgedEvent
 from charter.runtime.delivery import Delivery
 from services.audit.record import Attribution
 from services.audit.store import log_table
@@ -28,9 +29,12 @@ _PLAIN: dict[type[ev.Event], str] = {
     ev.ActionProposed: "proposed",
     ev.ActionRejected: "denied",
     ev.ApprovalRequested: "approval requested",
-    ev.ApprovalGranted: "approved",
-    ev.ApprovalRejected: "rejected",
-    ev.ApprovalAmended: "amended",
+    # A person's decision on approvals.decided is only submitted: the approvals service may
+    # still refuse it (ApprovalRefused) or dead-letter it as forged. What it counted for is
+    # recorded with what that service publishes (ActionApproved, ActionRejected, ActionProposed).
+    ev.ApprovalGranted: "approval submitted",
+    ev.ApprovalRejected: "rejection submitted",
+    ev.ApprovalAmended: "amendment submitted",
     ev.ApprovalExpired: "expired",
     ev.ApprovalRefused: "refused",
     ev.ToolUnavailable: "tool unavailable",
@@ -52,6 +56,8 @@ def outcome(event: ev.Event) -> str:
             return "switched on" if event.active else "switched off"
         case ev.PolicyReloaded():
             return "loaded" if event.valid else "invalid"
+        case ev.DeadLettered() if event.error_type == ForgedEvent.__name__:
+            return "refused: forged"
     return _PLAIN.get(type(event), "recorded")
 
 

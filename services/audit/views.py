@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select
 from charter import events as ev
 from charter import serde
 from charter.clock import as_utc
-from charter.describe import describe
+from charter.describe import HumanDecision, accepted, dead_lettered, describe
 from charter.errors import InvalidMessage
 from services.audit import store
 from services.audit.store import Recorded, log_table
@@ -115,6 +115,77 @@ def timeline(conn: Connection, run_id: str) -> list[Entry]:
             event, text = None, f"(undecodable: {exc})"
         at = as_utc(r.occurred_at) if r.occurred_at else None
         out.append(Entry(r.seq, at, r.event_type, r.topic, text, event))
+    return settled(out)
+
+
+def _refused_decision(event: ev.Event | None) -> str | None:
+    """The id of the person's decision this event refuses, if it refuses one: the approvals
+    service's ApprovalRefused names it, and a dead letter is caused by the record it holds
+    (only the approvals service consumes decisions, so a decision's letter is its refusal)."""
+    if isinstance(event, ev.ApprovalRefused):
+        return event.decision_event_id
+    if isinstance(event, ev.DeadLettered):
+        return event.envelope.causation_id
+    return None
+
+
+@dataclass
+class _Applied:
+    """What the approvals service made of the run's decisions, from what it published."""
+
+    granted: set[tuple[str, str]]  # (approval id, approver) of every approval that counted
+    caused: set[tuple[str, str]]  # (event type, causing decision's id) of rejections and amendments
+
+    @classmethod
+    def of(cls, entries: list[Entry]) -> _Applied:
+        granted, caused = set(), set()
+        for e in entries:
+            match e.event:
+                case ev.ActionApproved(approval_id=str(approval)):
+                    granted |= {(approval, a.user) for a in e.event.approvers}
+                case ev.ActionRejected() | ev.ActionProposed() if e.event.envelope.causation_id:
+                    caused.add((type(e.event).__name__, e.event.envelope.causation_id))
+        return cls(granted, caused)
+
+    def accepts(self, decision: HumanDecision) -> bool:
+        match decision:
+            case ev.ApprovalGranted():
+                return (decision.approval_id, decision.approver) in self.granted
+            case ev.ApprovalRejected():
+                return (ev.ActionRejected.__name__, decision.event_id) in self.caused
+        return (ev.ActionProposed.__name__, decision.event_id) in self.caused
+
+
+def settled(entries: list[Entry]) -> list[Entry]:
+    """The timeline with each person's decision told as what it came to. A decision refused by
+    the approvals service (ApprovalRefused) or dead-lettered (forged, say) becomes one refused
+    attempt, at the refusal: that is when it was known, and a forger chooses its own event's
+    time. One the service applied reads as taken ("granted by"); one with no outcome yet, or
+    counted toward a quorum not yet reached, as submitted. Nothing refused reads as granted."""
+    decisions = {
+        e.event.event_id: e.event
+        for e in entries
+        if isinstance(e.event, ev.ApprovalGranted | ev.ApprovalRejected | ev.ApprovalAmended)
+    }
+    refused: set[str] = set()
+    merged: dict[int, Entry] = {}
+    for e in entries:
+        decision = decisions.get(_refused_decision(e.event) or "")
+        if decision is None or decision.event_id in refused:
+            continue
+        refused.add(decision.event_id)
+        if isinstance(e.event, ev.DeadLettered):
+            merged[e.seq] = replace(e, text=dead_lettered(decision, e.event))
+    applied = _Applied.of(entries)
+    out = []
+    for e in entries:
+        told = merged.get(e.seq, e)
+        if isinstance(e.event, ev.ApprovalGranted | ev.ApprovalRejected | ev.ApprovalAmended):
+            if e.event.event_id in refused:
+                continue
+            if applied.accepts(e.event):
+                told = replace(e, text=accepted(e.event))
+        out.append(told)
     return out
 
 

@@ -104,7 +104,7 @@ def test_records_carry_who_what_when_where_and_trace(filled: Engine) -> None:
     assert (granted.service, granted.host) == ("charter.planner", "host-7")
     assert granted.trace_id == "0af7651916cd43dd8448eb211c80319c"
     assert granted.actor
-    assert granted.outcome == "approved"
+    assert granted.outcome == "approval submitted"
     assert rows["ActionApproved"].policy_hash
     assert rows["ActionRejected"].outcome == "denied"
     assert rows["TriggerReceived"].source
