@@ -17,6 +17,7 @@ from charter.signing import Signer, Verifier
 from services.audit.store import Head
 
 FORMAT = b"charter-audit-tree-head/1"
+HEADS_KEY = "audit-heads"
 
 
 def signed_text(size: int, root: bytes, signed_at_us: int) -> bytes:
@@ -62,7 +63,9 @@ def event_of(head: Head, tenant: str) -> CheckpointSigned:
         event_id=derive_id(f"audit-head/{head.key_id}", str(head.size)),
         now=datetime.fromtimestamp(head.signed_at_us / 1e6, UTC),
         tenant=tenant,
-        correlation_id=f"audit-head-{head.size}",
+        # One key for every head (a head has no run, so its correlation id is its key): they share
+        # one partition, whose order is then the order they were published in, which only grows.
+        correlation_id=HEADS_KEY,
         **fields,
     )
 

@@ -7,7 +7,10 @@ Group commit: a batch the consumer hands over (up to its fetch size) is one data
 transaction, with its leaves, any personal fields sealed, and a signed tree head when one is due
 (every CHARTER_AUDIT_CHECKPOINT_EVERY records, or CHARTER_AUDIT_CHECKPOINT_SECONDS after the
 last). Offsets are committed only after that transaction commits. Heads are then published to
-`audit.checkpoints`; one not yet published (a crash in between) is published on the next pass.
+`audit.checkpoints`; one not yet published (a crash in between, or another replica publishing at
+that moment) is published on the next pass, or by the timer within the checkpoint interval even
+when no record comes. Replicas share the log: one signs, and one publishes, at a time
+(services/audit/heads.py), so the heads published only grow.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from charter.killswitch import ControlFollower, SwitchStore
 from charter.runtime.delivery import Delivery
 from charter.runtime.pipeline import Prepared
 from charter.runtime.service import Parts
-from services.audit import checkpoint, decide
+from services.audit import checkpoint, decide, heads
 from services.audit import store as audit
 from services.audit.attribute import attribute
 from services.audit.merkle import Frontier, Tree
@@ -74,6 +77,7 @@ class Auditor:
         self._last: audit.Head | None = None
         self._loaded = False
         self._unpublished = True  # heads may wait to be published (from before a restart, say)
+        self._publishing = False  # a publish is under way in this process
         self._refused: str | None = None  # why heads are no longer signed, if they are not
         # The tree as committed; a transaction works on a copy, adopted once it commits.
         self._frontier: Frontier | None = None
@@ -174,20 +178,33 @@ class Auditor:
             self._last = audit.latest_checkpoint(conn)
             self._loaded = True
 
+    def _due(self, size: int, now_us: int) -> bool:
+        last_size, last_at = (self._last.size, self._last.signed_at_us) if self._last else (0, 0)
+        return decide.checkpoint_due(size, last_size, last_at, now_us, self._cadence)
+
     def _checkpoint_if_due(self, conn: Connection, size: int, now_us: int) -> None:
         self._load_last(conn)
-        if self._refused:
+        # Most passes stop here, on the head this replica knows of: one signed since by another
+        # replica is larger, and newer, so it would make a head no more due.
+        if self._refused or not self._due(size, now_us):
             return
-        last_size, last_at = (self._last.size, self._last.signed_at_us) if self._last else (0, 0)
-        if not decide.checkpoint_due(size, last_size, last_at, now_us, self._cadence):
+        # Decide again on the newest head stored, read under the signing lock: another replica
+        # may have signed a head over more of the log since (while this pass read `size`, say).
+        heads.hold_signing(conn)
+        self._last = audit.latest_checkpoint(conn)
+        if not self._due(size, now_us):
             return
         pending = self._pending_frontier
         frontier = pending if pending is not None and pending.size == size else self._committed(conn, size)
         self._pending_frontier = frontier
         head = checkpoint.sign(self._signer, size, frontier.root(), now_us)
-        audit.add_checkpoint(conn, head)
-        self._unpublished = True
-        self._last = head
+        if audit.add_checkpoint(conn, head):
+            self._unpublished = True
+            self._last = head
+        else:
+            # A head as large committed between the read above and the insert (SQLite, whose
+            # writer lock is the signing lock, refuses it here): it is the newest, not this one.
+            self._loaded = False
 
     def _committed(self, conn: Connection, size: int) -> Frontier:
         """The tree of the first `size` leaves: the one kept in memory, or (after a restart, a
@@ -212,37 +229,65 @@ class Auditor:
             )
             log.error("audit: %s", self._refused)
 
-    async def publish(self) -> None:
+    async def publish(self, *, waiting: bool = False) -> None:
+        """Publish the signed heads not yet published, smallest first, each larger than the last
+        one published. `waiting`: look in the store even if this process signed nothing since
+        (a head another replica signed and did not publish, or one left by a failed publish)."""
         # Most batches sign nothing: the store is asked only when a head may be waiting (one
         # signed since, or left from before a restart or a failed publish).
-        if self._bus is None or not self._unpublished:
+        if self._bus is None or not (self._unpublished or waiting):
             return
-        self._unpublished = False
+        if self._publishing:
+            # The publish under way may have read the waiting heads before this one was signed.
+            self._unpublished = True
+            return
+        self._publishing, self._unpublished = True, False
         try:
-            with self._engine.connect() as conn:
-                heads = audit.checkpoints(conn, unpublished=True)
-            for head in heads:
-                await self._bus.publish(checkpoint.event_of(head, self._settings.tenant))
-            if heads:
-                with self._engine.begin() as conn:
-                    audit.mark_published(conn, [h.size for h in heads])
+            with heads.publishing(self._engine) as conn:
+                if conn is None:
+                    # Another replica is publishing; what it did not see goes on a later pass.
+                    self._unpublished = True
+                    return
+                sent, failure = await self._send(conn, self._bus)
+                audit.mark_published(conn, sent)
+            if failure is not None:
+                raise failure
         except BaseException:
             self._unpublished = True
             raise
+        finally:
+            self._publishing = False
+
+    async def _send(self, conn: Connection, bus: Bus) -> tuple[list[int], BaseException | None]:
+        """Send the heads due, in order; the sizes sent, and what stopped the rest (a failure, or
+        a cancellation at shutdown). The sent are marked even then: sent again, a head would
+        follow itself on the topic."""
+        waiting = {h.size: h for h in audit.checkpoints(conn, unpublished=True)}
+        sent: list[int] = []
+        try:
+            for size in decide.to_publish(waiting, audit.last_published(conn)):
+                await bus.publish(checkpoint.event_of(waiting[size], self._settings.tenant))
+                sent.append(size)
+        except BaseException as exc:
+            return sent, exc
+        return sent, None
+
+    async def tick(self) -> None:
+        """One pass of the timer: sign what a quiet log has not had signed yet, and publish any
+        head still waiting, whoever signed it."""
+        await self._retrying(lambda conn, now_us: self._checkpoint_if_due(conn, audit.size(conn), now_us))
+        await self.publish(waiting=True)
 
     async def sign_tail(self, stop: asyncio.Event) -> None:
-        """Sign what a quiet log has not had signed yet, every checkpoint interval."""
+        """Every checkpoint interval, a pass of the timer (`tick`)."""
         period = self._settings.audit_checkpoint_seconds
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=period)
             try:
-                await self._retrying(
-                    lambda conn, now_us: self._checkpoint_if_due(conn, audit.size(conn), now_us)
-                )
-                await self.publish()
+                await self.tick()
             except Exception:
-                log.exception("signing the audit's tree head failed; the next pass tries again")
+                log.exception("signing or publishing the audit's tree head failed; the next pass tries again")
 
 
 async def build(settings: Settings, bus: Bus) -> Parts:

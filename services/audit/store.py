@@ -25,12 +25,14 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     any_,
     bindparam,
     case,
     func,
+    literal,
     select,
     update,
 )
@@ -352,39 +354,55 @@ class Head:
     signature: bytes
 
 
-def add_checkpoint(conn: Connection, head: Head) -> None:
-    conn.execute(
-        checkpoints_table.insert().values(
-            size=head.size,
-            root=head.root,
-            signed_at_us=head.signed_at_us,
-            key_id=head.key_id,
-            signature=head.signature,
-            published=False,
-        )
-    )
+def add_checkpoint(conn: Connection, head: Head) -> bool:
+    """Store `head` unless a head as large is stored already (signed by another replica from a
+    newer view of the log); whether it was stored. One statement, so on SQLite, whose writer
+    lock it takes, no other head can come between the check and the insert."""
+    larger = select(checkpoints_table.c.size).where(checkpoints_table.c.size >= head.size).exists()
+    row = select(
+        literal(head.size, BigInteger),
+        literal(head.root, LargeBinary),
+        literal(head.signed_at_us, BigInteger),
+        literal(head.key_id, String),
+        literal(head.signature, LargeBinary),
+        literal(False, Boolean),
+    ).where(~larger)
+    names = ["size", "root", "signed_at_us", "key_id", "signature", "published"]
+    return conn.execute(checkpoints_table.insert().from_select(names, row)).rowcount == 1
 
 
-def checkpoints(conn: Connection, *, unpublished: bool = False) -> list[Head]:
-    query = select(
+def _heads_query() -> Select[Any]:
+    return select(
         checkpoints_table.c.size,
         checkpoints_table.c.root,
         checkpoints_table.c.signed_at_us,
         checkpoints_table.c.key_id,
         checkpoints_table.c.signature,
-    ).order_by(checkpoints_table.c.size)
-    if unpublished:
-        query = query.where(checkpoints_table.c.published.is_(False))
+    )
+
+
+def _heads(conn: Connection, query: Select[Any]) -> list[Head]:
     return [Head(s, bytes(r), at, k, bytes(sig)) for s, r, at, k, sig in conn.execute(query)]
 
 
+def checkpoints(conn: Connection, *, unpublished: bool = False) -> list[Head]:
+    query = _heads_query().order_by(checkpoints_table.c.size)
+    if unpublished:
+        query = query.where(checkpoints_table.c.published.is_(False))
+    return _heads(conn, query)
+
+
 def latest_checkpoint(conn: Connection) -> Head | None:
-    heads = conn.execute(
-        select(checkpoints_table.c.size).order_by(checkpoints_table.c.size.desc()).limit(1)
-    ).scalar()
-    if heads is None:
-        return None
-    return next(h for h in checkpoints(conn) if h.size == heads)
+    heads = _heads(conn, _heads_query().order_by(checkpoints_table.c.size.desc()).limit(1))
+    return heads[0] if heads else None
+
+
+def last_published(conn: Connection) -> int:
+    """The size of the largest head published to audit.checkpoints (0 if none)."""
+    query = select(func.coalesce(func.max(checkpoints_table.c.size), 0)).where(
+        checkpoints_table.c.published.is_(True)
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def published_sizes(conn: Connection) -> set[int]:
