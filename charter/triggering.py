@@ -141,7 +141,7 @@ class Roster:
             try:
                 # No tool registry: which agents an event starts depends on their triggers only.
                 self._agents, self._error = agent_files.load(self._directory), None
-            except ConfigError as exc:
+            except (ConfigError, OSError) as exc:  # a file removed or unreadable mid-read
                 self._agents, self._error = None, str(exc)
         return self._agents or {}, self._error
 
@@ -152,6 +152,7 @@ class Roster:
         return forecast(agents, name, data, event_id)
 
 
-def describe(unevaluable: Sequence[Unevaluable], event_id: str) -> str:
-    """The reason a trigger is dead-lettered with."""
-    return f"trigger {event_id}: " + "; ".join(str(u) for u in unevaluable)
+def describe(unevaluable: Sequence[Unevaluable]) -> str:
+    """The reason a trigger is dead-lettered with: agent and filter first, so that a listing
+    cut to width still names them (the letter's key and causation id name the trigger)."""
+    return "; ".join(str(u) for u in unevaluable)

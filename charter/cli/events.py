@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from charter import topics
+from charter import topics, triggering
 from charter.bus import REPLAYED_FROM, Outgoing
 from charter.cli.output import console, received_json, received_line
 from charter.client import Client, Received
@@ -48,7 +48,8 @@ def publish(
         str | None, typer.Option("--as", help="Who this is published on behalf of.")
     ] = None,
 ) -> None:
-    """Publish a business event to the triggers topic; matching agents start runs."""
+    """Publish a business event to the triggers topic; matching agents start runs. Says which
+    agents it starts (by the agents in CHARTER_AGENTS_DIR), and plainly when none does."""
     body = _load_data(data)
     settings = Settings()
 
@@ -60,7 +61,11 @@ def publish(
             return trigger.event_id
 
     event_id = asyncio.run(go())
-    print(f"published {name} as event {event_id} to {topics.name(settings, topics.Topic.TRIGGERS)}")
+    topic = topics.name(settings, topics.Topic.TRIGGERS)
+    print(f"published {name} as event {event_id} to {topic}")
+    told = triggering.Roster(settings.agents_dir).forecast(name, body, event_id)
+    for line in told.lines(topics.dlq_name(topic)):
+        print(line)
 
 
 def _print(received: Received, as_json: bool, prefix: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -32,6 +32,7 @@ from charter.identity.principal import Authenticator, Principal, Unauthenticated
 from charter.identity.roles import Permission
 from charter.identity.users import WatchedDirectory
 from charter.signing import Signer, Verifier
+from charter.triggering import Roster
 from services.approvals.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class ApiContext:
     auth: Authenticator
     metrics: Metrics
     audit_key: Verifier  # checks the audit's signed tree heads
+    # The agents the planner runs, so a publisher is told which of them an event starts.
+    roster: Roster = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.roster = Roster(self.settings.agents_dir)
 
 
 class ApiError(Exception):

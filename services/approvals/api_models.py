@@ -44,10 +44,25 @@ class EventIn(_In):
     data: dict[str, Any] = Field(default_factory=dict, description="Its data, a JSON object.")
 
 
+class RunStart(BaseModel):
+    agent: str
+    run_id: str = Field(description="The run the planner will start for this agent.")
+
+
 class EventAccepted(BaseModel):
     event_id: str
     name: str
     submitted_by: str
+    starts: list[RunStart] | None = Field(
+        description="The agents the event starts, each with its run; empty: it starts none; "
+        "null: the API could not read the agents to tell."
+    )
+    awaited_by: list[str] = Field(description="Agents with a step that waits for this event.")
+    unevaluable: list[str] = Field(
+        description="Agents' filters the data cannot be evaluated against: the planner dead-letters "
+        "the event to triggers.dlq with these reasons, and starts no agent."
+    )
+    note: str = Field(description="In plain words: what the event will set going, or that nothing will.")
 
 
 class RunSummary(BaseModel):

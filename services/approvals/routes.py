@@ -13,12 +13,14 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from charter import topics
 from charter.clock import new_id
 from charter.events import RunInstructed, RunStarted, TriggerReceived
 from charter.identity import tokens
 from charter.identity.principal import Principal
 from charter.identity.roles import Permission, approver_roles
 from charter.stack import readiness
+from charter.topics import Topic
 from services.approvals import store
 from services.approvals.api import ApiContext, ApiError, context, principal, require
 from services.approvals.api_models import (
@@ -37,6 +39,7 @@ from services.approvals.api_models import (
     RunDetail,
     RunInstructionAccepted,
     RunList,
+    RunStart,
     RunSummary,
     TimelineItem,
     TokenIn,
@@ -120,7 +123,16 @@ async def publish_event(
         submitted_by=who.user,
     )
     await ctx.bus.publish(trigger)
-    return EventAccepted(event_id=event_id, name=body.name, submitted_by=who.user)
+    told = ctx.roster.forecast(body.name, body.data, event_id)
+    return EventAccepted(
+        event_id=event_id,
+        name=body.name,
+        submitted_by=who.user,
+        starts=None if told.error else [RunStart(agent=a, run_id=r) for a, r in told.starts],
+        awaited_by=told.awaited_by,
+        unevaluable=[str(u) for u in told.unevaluable],
+        note=" ".join(told.lines(topics.dlq_name(topics.name(ctx.settings, Topic.TRIGGERS)))),
+    )
 
 
 def _visible_runs(conn: Connection, who: Principal) -> set[str] | None:

@@ -84,7 +84,7 @@ def on_trigger(
     the data or the filter is fixed, replaying the dead letter starts them all."""
     found = triggering.matched(agents, trigger.name, trigger.data)
     if found.unevaluable:
-        raise InvalidEvent(triggering.describe(found.unevaluable, trigger.event_id))
+        raise InvalidEvent(triggering.describe(found.unevaluable))
     return [
         start_run(trigger, agent, now) for agent in found.agents if run_id_for(trigger, agent) not in existing
     ]
