@@ -76,9 +76,19 @@ def dead_lettered(decision: HumanDecision, letter: ev.DeadLettered) -> str:
 def describe(event: ev.Event) -> str:  # noqa: C901, PLR0912 - one branch per event type is the point
     match event:
         case ev.TriggerReceived():
-            return f"{event.name} from {event.source} {_short(event.data)}"
+            # Only the API's signature proves who submitted it; anything else is a claim.
+            by = event.submitted_by
+            who = "" if by is None else f" submitted by {by}" if event.signature else f" claimed by {by}"
+            return f"{event.name} from {event.source}{who} {_short(event.data)}"
         case ev.RunStarted():
-            return f"run of {event.envelope.agent} started by {event.trigger_name} ({event.steps} steps)"
+            by = (
+                f", submitted by {event.triggered_by}"
+                if event.triggered_by
+                else f", submitter {event.submitter_claimed} (claimed)"
+                if event.submitter_claimed
+                else ""
+            )
+            return f"run of {event.envelope.agent} started by {event.trigger_name} ({event.steps} steps){by}"
         case ev.RunCompleted():
             answer = event.outputs.get("answer")
             said = f": {_short(answer)}" if isinstance(answer, str) and answer else ""

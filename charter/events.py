@@ -167,6 +167,7 @@ class TriggerReceived(Event):
     data: JsonObject
     source: str
     submitted_by: str | None = None
+    signature: str | None = None
 
 
 class RunStarted(Event):
@@ -176,6 +177,7 @@ class RunStarted(Event):
     environment: str
     steps: int
     triggered_by: str | None = None
+    submitter_claimed: str | None = None
 
 
 class RunCompleted(Event):
@@ -212,6 +214,7 @@ class RunHandedOff(Event):
     depth: int
     task: str = ""
     triggered_by: str | None = None
+    signature: str | None = None
 
 
 class RunWaiting(Event):

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from charter import topics, triggering
+from charter.api_client import ApiClient
 from charter.bus import REPLAYED_FROM, Outgoing
 from charter.cli.output import console, received_json, received_line
 from charter.client import Client, Received
@@ -44,28 +45,53 @@ def publish(
     correlation_id: Annotated[
         str | None, typer.Option("--correlation-id", help="Defaults to the new event's id.")
     ] = None,
-    submitted_by: Annotated[
-        str | None, typer.Option("--as", help="Who this is published on behalf of.")
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Straight to the broker, not through the API: as a business system writes it, "
+            "with no proven submitter.",
+        ),
+    ] = False,
+    claimed: Annotated[
+        str | None,
+        typer.Option("--as", help="With --offline: a submitter to name, shown as claimed and never trusted."),
     ] = None,
 ) -> None:
-    """Publish a business event to the triggers topic; matching agents start runs. Says which
-    agents it starts (by the agents in CHARTER_AGENTS_DIR), and plainly when none does."""
+    """Publish a business event; matching agents start runs. Through the API with your token, so
+    the runs name you as their submitter (separation of duties relies on it). Says which agents
+    it starts, and plainly when none does."""
     body = _load_data(data)
     settings = Settings()
-
-    async def go() -> str:
-        async with Client(settings, source="cli") as client:
-            trigger = await client.publish(
-                name, body, correlation_id=correlation_id, submitted_by=submitted_by
-            )
-            return trigger.event_id
-
-    event_id = asyncio.run(go())
     topic = topics.name(settings, topics.Topic.TRIGGERS)
-    print(f"published {name} as event {event_id} to {topic}")
-    told = triggering.Roster(settings.agents_dir).forecast(name, body, event_id)
-    for line in told.lines(topics.dlq_name(topic)):
-        print(line)
+    if claimed is not None and not offline:
+        raise ConfigError(
+            "--as names a submitter nothing proves; use it only with --offline (the API names you)"
+        )
+    if offline:
+        event_id = asyncio.run(_publish_offline(settings, name, body, correlation_id, claimed))
+        print(f"published {name} as event {event_id} to {topic}")
+        for line in (
+            triggering.Roster(settings.agents_dir)
+            .forecast(name, body, event_id)
+            .lines(topics.dlq_name(topic))
+        ):
+            print(line)
+        return
+    request: dict[str, Any] = {"name": name, "data": body, "correlation_id": correlation_id, "source": "cli"}
+    with ApiClient.from_settings(settings) as api:
+        accepted = api.post("/v1/events", request)
+    event_id, by = accepted["event_id"], accepted["submitted_by"]
+    print(f"published {name} as event {event_id} to {topic}, submitted by {by}")
+    print(accepted["note"])
+
+
+async def _publish_offline(
+    settings: Settings, name: str, body: dict[str, Any], correlation_id: str | None, claimed: str | None
+) -> str:
+    async with Client(settings, source="cli") as client:
+        trigger = await client.publish(name, body, correlation_id=correlation_id, submitted_by=claimed)
+        return trigger.event_id
 
 
 def _print(received: Received, as_json: bool, prefix: str) -> None:

@@ -9,6 +9,7 @@ read access is granted.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -52,13 +53,23 @@ class RunOutcome:
 
 
 async def run(
-    client: Client, api: ApiClient, say: Callable[[str], None], timeout_s: float = 60.0
+    client: Client,
+    api: ApiClient,
+    say: Callable[[str], None],
+    timeout_s: float = 60.0,
+    *,
+    publisher: ApiClient,
 ) -> list[RunOutcome]:
+    """Publish the business events through the API as the operator (`publisher`'s token), so
+    the runs name a proven submitter; follow them, approving as `api`'s approver."""
     since = datetime.now(UTC)
-    triggers: dict[str, ev.TriggerReceived] = {}
+    triggers: dict[str, tuple[str, datetime]] = {}
     for name, data in EVENTS:
-        trigger = await client.publish(name, data, submitted_by="demo")
-        triggers[trigger.event_id] = trigger
+        body = {"name": name, "data": data, "source": "demo"}
+        at = datetime.now(UTC)
+        accepted = await asyncio.to_thread(publisher.post, "/v1/events", body)
+        shown = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        triggers[accepted["event_id"]] = (f"{name} from demo, by {accepted['submitted_by']} {shown}", at)
     say(f"published {len(EVENTS)} business events")
     runs: dict[str, RunOutcome] = {}
     try:
@@ -69,14 +80,9 @@ async def run(
             async for received in events:
                 event = received.event
                 if isinstance(event, ev.RunStarted) and event.trigger_event_id in triggers:
-                    trigger = triggers[event.trigger_event_id]
+                    text, at = triggers[event.trigger_event_id]
                     run_id = event.envelope.run_id or ""
-                    runs[run_id] = RunOutcome(
-                        run_id,
-                        event.envelope.agent or "",
-                        describe(trigger),
-                        trigger.envelope.occurred_at,
-                    )
+                    runs[run_id] = RunOutcome(run_id, event.envelope.agent or "", text, at)
                 elif event is not None and event.run_id in runs:
                     await _follow(api, runs[event.run_id], event, say)
                 if len(runs) == len(EVENTS) and all(r.ended_at is not None for r in runs.values()):

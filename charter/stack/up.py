@@ -207,11 +207,22 @@ def _demo_token(settings: Settings) -> str:
         engine.dispose()
 
 
+def _operator_token(settings: Settings) -> str:
+    """The token the demo publishes with: the operator's, which `up` made."""
+    token = operator.saved(settings)
+    if token is None:
+        raise ConfigError(f"the demo needs an admin in {settings.users_file} to publish as")
+    return token
+
+
 def _demo(settings: Settings, say: Say) -> None:
     async def go() -> list[scenario.RunOutcome]:
-        with ApiClient(_api_url(settings), _demo_token(settings)) as api:
+        with (
+            ApiClient(_api_url(settings), _demo_token(settings)) as api,
+            ApiClient(_api_url(settings), _operator_token(settings)) as operator_api,
+        ):
             async with Client(settings, source="demo") as client:
-                return await scenario.run(client, api, say)
+                return await scenario.run(client, api, say, publisher=operator_api)
 
     outcomes = asyncio.run(go())
     say("")

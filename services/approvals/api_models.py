@@ -42,6 +42,15 @@ class Health(BaseModel):
 class EventIn(_In):
     name: str = Field(pattern=TRIGGER_NAME, description="The business event, e.g. support.refund_requested.")
     data: dict[str, Any] = Field(default_factory=dict, description="Its data, a JSON object.")
+    correlation_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Ties the runs to a business process; defaults to the event's id.",
+    )
+    source: str = Field(
+        "api", pattern=r"^[a-z0-9][a-z0-9_.:-]{0,99}$", description="Where it came from: api, cli."
+    )
 
 
 class RunStart(BaseModel):

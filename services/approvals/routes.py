@@ -103,7 +103,8 @@ def me(who: Annotated[Principal, Depends(principal)]) -> Me:
 async def publish_event(
     body: EventIn, request: Request, ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.PUBLISH))]
 ) -> EventAccepted:
-    """Publish a business event (a trigger); the runs it starts name the caller as submitter."""
+    """Publish a business event (a trigger); the runs it starts name the caller as submitter,
+    proven by the approvals service's signature on the event."""
     size = len(json.dumps(body.data))
     if size > ctx.settings.max_message_bytes // 2:
         raise ApiError(
@@ -112,15 +113,17 @@ async def publish_event(
             f"event data is {size} bytes; the limit is {ctx.settings.max_message_bytes // 2}",
         )
     event_id = new_id()
-    trigger = TriggerReceived.create(
-        event_id=event_id,
-        now=ctx.clock.now(),
-        tenant=ctx.settings.tenant,
-        correlation_id=event_id,
-        name=body.name,
-        data=body.data,
-        source="api",
-        submitted_by=who.user,
+    trigger = ctx.signer.sign(
+        TriggerReceived.create(
+            event_id=event_id,
+            now=ctx.clock.now(),
+            tenant=ctx.settings.tenant,
+            correlation_id=body.correlation_id or event_id,
+            name=body.name,
+            data=body.data,
+            source=body.source,
+            submitted_by=who.user,
+        )
     )
     await ctx.bus.publish(trigger)
     told = ctx.roster.forecast(body.name, body.data, event_id)

@@ -99,7 +99,8 @@ def summarize(run_id: str, entries: list[Entry]) -> Summary:
             summary.agent = event.envelope.agent or "-"
             summary.trigger = event.trigger_name
             summary.started = entry.occurred_at
-            summary.triggered_by = event.triggered_by
+            claimed = f"{event.submitter_claimed} (claimed)" if event.submitter_claimed else None
+            summary.triggered_by = event.triggered_by or claimed
         summary.status = _status(event, summary.status)
         summary.last = entry.text
     return summary

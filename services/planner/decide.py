@@ -74,9 +74,18 @@ def run_id_for(trigger: TriggerReceived, agent: Agent) -> str:
 
 
 def on_trigger(
-    trigger: TriggerReceived, agents: Mapping[str, Agent], existing: Collection[str], now: datetime
+    trigger: TriggerReceived,
+    agents: Mapping[str, Agent],
+    existing: Collection[str],
+    now: datetime,
+    *,
+    proven: bool = True,
 ) -> list[Transition]:
     """Start a run for every agent the trigger matches, unless that run already exists.
+
+    `proven`: the submitter the trigger names was authenticated (the API signed it). One that
+    was not is only claimed: the run records the claim to show, and no submitter for
+    separation of duties to rely on.
 
     A trigger that some agent's filter cannot be evaluated against starts nothing and is
     refused whole (the pipeline dead-letters it with the reason), even where another agent's
@@ -85,8 +94,13 @@ def on_trigger(
     found = triggering.matched(agents, trigger.name, trigger.data)
     if found.unevaluable:
         raise InvalidEvent(triggering.describe(found.unevaluable))
+    claimed = None if proven else trigger.submitted_by
+    if claimed is not None:
+        trigger = trigger.model_copy(update={"submitted_by": None})
     return [
-        start_run(trigger, agent, now) for agent in found.agents if run_id_for(trigger, agent) not in existing
+        start_run(trigger, agent, now, claimed=claimed)
+        for agent in found.agents
+        if run_id_for(trigger, agent) not in existing
     ]
 
 
@@ -100,7 +114,9 @@ def on_handoff(
     return [start_run(coordinate.trigger_of(handed), agent, now, depth=handed.depth)]
 
 
-def start_run(trigger: TriggerReceived, agent: Agent, now: datetime, depth: int = 0) -> Transition:
+def start_run(
+    trigger: TriggerReceived, agent: Agent, now: datetime, depth: int = 0, claimed: str | None = None
+) -> Transition:
     run_id = run_id_for(trigger, agent)
     state = RunState(run_id=run_id, agent=agent, trigger=trigger, depth=depth)
     started = RunStarted.caused_by(
@@ -115,6 +131,7 @@ def start_run(trigger: TriggerReceived, agent: Agent, now: datetime, depth: int 
         environment=agent.environment,
         steps=len(agent.steps),
         triggered_by=trigger.submitted_by,
+        submitter_claimed=claimed,
     )
     first = reason.begin(state, started, now) if agent.reasons else _next(state, started, now)
     return replace(first, outputs=[started, *first.outputs])

@@ -10,9 +10,9 @@ other run waiting for it), and the new state is written with the event's inbox r
 the run's row has not changed meanwhile (a kill switch, say); otherwise the event is decided
 again. A planner killed mid-call has written nothing, so the record is redelivered and decided
 again; one killed after the write re-sends the outputs it recorded. Either way no step is
-proposed twice. Every proposal is signed with the planner's key before it is recorded, so the
-outputs sent again are the ones first sent, and policy decides no proposal the planner did not
-make.
+proposed twice. Every proposal and handoff is signed with the planner's key before it is
+recorded, so the outputs sent again are the ones first sent; policy decides no proposal, and
+the planner starts no handed-off run, that the planner did not make.
 
 A run is one trace from its trigger to its end: the trace it began in is kept with it, and every
 later event of the run (a tool's result, a person's decision, the business event it waited for,
@@ -36,7 +36,7 @@ from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
-from charter.errors import InvalidEvent
+from charter.errors import ForgedEvent, InvalidEvent
 from charter.events import (
     ActionExecuted,
     ActionFailed,
@@ -102,6 +102,8 @@ class Planner:
         self._use(self._load_agents())
         self._batches = Batches(engine, clock, self._measure.observe)
         self._signer = signing.Signer.load(settings.keys, NAME)
+        self._own_key = self._signer.verifier
+        self._approvals_key = signing.Verifier.load(settings.keys, "approvals")
         self._traces: dict[str, Headers] = {}
 
     def _use(self, agents: Mapping[str, Agent]) -> None:
@@ -215,7 +217,7 @@ class Planner:
             if any(isinstance(e, RunStarted) for e in transition.outputs):
                 runs.traces.keep(conn, transition.state.run_id, telemetry.inject())
         outputs = [
-            self._signer.sign(e) if isinstance(e, ActionProposed) else e
+            self._signer.sign(e) if isinstance(e, ActionProposed | RunHandedOff) else e
             for t in transitions
             for e in t.outputs
         ]
@@ -248,6 +250,11 @@ class Planner:
             case TriggerReceived():
                 transitions = self._on_trigger(conn, event, now)
             case RunHandedOff():
+                if not self._own_key.verify(event):
+                    raise ForgedEvent(
+                        f"handoff {event.event_id} to {event.to_agent} is not signed by the planner: "
+                        "only a run hands off; no run started"
+                    )
                 target = self.agents.get(event.to_agent)
                 if target is None:
                     raise InvalidEvent(f"handoff {event.event_id} is to unknown agent {event.to_agent}")
@@ -269,7 +276,12 @@ class Planner:
     def _on_trigger(self, conn: Any, trigger: TriggerReceived, now: Any) -> list[Transition]:
         """Start the runs the business event starts, and go on with the runs that await it."""
         candidates = [decide.run_id_for(trigger, a) for a in self.agents.values()]
-        transitions = decide.on_trigger(trigger, self.agents, runs.existing(conn, candidates), now)
+        # A submitter is proven only by the API's signature: a business system writing to the
+        # topic itself can name anyone.
+        proven = trigger.submitted_by is None or self._approvals_key.verify(trigger)
+        transitions = decide.on_trigger(
+            trigger, self.agents, runs.existing(conn, candidates), now, proven=proven
+        )
         if trigger.name in self._awaited:
             runs.keep_signal(conn, trigger, now)
         # Every trigger looks for the runs that wait for it: a run may wait on an event no agent

@@ -44,7 +44,7 @@ class Planned:
         (home / "agents").mkdir()
         shutil.copy(AGENT, home / "agents")
         self.settings = Settings(home=home, agents_dir=home / "agents")
-        signing.ensure_keys(self.settings.keys, ("planner",))
+        signing.ensure_keys(self.settings.keys, ("planner", "approvals"))
         self.engine = store.make_engine(self.settings.database_url_for("planner"))
         runs.create(self.engine)
         model = service._model_client(self.settings)

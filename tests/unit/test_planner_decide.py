@@ -69,6 +69,23 @@ def test_a_matching_trigger_starts_a_run_and_proposes_the_first_step() -> None:
     assert proposed.action.resource == "order/A-1"
 
 
+def test_a_submitter_only_claimed_is_recorded_as_a_claim_and_never_trusted() -> None:
+    t = trigger(order_id="A-1", amount=40).model_copy(update={"submitted_by": "dana"})
+    [claimed] = decide.on_trigger(t, AGENTS, set(), NOW, proven=False)
+    started, proposed = claimed.outputs
+    assert isinstance(started, RunStarted)
+    assert isinstance(proposed, ActionProposed)
+    assert (started.triggered_by, started.submitter_claimed) == (None, "dana")
+    # What separation of duties reads carries no submitter: the claim cannot sway it.
+    assert proposed.triggered_by is None
+    assert claimed.state.trigger.submitted_by is None
+    [signed] = decide.on_trigger(t, AGENTS, set(), NOW, proven=True)
+    started, proposed = signed.outputs
+    assert isinstance(started, RunStarted)
+    assert isinstance(proposed, ActionProposed)
+    assert (started.triggered_by, started.submitter_claimed, proposed.triggered_by) == ("dana", None, "dana")
+
+
 def test_the_same_trigger_never_starts_the_same_agent_twice() -> None:
     t = trigger(order_id="A-1", amount=40)
     run_id = start(t).state.run_id
