@@ -28,7 +28,9 @@ from charter.bus import Bus
 from charter.clock import SystemClock, as_utc, derive_id, new_id
 from charter.config import Settings
 from charter.errors import InvalidMessage
-from charter.events import DeadLettered, KillSwitchAcknowledged, KillSwitchSet
+from charter.events import Event, KillSwitchAcknowledged, KillSwitchSet
+from charter.runtime import letters
+from charter.runtime.delivery import Delivery
 from charter.serde import decode
 from charter.store import upsert
 
@@ -212,26 +214,32 @@ class ControlFollower:
                 "offline with its key); not applied"
             )
             log.error("%s", reason)
-            await self._bus.publish(
-                DeadLettered.create(
-                    # The same id from every follower: the audit keeps one letter.
-                    event_id=derive_id(f"{record.topic}:{record.partition}:{record.offset}", "dlq:control"),
-                    now=self._clock.now(),
-                    tenant=event.envelope.tenant,
-                    correlation_id=event.envelope.correlation_id,
-                    causation_id=event.event_id,
-                    source_topic=record.topic,
-                    source_partition=record.partition,
-                    source_offset=record.offset,
-                    key=record.key,
-                    value=record.value or b"",
-                    reason=reason,
-                    error_type="ForgedEvent",
-                    service="control",
-                )
-            )
+            await self._dead_letter(record, event, reason)
             return
         await self._apply(event)
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], event: Event, reason: str) -> None:
+        delivery = Delivery(
+            record.topic, record.partition, record.offset, record.key, record.value or b"", (), 0
+        )
+        position = f"{record.topic}:{record.partition}:{record.offset}"
+        letter = letters.letter(
+            self._settings,
+            # The same id from every follower: the audit keeps one letter.
+            event_id=derive_id(position, "dlq:control"),
+            now=self._clock.now(),
+            delivery=delivery,
+            event=event,
+            reason=reason,
+            error_type="ForgedEvent",
+            service="control",
+        )
+        try:
+            await self._bus.publish(letter)
+        except Exception:
+            # The forged switch is not applied either way, and the audit keeps it on `control`;
+            # a letter that cannot be sent must not stop the service reading the rest.
+            log.exception("the dead letter of the forged switch at %s could not be sent", position)
 
     async def _apply(self, event: KillSwitchSet) -> None:
         with self._engine.begin() as conn:

@@ -11,7 +11,6 @@ way, after its backoff, so a retry's wait holds up no other record.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,16 +25,10 @@ from charter.bus import Bus
 from charter.clock import Clock, derive_id
 from charter.errors import InvalidEvent, InvalidMessage, RetryPolicy
 from charter.events import DeadLettered, Event
+from charter.runtime import letters
 from charter.runtime.delivery import Delivery
 
 log = logging.getLogger(__name__)
-
-# Room a dead letter leaves under the producer's max request size for what the broker adds
-# around its bytes: the record and batch overhead, the key and the headers (trace context,
-# origin), a few hundred bytes in all.
-LETTER_HEADROOM = 4096
-# How much of an original too big to keep a dead letter still shows, and of its reason and key.
-KEPT_PREFIX = 1024
 
 
 class Later:
@@ -269,59 +262,13 @@ class Pipeline:
     ) -> DeadLettered:
         metrics.dead_letters.labels(self.service, delivery.topic).inc()
         position = f"{delivery.topic}:{delivery.partition}:{delivery.offset}"
-        reason = str(exc) if attempts == 1 else f"gave up after {attempts} attempts: {exc!r}"
-        env = event.envelope if event else None
-        letter = DeadLettered.create(
+        return letters.letter(
+            self._bus.settings,
             event_id=derive_id(position, f"dlq:{self.service}"),
             now=self._clock.now(),
-            tenant=env.tenant if env else self._bus.settings.tenant,
-            agent=env.agent if env else None,
-            run_id=env.run_id if env else None,
-            correlation_id=env.correlation_id if env else position,
-            causation_id=env.event_id if env else None,
-            source_topic=delivery.topic,
-            source_partition=delivery.partition,
-            source_offset=delivery.offset,
-            key=delivery.key,
-            value=delivery.value,
-            reason=reason,
+            delivery=delivery,
+            event=event,
+            reason=str(exc) if attempts == 1 else f"gave up after {attempts} attempts: {exc!r}",
             error_type=type(exc).__name__,
             service=self.service,
-            digest="sha256:" + hashlib.sha256(delivery.value).hexdigest(),
-            original_size=len(delivery.value),
         )
-        return self._fitted(letter, position)
-
-    def _fitted(self, letter: DeadLettered, position: str) -> DeadLettered:
-        """The letter, made to fit the producer's max request size: a letter the broker refuses
-        would be lost, and the record with it. The original's digest and size are always kept;
-        its bytes only where they fit, else their first KEPT_PREFIX (`truncated`). Should even
-        that not fit (a huge key, or a reason quoting the record), the key and reason are cut
-        too, and the envelope keeps nothing of the original but where it was."""
-        budget = self._bus.settings.max_message_bytes - LETTER_HEADROOM
-        if _size(letter) <= budget:
-            return letter
-        log.warning(
-            "dead letter of %s is too big for the broker: keeping the first %d of %d bytes and the digest",
-            position,
-            KEPT_PREFIX,
-            len(letter.value),
-        )
-        letter = letter.model_copy(update={"value": letter.value[:KEPT_PREFIX], "truncated": True})
-        if _size(letter) <= budget:
-            return letter
-        env = letter.envelope.model_copy(
-            update={
-                "tenant": self._bus.settings.tenant,
-                "agent": None,
-                "run_id": None,
-                "causation_id": None,
-                "correlation_id": position,
-            }
-        )
-        key = letter.key[:KEPT_PREFIX] if letter.key is not None else None
-        return letter.model_copy(update={"envelope": env, "key": key, "reason": letter.reason[:KEPT_PREFIX]})
-
-
-def _size(letter: DeadLettered) -> int:
-    return len(serde.encode(letter)) + len(letter.key or b"")

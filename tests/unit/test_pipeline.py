@@ -15,7 +15,8 @@ from charter.config import Settings
 from charter.errors import InvalidEvent, RetryPolicy
 from charter.events import DeadLettered, Event
 from charter.runtime.delivery import Delivery
-from charter.runtime.pipeline import KEPT_PREFIX, LETTER_HEADROOM, Pipeline
+from charter.runtime.letters import KEPT_PREFIX, LETTER_HEADROOM
+from charter.runtime.pipeline import Pipeline
 from tests.factories import NOW, one_of_each
 
 EVENT = one_of_each()[0]
