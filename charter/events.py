@@ -228,12 +228,14 @@ class WaitExpired(Event):
     step: int
     event_name: str
     key: str
+    signature: str | None = None
 
 
 class RunInstructed(Event):
     command: str
     instruction: str = ""
     instructed_by: str
+    signature: str | None = None
 
 
 class ActionProposed(Event):

@@ -233,17 +233,20 @@ async def _instruct(
             f"run {run_id} is {status}; only a run that is {' or '.join(allowed)} may be {command}d",
         )
     event_id = new_id()
-    instructed = RunInstructed.create(
-        event_id=event_id,
-        now=ctx.clock.now(),
-        tenant=started.envelope.tenant,
-        agent=started.envelope.agent,
-        run_id=run_id,
-        correlation_id=started.envelope.correlation_id,
-        causation_id=started.event_id,
-        command=command,
-        instruction=instruction,
-        instructed_by=who.user,
+    # Signed: the planner resumes or cancels a run only on the approvals service's word.
+    instructed = ctx.signer.sign(
+        RunInstructed.create(
+            event_id=event_id,
+            now=ctx.clock.now(),
+            tenant=started.envelope.tenant,
+            agent=started.envelope.agent,
+            run_id=run_id,
+            correlation_id=started.envelope.correlation_id,
+            causation_id=started.event_id,
+            command=command,
+            instruction=instruction,
+            instructed_by=who.user,
+        )
     )
     await ctx.bus.publish(instructed)
     return RunInstructionAccepted(event_id=event_id, run_id=run_id, command=command, instructed_by=who.user)

@@ -261,7 +261,14 @@ class Planner:
                 candidates = [decide.run_id_for(coordinate.trigger_of(event), target)]
                 transitions = decide.on_handoff(event, self.agents, runs.existing(conn, candidates), now)
             case RunInstructed():
+                if not self._approvals_key.verify(event):
+                    raise ForgedEvent(
+                        f"{event.command} of run {event.run_id} claimed by {event.instructed_by!r} is not "
+                        "signed by the approvals service: runs are resumed and cancelled through its API"
+                    )
                 transitions = self._on_instruction(conn, event, now)
+            case WaitExpired() if not self._own_key.verify(event):
+                raise ForgedEvent(f"WaitExpired {event.event_id} is not signed by the planner's timer")
             case ActionExecuted() | ActionFailed() | ActionRejected() | ToolUnavailable() | WaitExpired():
                 state = self._state(conn, event)
                 if isinstance(event, WaitExpired):
@@ -332,7 +339,7 @@ class Planner:
                     step,
                     attempt,
                 ):
-                    expired.append((coordinate.expired(state, now), attempt))
+                    expired.append((self._signer.sign(coordinate.expired(state, now)), attempt))
         return expired
 
     def fired(self, expired: Sequence[tuple[WaitExpired, int]]) -> None:

@@ -16,8 +16,16 @@ import pytest
 
 from charter.client import Client
 from charter.clock import new_id
-from charter.events import DeadLettered, RunCompleted, RunHandedOff, RunStarted
-from tests.e2e.conftest import Stack, run_id, wait_approval, wait_for, wait_run_end
+from charter.events import (
+    DeadLettered,
+    RunCancelled,
+    RunCompleted,
+    RunHandedOff,
+    RunInstructed,
+    RunStarted,
+    RunWaiting,
+)
+from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_for, wait_run_end
 
 pytestmark = pytest.mark.e2e
 
@@ -147,3 +155,38 @@ def test_a_handoff_the_planner_did_not_sign_starts_no_run(stack: Stack) -> None:
     assert isinstance(dead, DeadLettered)
     assert "not signed by the planner" in dead.reason
     assert stack.cli("run", "show", run_id(handed.event_id, "settle-waiter"), check=False).returncode == 2
+
+
+def test_a_cancel_nothing_signed_is_dead_lettered_and_the_run_goes_on(stack: Stack) -> None:
+    # A run that waits (settle-waiter, after a handoff) has nothing in flight: a cancel ends it.
+    published = stack.publish("test.handoff", {"order_id": "C-1003"})
+    handed = wait_for(
+        stack,
+        lambda e: isinstance(e, RunHandedOff) and e.run_id == run_id(published, "handoff-tester"),
+        "triggers",
+    )
+    run = run_id(handed.event_id, "settle-waiter")
+    waiting = wait_for(stack, lambda e: isinstance(e, RunWaiting) and e.run_id == run, "runs")
+    forged = RunInstructed.caused_by(
+        waiting, event_id=new_id(), now=datetime.now(UTC), command="cancel", instructed_by="omar"
+    )
+
+    async def send() -> None:
+        async with Client(stack.settings) as client:
+            await client.send(forged)
+
+    asyncio.run(send())
+    dead = wait_for(
+        stack,
+        lambda e: isinstance(e, DeadLettered) and e.envelope.causation_id == forged.event_id,
+        "triggers.dlq",
+    )
+    assert isinstance(dead, DeadLettered)
+    assert "not signed by the approvals service" in dead.reason
+    # The run still waits; the operator's own cancel, through the API, ends it.
+    assert "status waiting" in stack.cli("run", "show", run).stdout
+    stack.as_user("omar", "run", "cancel", run, "--reason", "customer withdrew")
+    end = wait_run_end(stack, run)
+    assert isinstance(end, RunCancelled)
+    cancels = [e for e in run_events(stack, run, "triggers") if isinstance(e, RunInstructed)]
+    assert [c.signature is not None for c in cancels] == [False, True]  # the forged one, then omar's

@@ -174,12 +174,15 @@ def _cancel_then_outcome(home: Path, *, fail_once: bool) -> list[str]:
     home.mkdir()
     planned = Planned(home)
     [proposed] = [e for e in planned.batch(_trigger(1)) if isinstance(e, ActionProposed)]
-    cancel = RunInstructed.caused_by(
-        proposed,
-        event_id=derive_id(proposed.event_id, "cancel"),
-        now=NOW,
-        command="cancel",
-        instructed_by="ops",
+    # As the API sends it: signed by the approvals service.
+    cancel = signing.Signer.load(planned.settings.keys, "approvals").sign(
+        RunInstructed.caused_by(
+            proposed,
+            event_id=derive_id(proposed.event_id, "cancel"),
+            now=NOW,
+            command="cancel",
+            instructed_by="ops",
+        )
     )
     decide = planned.planner._decide
     failures = [RuntimeError("database is locked")] if fail_once else []
@@ -196,6 +199,6 @@ def _cancel_then_outcome(home: Path, *, fail_once: bool) -> list[str]:
 def test_a_batch_that_fails_part_way_takes_effect_in_its_order(tmp_path: Path) -> None:
     """The cancel's effect is rolled back with the batch; the outcome must not then be decided
     (on a retry) before the cancel is decided again."""
-    assert _cancel_then_outcome(tmp_path / "failing", fail_once=True) == _cancel_then_outcome(
-        tmp_path / "steady", fail_once=False
-    )
+    steady = _cancel_then_outcome(tmp_path / "steady", fail_once=False)
+    assert "RunCancelled" in steady
+    assert _cancel_then_outcome(tmp_path / "failing", fail_once=True) == steady
