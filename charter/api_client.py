@@ -34,12 +34,17 @@ class ApiClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiClient:
-        token = settings.token.get_secret_value() if settings.token is not None else operator.saved(settings)
+        url = settings.api()
+        token = settings.token.get_secret_value() if settings.token is not None else None
+        if token is None and _on_this_machine(url):
+            # The operator token `charter up` made goes only to an API on this machine: never
+            # to whatever CHARTER_API_URL names elsewhere.
+            token = operator.saved(settings)
         if token is None:
             raise ConfigError(
                 "no API token: set CHARTER_TOKEN (an admin issues one with `charter tokens create`)"
             )
-        return cls(settings.api(), token)
+        return cls(url, token)
 
     def __enter__(self) -> ApiClient:
         return self
@@ -93,3 +98,8 @@ class ApiClient:
         return dict(
             self.post(f"/v1/approvals/{approval_id}/reject", {"action_hash": action_hash, "reason": reason})
         )
+
+
+def _on_this_machine(url: str) -> bool:
+    host = httpx.URL(url).host
+    return host in ("localhost", "::1") or host.startswith("127.")
