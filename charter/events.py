@@ -178,6 +178,7 @@ class RunStarted(Event):
     steps: int
     triggered_by: str | None = None
     submitter_claimed: str | None = None
+    subject: str | None = None
 
 
 class RunCompleted(Event):

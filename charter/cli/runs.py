@@ -90,10 +90,6 @@ def show(
         console.print(f"  #{seq:<6} {offset}  {event_type:<18} {text}", markup=False)
 
 
-def _full_id(api: ApiClient, prefix: str) -> str:
-    return str(api.get(f"/v1/runs/{prefix}")["run"]["run_id"])
-
-
 @run_app.command("resume")
 def resume(
     run_id: Annotated[str, typer.Argument(help="The escalated run's id, or its first characters.")],
@@ -105,9 +101,10 @@ def resume(
     """Resume an escalated run through the API (role operator or admin). A model-planned run
     reads the instruction next; a playbook run proposes the step it stopped at again."""
     with ApiClient.from_settings(Settings()) as api:
-        full = _full_id(api, run_id)
-        out = api.post(f"/v1/runs/{full}/resume", {"instruction": instruction})
-    console.print(f"run {full} resumed by {out['instructed_by']} (event {out['event_id']})", markup=False)
+        out = api.post(f"/v1/runs/{run_id}/resume", {"instruction": instruction})
+    console.print(
+        f"run {out['run_id']} resumed by {out['instructed_by']} (event {out['event_id']})", markup=False
+    )
 
 
 @run_app.command("cancel")
@@ -118,6 +115,7 @@ def cancel(
     """Cancel a running or escalated run through the API (role operator or admin); what it did
     that can be undone is undone first."""
     with ApiClient.from_settings(Settings()) as api:
-        full = _full_id(api, run_id)
-        out = api.post(f"/v1/runs/{full}/cancel", {"instruction": reason})
-    console.print(f"run {full} cancelled by {out['instructed_by']} (event {out['event_id']})", markup=False)
+        out = api.post(f"/v1/runs/{run_id}/cancel", {"instruction": reason})
+    console.print(
+        f"run {out['run_id']} cancelled by {out['instructed_by']} (event {out['event_id']})", markup=False
+    )

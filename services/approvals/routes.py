@@ -188,14 +188,18 @@ def list_runs(
     return RunList(runs=[_summary(s) for s in shown])
 
 
-def run_detail(ctx: ApiContext, who: Principal, run_id: str) -> RunDetail:
+def _named_run(conn: Connection, run_id: str) -> str:
     """The run `run_id` names: its full id, or the first characters of only one run's."""
+    named = audit_store.run_ids(conn, prefix=run_id, limit=2)
+    return named[0] if run_id not in named and len(named) == 1 else run_id
+
+
+def run_detail(ctx: ApiContext, who: Principal, run_id: str) -> RunDetail:
+    """The run `run_id` names, if `who` may see it."""
     with ctx.engine.connect() as conn:
         visible = _visible_runs(conn, who)
     with ctx.audit_engine.connect() as conn:
-        named = audit_store.run_ids(conn, prefix=run_id, limit=2)
-        if run_id not in named and len(named) == 1:
-            run_id = named[0]
+        run_id = _named_run(conn, run_id)
         entries = views.timeline(conn, run_id)
         trigger = views.trigger_of(conn, entries)
     if not entries or (visible is not None and run_id not in visible):
@@ -218,6 +222,7 @@ async def _instruct(
     ctx: ApiContext, who: Principal, run_id: str, command: str, instruction: str
 ) -> RunInstructionAccepted:
     with ctx.audit_engine.connect() as conn:
+        run_id = _named_run(conn, run_id)
         entries = views.timeline(conn, run_id)
     started = next((e.event for e in entries if isinstance(e.event, RunStarted)), None)
     if started is None:
@@ -264,8 +269,9 @@ async def resume_run(
     ctx: Ctx,
     who: Annotated[Principal, Depends(require(Permission.DIRECT_RUNS))],
 ) -> RunInstructionAccepted:
-    """Resume an escalated run: a model-planned run reads `instruction` next; a playbook run
-    proposes the step it stopped at again."""
+    """Resume an escalated run (its id, or the first characters of only one run's): a
+    model-planned run reads `instruction` next; a playbook run proposes the step it stopped at
+    again."""
     return await _instruct(ctx, who, run_id, "resume", body.instruction)
 
 
@@ -281,7 +287,8 @@ async def cancel_run(
     ctx: Ctx,
     who: Annotated[Principal, Depends(require(Permission.DIRECT_RUNS))],
 ) -> RunInstructionAccepted:
-    """Cancel a running or escalated run; what it did that can be undone is undone first."""
+    """Cancel a running or escalated run (its id, or the first characters of only one run's);
+    what it did that can be undone is undone first."""
     return await _instruct(ctx, who, run_id, "cancel", body.instruction)
 
 

@@ -4,7 +4,7 @@ Before an event is appended, the values of personal fields (CHARTER_PERSONAL_FIE
 payload objects (trigger data, action parameters, results, run outputs, hand-off and escalation
 context), at any depth, are encrypted with the key of the event's data subject, AES-256-GCM bound
 to the event id and field. The subject is the run's: the first of CHARTER_SUBJECT_FIELDS found in
-any event of the run (its trigger's, most often), wherever it nests, so a step's result or the
+any event of the run (its trigger's, which RunStarted names), wherever it nests, so a step's result or the
 run's outputs, which seldom name the customer again, are sealed under the same key as the
 trigger. The sealed event is what the log stores and what its leaf covers. Purging a subject
 deletes its key: the sealed values stay, unreadable by anyone, and every hash still verifies.
@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, select, text, update
 
-from charter import serde
+from charter import serde, subjects
 from charter.config import Settings
 from charter.errors import InvalidMessage
 from charter.events import DeadLettered, Event, RunStarted
@@ -44,10 +44,6 @@ NONCE = 12
 REMEMBERED = 10_000
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
-
-
 def _aad(event_id: str, name: str) -> bytes:
     return f"{event_id}/{name}".encode()
 
@@ -61,18 +57,12 @@ class Sealer:
 
     @classmethod
     def of(cls, settings: Settings) -> Sealer:
-        return cls(_names(settings.personal_fields), _names(settings.subject_fields))
+        return cls(
+            subjects.field_names(settings.personal_fields), subjects.field_names(settings.subject_fields)
+        )
 
     def subject(self, payloads: list[dict[str, Any]]) -> str | None:
-        """The data subject the payloads name, wherever it nests: the first subject field wins,
-        and of its occurrences the shallowest (a run's outputs hold each step's result)."""
-        objects = list(_objects(payloads))
-        for name in self._subject_fields:
-            for obj in objects:
-                value = obj.get(name)
-                if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-                    return str(value)
-        return None
+        return subjects.named(payloads, self._subject_fields)
 
     def concerns(self, event: Event, value: bytes) -> bool:
         """Whether the event, whose encoding is `value`, may name a subject, hold a personal
@@ -90,7 +80,7 @@ class Sealer:
         payloads = _payloads(dumped)
         subject = self._of_run(conn, event) or self.subject(payloads)
         self._remember(event, subject)
-        personal = any(self._personal & obj.keys() for obj in _objects(payloads))
+        personal = any(self._personal & obj.keys() for obj in subjects.objects(payloads))
         if subject is None and personal:
             log.warning(
                 "event %s carries personal fields but neither it nor its run names a data subject (%s): "
@@ -112,7 +102,8 @@ class Sealer:
         return serde.encode(type(event).model_validate(dumped)), subject
 
     def _of_run(self, conn: Connection, event: Event) -> str | None:
-        """The subject already found for the event's run, or for the trigger that starts it. The
+        """The subject already found for the event's run, or the one its RunStarted names (else
+        the one found for the trigger that starts it, in runs started before RunStarted named it). The
         run's subject wins over one the event names itself, so that purging the run's subject
         leaves none of the run's personal data readable."""
         if event.run_id:
@@ -120,6 +111,8 @@ class Sealer:
             if found is not None:
                 return found
         if isinstance(event, RunStarted):
+            if event.subject is not None:
+                return event.subject
             trigger = event.trigger_event_id
             return self._recall(("event", trigger)) or store.subject_of_event(conn, trigger)
         return None
@@ -168,17 +161,6 @@ def _payloads(dumped: Any) -> list[dict[str, Any]]:
         for item in dumped:
             found.extend(_payloads(item))
     return found
-
-
-def _objects(payloads: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Every object inside the payloads, the payloads first, shallower before deeper."""
-    queue: list[Any] = list(payloads)
-    for item in queue:  # grows as it is read: breadth first
-        if isinstance(item, dict):
-            yield item
-            queue.extend(item.values())
-        elif isinstance(item, list):
-            queue.extend(item)
 
 
 def _replace(obj: Any, personal: frozenset[str], change: Callable[[str, Any], Any]) -> None:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from charter import triggering
+from charter import subjects, triggering
 from charter.agents import Agent, Step
 from charter.clock import derive_id
 from charter.errors import InvalidEvent
@@ -80,12 +80,14 @@ def on_trigger(
     now: datetime,
     *,
     proven: bool = True,
+    subject_fields: Sequence[str] = (),
 ) -> list[Transition]:
     """Start a run for every agent the trigger matches, unless that run already exists.
 
     `proven`: the submitter the trigger names was authenticated (the API signed it). One that
     was not is only claimed: the run records the claim to show, and no submitter for
-    separation of duties to rely on.
+    separation of duties to rely on. `subject_fields`: the payload fields that name the run's
+    data subject (CHARTER_SUBJECT_FIELDS).
 
     A trigger that some agent's filter cannot be evaluated against starts nothing and is
     refused whole (the pipeline dead-letters it with the reason), even where another agent's
@@ -98,24 +100,35 @@ def on_trigger(
     if claimed is not None:
         trigger = trigger.model_copy(update={"submitted_by": None})
     return [
-        start_run(trigger, agent, now, claimed=claimed)
+        start_run(trigger, agent, now, claimed=claimed, subject_fields=subject_fields)
         for agent in found.agents
         if run_id_for(trigger, agent) not in existing
     ]
 
 
 def on_handoff(
-    handed: RunHandedOff, agents: Mapping[str, Agent], existing: Collection[str], now: datetime
+    handed: RunHandedOff,
+    agents: Mapping[str, Agent],
+    existing: Collection[str],
+    now: datetime,
+    subject_fields: Sequence[str] = (),
 ) -> list[Transition]:
     """Start the run a handoff asks for, unless it exists already; none for an unknown agent."""
     agent = agents.get(handed.to_agent)
     if agent is None or run_of(handed.event_id, handed.to_agent) in existing:
         return []
-    return [start_run(coordinate.trigger_of(handed), agent, now, depth=handed.depth)]
+    trigger = coordinate.trigger_of(handed)
+    return [start_run(trigger, agent, now, depth=handed.depth, subject_fields=subject_fields)]
 
 
 def start_run(
-    trigger: TriggerReceived, agent: Agent, now: datetime, depth: int = 0, claimed: str | None = None
+    trigger: TriggerReceived,
+    agent: Agent,
+    now: datetime,
+    depth: int = 0,
+    *,
+    claimed: str | None = None,
+    subject_fields: Sequence[str] = (),
 ) -> Transition:
     run_id = run_id_for(trigger, agent)
     state = RunState(run_id=run_id, agent=agent, trigger=trigger, depth=depth)
@@ -132,6 +145,7 @@ def start_run(
         steps=len(agent.steps),
         triggered_by=trigger.submitted_by,
         submitter_claimed=claimed,
+        subject=subjects.named([trigger.data], subject_fields),
     )
     first = reason.begin(state, started, now) if agent.reasons else _next(state, started, now)
     return replace(first, outputs=[started, *first.outputs])

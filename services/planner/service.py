@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from charter import agents as agent_files
-from charter import metrics, signing, store, telemetry, tools, topics
+from charter import metrics, signing, store, subjects, telemetry, tools, topics
 from charter.agents import Agent
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock
@@ -88,6 +88,7 @@ class _Changed(Exception):
 class Planner:
     def __init__(self, settings: Settings, engine: Engine, clock: Clock, model: ModelClient) -> None:
         self._settings = settings
+        self._subject_fields = subjects.field_names(settings.subject_fields)
         self._engine = engine
         self._clock = clock
         self._model = model
@@ -259,7 +260,8 @@ class Planner:
                 if target is None:
                     raise InvalidEvent(f"handoff {event.event_id} is to unknown agent {event.to_agent}")
                 candidates = [decide.run_id_for(coordinate.trigger_of(event), target)]
-                transitions = decide.on_handoff(event, self.agents, runs.existing(conn, candidates), now)
+                existing = runs.existing(conn, candidates)
+                transitions = decide.on_handoff(event, self.agents, existing, now, self._subject_fields)
             case RunInstructed():
                 if not self._approvals_key.verify(event):
                     raise ForgedEvent(
@@ -287,7 +289,12 @@ class Planner:
         # topic itself can name anyone.
         proven = trigger.submitted_by is None or self._approvals_key.verify(trigger)
         transitions = decide.on_trigger(
-            trigger, self.agents, runs.existing(conn, candidates), now, proven=proven
+            trigger,
+            self.agents,
+            runs.existing(conn, candidates),
+            now,
+            proven=proven,
+            subject_fields=self._subject_fields,
         )
         if trigger.name in self._awaited:
             runs.keep_signal(conn, trigger, now)

@@ -308,11 +308,12 @@ def test_a_proposal_put_on_the_topic_directly_within_policy_is_never_run(stack: 
         while True:
             with engine.connect() as conn:
                 recorded = [r.event_type for r in audit_store.timeline(conn, proposal.run_id or "")]
-            if "DeadLettered" in recorded or time.monotonic() > deadline:
+            # Two topics: the audit may read the letter before the proposal.
+            if len(recorded) >= 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     finally:
         engine.dispose()
-    assert recorded == ["ActionProposed", "DeadLettered"]
+    assert sorted(recorded) == ["ActionProposed", "DeadLettered"]
     assert (proposal.run_id or "")[:12] not in stack.cli("runs").stdout
     assert proposal.run_id not in {c["run_id"] for c in ledger.calls(stack.settings.data_dir)}

@@ -169,6 +169,21 @@ def test_the_runs_subject_is_read_back_from_the_log_after_a_restart(
     assert _clear_copies(engine, tmp_path) == []
 
 
+def test_a_run_read_before_its_trigger_is_sealed_under_the_subject_its_run_started_names(
+    auditor: Auditor, engine: Engine, tmp_path: Path
+) -> None:
+    """The trigger and the run's events are on different topics: the audit may read RunStarted,
+    and what follows, first (it did, on a slow machine)."""
+    trigger, started, executed, completed = _run()
+    named = started.model_copy(update={"subject": SUBJECT})
+    asyncio.run(auditor.handle_batch(_deliveries([named, executed, completed])))
+    asyncio.run(auditor.handle_batch(_deliveries([trigger])))
+    assert {t: r.subject for t, r in _rows(engine).items()} == dict.fromkeys(
+        ["TriggerReceived", "RunStarted", "ActionExecuted", "RunCompleted"], SUBJECT
+    )
+    assert _clear_copies(engine, tmp_path) == []
+
+
 def test_an_event_outside_any_subjects_run_is_sealed_under_the_subject_it_nests(
     auditor: Auditor, engine: Engine, tmp_path: Path
 ) -> None:

@@ -86,6 +86,15 @@ def test_a_submitter_only_claimed_is_recorded_as_a_claim_and_never_trusted() -> 
     assert (started.triggered_by, started.submitter_claimed, proposed.triggered_by) == ("dana", None, "dana")
 
 
+def test_a_run_names_the_data_subject_its_trigger_names() -> None:
+    t = trigger(order_id="A-1", amount=40, customer={"customer_id": "cust-7"})
+    [named] = decide.on_trigger(t, AGENTS, set(), NOW, subject_fields=("customer_id", "subject_id"))
+    assert isinstance(started := named.outputs[0], RunStarted)
+    assert started.subject == "cust-7"
+    assert isinstance(unnamed := start(trigger(order_id="A-1", amount=40)).outputs[0], RunStarted)
+    assert unnamed.subject is None
+
+
 def test_the_same_trigger_never_starts_the_same_agent_twice() -> None:
     t = trigger(order_id="A-1", amount=40)
     run_id = start(t).state.run_id

@@ -62,7 +62,7 @@ public final class ReadEvents {
     props.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
 
     Map<String, Integer> counts = new TreeMap<>();
-    int failures = 0;
+    int problems = 0;
     try (KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(props)) {
       List<TopicPartition> partitions = new ArrayList<>();
       for (String topic : topics) {
@@ -104,19 +104,21 @@ public final class ReadEvents {
             line = String.format("{\"topic\":\"%s\",\"partition\":%d,\"offset\":%d}",
                 record.topic(), record.partition(), record.offset());
           }
-          System.out.println(line);
           if (problem != null) {
-            failures++;
+            // A record that breaks the envelope's rules is named, not fatal: the caller checks
+            // that Charter dead-lettered it too (tests put such records on the topics on purpose).
+            line = line.substring(0, line.length() - 1) + ",\"problem\":\"" + problem.replace("\"", "'") + "\"}";
+            problems++;
             System.err.printf("%s[%d]@%d: %s%n", record.topic(), record.partition(), record.offset(), problem);
           }
+          System.out.println(line);
         }
       }
     }
     String summary = counts.entrySet().stream()
         .map(e -> "\"" + e.getKey() + "\":" + e.getValue())
         .collect(Collectors.joining(",", "{", "}"));
-    System.out.println("{\"summary\":" + summary + ",\"failures\":" + failures + "}");
-    System.exit(failures == 0 ? 0 : 1);
+    System.out.println("{\"summary\":" + summary + ",\"problems\":" + problems + "}");
   }
 
   /** One decoder per writer schema, found by the fingerprint in each record's header. */
