@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e bench-hotpath bench-hop bench-slow clean
+.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e bench-hotpath bench-hop bench-slow bench-soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -71,6 +71,12 @@ bench-e2e: $(STAMP)
 
 bench-slow: $(STAMP)
 	$(BIN)/python -m bench.slow
+
+# An hour at 10 runs/s, then ten minutes at 50, on the broker `charter up` chooses
+# (add --broker tansu to either for the embedded one).
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.soak --rate 10 --minutes 60
+	$(BIN)/python -m bench.soak --rate 50 --minutes 10
 
 bench-executor: $(STAMP)
 	$(BIN)/python bench/executor.py

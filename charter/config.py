@@ -25,11 +25,19 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".charter"), description="Stores, logs and the running stack's address.")
     bootstrap_servers: str | None = Field(None, description="Kafka to use; unset means the embedded broker.")
     broker: BrokerKind | None = Field(
-        None, description="Which broker's capabilities to assume: tansu (embedded) or kafka."
+        None,
+        description="tansu or kafka: with CHARTER_BOOTSTRAP_SERVERS, the capabilities to assume; without, "
+        "the local broker `charter up` starts (unset: Kafka where Java 17 runs, else Tansu).",
     )
     topic_prefix: str = "charter."
     partitions: int = Field(3, ge=1, description="Partitions of each topic.")
     dlq_partitions: int = Field(1, ge=1, description="Partitions of each dead-letter topic.")
+    topic_retention_hours: float = Field(
+        168.0, gt=0, description="How long topics keep records (not audit.checkpoints nor the DLQs: forever)."
+    )
+    topic_retention_mb: int = Field(
+        1024, ge=1, description="The most each partition of those topics keeps, in MiB, whatever their age."
+    )
     replication_factor: int = Field(1, ge=1, description="Replicas of each topic created.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset means SQLite under home.")
     agents_dir: Path = Path("agents")
@@ -179,8 +187,15 @@ class Settings(BaseSettings):
     def broker_kind(self) -> BrokerKind:
         if self.broker is not None:
             return self.broker
-        # An external broker is assumed to be Apache Kafka unless told otherwise.
-        return "kafka" if self.bootstrap_servers else "tansu"
+        # An external broker is assumed to be Apache Kafka unless told otherwise; without one,
+        # it is the broker `charter up` started.
+        if self.bootstrap_servers:
+            return "kafka"
+        try:
+            started = json.loads(self.stack_file.read_text()).get("broker")
+        except (FileNotFoundError, ValueError):
+            started = None
+        return "kafka" if started == "kafka" else "tansu"
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:

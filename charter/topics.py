@@ -94,12 +94,30 @@ def specs(settings: Settings) -> dict[str, int]:
     return out
 
 
+FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+MIB = 1024 * 1024
+
+
 def configs(settings: Settings, topic: str) -> dict[str, str]:
-    """Topic settings beyond the broker's defaults: the audit's signed heads are kept forever,
-    since a head that expires can no longer show a log cut short behind it."""
-    if topic == name(settings, Topic.AUDIT_CHECKPOINTS):
-        return {"retention.ms": "-1", "retention.bytes": "-1"}
-    return {}
+    """Topic settings beyond the broker's defaults. The audit's signed heads are kept forever,
+    since a head that expires can no longer show a log cut short behind it; so are the dead
+    letters, which wait for a person, and `control`, from whose beginning a new replica learns
+    the kill switches in force (it is small). Every other topic keeps a bounded history
+    (CHARTER_TOPIC_RETENTION_HOURS, CHARTER_TOPIC_RETENTION_MB a partition), so a stack that
+    runs for months holds bounded disk: what must outlive it is in the SQL stores and the
+    audit log. A broker deletes whole segments only, so segments roll at a quarter of either
+    bound, and what is kept overshoots it by a quarter at most."""
+    kept = (name(settings, Topic.AUDIT_CHECKPOINTS), name(settings, Topic.CONTROL))
+    if topic in kept or topic.endswith(DLQ_SUFFIX):
+        return dict(FOREVER)
+    retention_ms = int(settings.topic_retention_hours * 3_600_000)
+    retention_bytes = settings.topic_retention_mb * MIB
+    return {
+        "retention.ms": str(retention_ms),
+        "retention.bytes": str(retention_bytes),
+        "segment.ms": str(max(retention_ms // 4, 60_000)),
+        "segment.bytes": str(max(retention_bytes // 4, MIB)),
+    }
 
 
 async def ensure_other(settings: Settings, name: str) -> None:

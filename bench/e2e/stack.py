@@ -52,20 +52,20 @@ class Stack(StackProcess):
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def configure(home: Path) -> Path:
-    """`home`/config: the bench's agents, and the product's policies with limits wide enough
-    for the load."""
+def configure(home: Path, agents: list[Path] | None = None) -> Path:
+    """`home`/config: some agents (the bench's own by default), and the product's policies with
+    limits wide enough for the load."""
     config = home / "config"
     (config / "agents").mkdir(parents=True)
-    for agent in (REPO / "bench" / "agents").glob("*.yaml"):
+    for agent in agents or sorted((REPO / "bench" / "agents").glob("*.yaml")):
         shutil.copy(agent, config / "agents" / agent.name)
     shutil.copytree(REPO / "policies", config / "policies")
     (config / "policies" / "limits.yaml").write_text(LIMITS)
     return config
 
 
-def _env(home: Path, telemetry: bool) -> dict[str, str]:
-    config = configure(home)
+def _env(home: Path, telemetry: bool, agents: list[Path] | None = None) -> dict[str, str]:
+    config = configure(home, agents)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
     env.update(
         CHARTER_HOME=str(home),

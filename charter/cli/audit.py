@@ -97,7 +97,7 @@ def verify(
         sizes = ", ".join(map(str, gone[:5])) + ("..." if len(gone) > 5 else "")
         console.print(
             f"warning: {len(gone)} heads the audit published are not on audit.checkpoints any more "
-            f"(sizes {sizes}): deleted or expired there (the embedded broker keeps topics in memory, so "
+            f"(sizes {sizes}): deleted or expired there (Tansu, `--broker tansu`, keeps topics in memory, so "
             "a restart of `charter up` loses them), so they cannot witness against a log cut short "
             "behind them",
             markup=False,

@@ -24,12 +24,13 @@ def up(
         BrokerKind | None,
         typer.Option(
             "--broker",
-            help="The local broker to start: tansu (embedded, in memory; the default) or kafka "
-            "(Apache Kafka on Java 17, fetched from Maven Central once; data kept under the home).",
+            help="The local broker to start: kafka (Apache Kafka on Java 17, fetched from Maven Central "
+            "once; data kept under the home; the default where Java 17 runs) or tansu (embedded, in "
+            "memory, no retention; the default elsewhere). Default: CHARTER_BROKER.",
         ),
     ] = None,
 ) -> None:
-    """Start the whole stack: the embedded broker (unless CHARTER_BOOTSTRAP_SERVERS is set), every
+    """Start the whole stack: a local broker (unless CHARTER_BOOTSTRAP_SERVERS is set), every
     topic, and the five services, supervised. Ctrl-C stops it all."""
     code = run_up(
         Settings(), demo=demo, once=once, broker_kind=broker, say=lambda line: print(line, flush=True)

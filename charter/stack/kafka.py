@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -23,6 +24,7 @@ from charter.stack.processes import free_port, spawn, stop
 
 POM = Path(__file__).resolve().parents[2] / "infra" / "kafka" / "pom.xml"
 STARTED = "Kafka Server started"
+JAVA = 17
 Say = Callable[[str], None]
 
 
@@ -58,6 +60,31 @@ def fetch(say: Say = lambda _: None) -> Path:
     staging.rename(libs)
     (cache_dir() / ".complete").touch()
     return libs
+
+
+def java_major() -> int | None:
+    """The major version of the `java` on the PATH, or None if there is none."""
+    if shutil.which("java") is None:
+        return None
+    shown = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30, check=False)
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', shown.stderr + shown.stdout)
+    if found is None:
+        return None
+    major = int(found.group(1))
+    return int(found.group(2) or 0) if major == 1 else major  # "1.8" is Java 8
+
+
+def unavailable() -> str | None:
+    """Why Apache Kafka cannot run here, or None when it can: Java 17 or later, and its jars
+    cached or Maven to fetch them."""
+    major = java_major()
+    if major is None:
+        return "no Java runtime on the PATH"
+    if major < JAVA:
+        return f"Java {major} on the PATH; Kafka needs {JAVA} or later"
+    if not (cache_dir() / ".complete").exists() and shutil.which("mvn") is None:
+        return "its jars are not cached and there is no Maven to fetch them"
+    return None
 
 
 def _cluster_id() -> str:

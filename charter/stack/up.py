@@ -25,39 +25,14 @@ from charter.config import BrokerKind, Settings
 from charter.demo import scenario
 from charter.errors import ConfigError
 from charter.identity import operator, tokens
-from charter.stack import readiness
-from charter.stack.embedded import EmbeddedBroker
-from charter.stack.kafka import LocalKafka
+from charter.stack import local_broker, readiness
+from charter.stack.local_broker import LocalBroker
 from charter.stack.readiness import SERVICES
 from charter.stack.supervisor import Supervisor, service_argv
 from charter.store import make_engine
 
 READY_TIMEOUT_S = 60.0
 Say = Callable[[str], None]
-LocalBroker = EmbeddedBroker | LocalKafka
-
-
-def start_broker(
-    settings: Settings, kind: BrokerKind | None, say: Say
-) -> tuple[Settings, LocalBroker | None]:
-    """Start the local broker `kind` asks for, unless the settings point at a running Kafka."""
-    if settings.bootstrap_servers is not None:
-        if kind is not None:
-            raise ConfigError(
-                "--broker starts a local broker; it cannot be combined with CHARTER_BOOTSTRAP_SERVERS"
-            )
-        say(f"using the broker at {settings.bootstrap()}")
-        return settings, None
-    if kind == "kafka":
-        kafka = LocalKafka(settings.home / "kafka", settings.logs_dir / "broker.log", settings.embedded_port)
-        started = time.monotonic()
-        bootstrap = kafka.start(say=say)
-        say(f"Apache Kafka (KRaft, local) on {bootstrap}, started in {time.monotonic() - started:.1f}s")
-        return settings.with_bootstrap(bootstrap, "kafka"), kafka
-    tansu = EmbeddedBroker(settings.logs_dir / "broker.log", settings.embedded_port)
-    bootstrap = tansu.start()
-    say(f"embedded broker (Tansu) on {bootstrap}")
-    return settings.with_bootstrap(bootstrap, "tansu"), tansu
 
 
 async def create_topics(settings: Settings) -> list[str]:
@@ -146,7 +121,7 @@ def up(
     local: LocalBroker | None = None
     supervisor: Supervisor | None = None
     try:
-        settings, local = start_broker(settings, broker_kind, say)
+        settings, local = local_broker.start(settings, broker_kind, say)
         say(broker.capabilities(settings).describe())
         created = asyncio.run(create_topics(settings))
         say(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import select
 
 from charter import topics
 from charter.broker import CAPABILITIES
@@ -42,6 +43,7 @@ from charter.stack.processes import free_port, free_ports
 from charter.stack.readiness import SERVICES
 from charter.store import make_engine
 from services.approvals import store as approvals
+from services.audit.store import log_table
 from tests.conftest import REPO
 
 READY_TIMEOUT_S = 60
@@ -62,6 +64,9 @@ def stack_env(home: Path, **extra: str) -> dict[str, str]:
         shutil.copy(REPO / "users.yaml", config / "users.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
     env.update(
+        # A stack of its own runs on the broker its test names: Tansu unless told (tests of the
+        # default broker take this out).
+        CHARTER_BROKER="tansu",
         CHARTER_HOME=str(home),
         CHARTER_AGENTS_DIR=str(config / "agents"),
         CHARTER_POLICIES_DIR=str(config / "policies"),
@@ -275,15 +280,21 @@ def wait_approval(stack: Stack, run: str, timeout: float = 30) -> ApprovalReques
 
 def wait_pending(stack: Stack, request: ApprovalRequested, timeout: float = 30) -> ApprovalRequested:
     """`request`, once the approvals service has recorded it as pending."""
+    wait_approval_status(stack, request.approval_id, "pending", timeout)
+    return request
+
+
+def wait_approval_status(stack: Stack, approval_id: str, status: str, timeout: float = 30) -> None:
+    """Until the approvals service has recorded the approval with that status."""
     engine = make_engine(stack.settings.database_url_for("approvals"))
     deadline = time.monotonic() + timeout
     try:
         while True:
             with engine.connect() as conn:
-                found = approvals.pending_of(conn, request.approval_id)
-                if found is not None and found.status == "pending":
-                    return request
-            assert time.monotonic() < deadline, f"approval {request.approval_id} never recorded"
+                found = approvals.pending_of(conn, approval_id)
+                if found is not None and found.status == status:
+                    return
+            assert time.monotonic() < deadline, f"approval {approval_id} never recorded as {status}"
             time.sleep(0.02)
     finally:
         engine.dispose()
@@ -326,6 +337,54 @@ def wait_run_end(stack: Stack, run: str, timeout: float = 30) -> Event:
     end = wait_for(stack, lambda e: isinstance(e, RUN_TERMINAL) and e.run_id == run, "runs", timeout=timeout)
     assert isinstance(end, RUN_TERMINAL)
     return end
+
+
+RUN_TOPICS = ("runs", "actions.proposed", "actions.approved", "actions.rejected", "actions.results")
+
+
+def audited_run(stack: Stack, run: str, timeout: float = 30) -> list[str]:
+    """The event ids the audit log holds for a run once it holds every one of the run's events
+    on its topics: the audit reads each topic on its own, so the run's end being recorded says
+    nothing of its actions."""
+    on_topics = {e.event_id for e in run_events(stack, run, *RUN_TOPICS)}
+    engine = make_engine(stack.settings.database_url_for("audit"))
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                query = select(log_table.c.event_id).where(log_table.c.run_id == run)
+                audited = [str(event_id) for event_id in conn.execute(query).scalars()]
+            if on_topics <= set(audited):
+                return audited
+            assert time.monotonic() < deadline, f"not audited: {on_topics - set(audited)}"
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
+def wait_audited(stack: Stack, event_id: str, timeout: float = 30) -> None:
+    """Until the audit log holds the event."""
+    engine = make_engine(stack.settings.database_url_for("audit"))
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                if conn.execute(select(log_table.c.seq).where(log_table.c.event_id == event_id)).first():
+                    return
+            assert time.monotonic() < deadline, f"event {event_id} never reached the audit log"
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+def shown_when(stack: Stack, run: str, text: str, timeout: float = 30) -> str:
+    """`charter run show` of the run once it shows `text`: it reads the audit log, which may
+    not have recorded yet what a test saw on a topic."""
+    deadline = time.monotonic() + timeout
+    while text not in (shown := stack.cli("run", "show", run, check=False).stdout):
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.3)
+    return shown
 
 
 def run_events(stack: Stack, run: str, *topics: str) -> list[Event]:

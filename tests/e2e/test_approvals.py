@@ -108,7 +108,13 @@ def test_only_an_authorised_person_can_approve_and_only_the_action_they_saw(stac
     assert binding
     assert other.action_hash
 
-    detail = call(stack, "dana", "GET", f"/v1/approvals/{request.approval_id}").json()
+    # The trigger is shown from the audit log, once it has read it (another topic).
+    deadline = time.monotonic() + 30
+    while (detail := call(stack, "dana", "GET", f"/v1/approvals/{request.approval_id}").json())[
+        "trigger"
+    ] is None:
+        assert time.monotonic() < deadline, detail
+        time.sleep(0.3)
     assert detail["approval"]["action_hash"] == binding
     assert detail["trigger"]["data"] == {"order_id": "A-1001", "amount": 2400}
     assert detail["triggered_by"] == "noor"
@@ -243,7 +249,11 @@ when { context.parameters.amount == 1313 };
 def test_an_approval_nobody_decides_expires_and_the_run_escalates(stack: Stack) -> None:
     with policy(stack, "deadline.cedar", DEADLINE):
         run = publish_as(stack, "sam", "A-4001", 1313)
-        request = wait_approval(stack, run)
+        # As requested, not as pending: on a slow machine it may have expired already.
+        request = wait_for(
+            stack, lambda e: isinstance(e, ApprovalRequested) and e.run_id == run, "approvals.requested"
+        )
+        assert isinstance(request, ApprovalRequested)
         assert request.decision.approval_timeout_s == 2
         end = wait_run_end(stack, run)
     assert isinstance(end, RunEscalated)

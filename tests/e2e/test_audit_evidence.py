@@ -19,14 +19,15 @@ import pytest
 from charter.client import Client
 from charter.events import CheckpointSigned
 from tests.conftest import REPO
-from tests.e2e.conftest import Stack, run_id, stack_env, wait_approval, wait_run_end
+from tests.e2e.conftest import Stack, audited_run, run_id, stack_env, wait_approval, wait_run_end
 
 pytestmark = pytest.mark.e2e
 
 
 def _export_when_signed(stack: Stack, run: str, out: Path, timeout: float = 30) -> str:
     """Export the run's bundle once a signed head covers its records (one is signed within
-    CHARTER_AUDIT_CHECKPOINT_SECONDS)."""
+    CHARTER_AUDIT_CHECKPOINT_SECONDS), and once the log holds all of them."""
+    audited_run(stack, run)
     deadline = time.monotonic() + timeout
     while True:
         result = stack.cli("audit", "export", "--run", run, "--out", str(out), check=False)
@@ -175,7 +176,8 @@ def _run(args: list[str], env: dict[str, str], cwd: Path = REPO) -> subprocess.C
 
 def _replayed(stack: Stack, run: str, *args: str) -> str:
     """`replay-decisions --run`, once the audit holds the run's last records."""
-    deadline = time.monotonic() + 10
+    audited_run(stack, run)
+    deadline = time.monotonic() + 30
     while (out := stack.cli("audit", "replay-decisions", "--run", run, *args, check=False)).returncode != 0:
         assert time.monotonic() < deadline, out.stdout
         time.sleep(0.5)
@@ -208,7 +210,8 @@ def test_a_decision_that_would_now_differ_is_reported_with_its_cause(stack: Stac
     playbook = agents / "support-refunds.yaml"
     playbook.write_text(playbook.read_text().replace("We refunded", "We have refunded"))
     env = {**stack.env, "CHARTER_AGENTS_DIR": str(agents)}
-    deadline = time.monotonic() + 10
+    audited_run(stack, run)
+    deadline = time.monotonic() + 30
     while True:
         changed = _run(["audit", "replay-decisions", "--run", run], env)
         if "message" in changed.stdout or time.monotonic() > deadline:

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from charter.demo import ledger
-from tests.e2e.conftest import Stack, run_id, wait_approval
+from tests.e2e.conftest import Stack, run_id, wait_approval, wait_audited
 
 pytestmark = pytest.mark.e2e
 REFUNDS = "support-refunds"
@@ -38,10 +38,12 @@ def test_an_approver_signs_in_approves_a_large_refund_and_watches_the_run_comple
     stack: Stack, browser: Browser
 ) -> None:
     order = "B-2500"
-    run = run_id(
-        stack.publish("support.refund_requested", {"order_id": order, "amount": 2500}), "support-refunds"
-    )
+    trigger = stack.publish("support.refund_requested", {"order_id": order, "amount": 2500})
+    run = run_id(trigger, "support-refunds")
     request = wait_approval(stack, run)
+    wait_audited(stack, trigger)  # the approval page shows the trigger from the audit log, once
+    # Chromium shares two cores with the stack: Playwright's 5 s default is short there.
+    expect.set_options(timeout=20_000)
     page = browser.new_page()
     try:
         page.goto(f"{stack.api_url}/console")

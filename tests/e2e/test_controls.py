@@ -35,7 +35,15 @@ from charter.events import (
 from charter.killswitch import switch_event
 from charter.stack import readiness
 from charter.stack.processes import free_ports
-from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_for, wait_run_end
+from tests.e2e.conftest import (
+    Stack,
+    run_events,
+    run_id,
+    wait_approval,
+    wait_approval_status,
+    wait_for,
+    wait_run_end,
+)
 from tests.factories import ACTION, DECISION
 
 pytestmark = pytest.mark.e2e
@@ -135,6 +143,8 @@ def test_the_kill_switch_denies_refuses_cancels_and_acknowledges(stack: Stack) -
         cancelled = wait_run_end(stack, waiting)
         assert isinstance(cancelled, RunCancelled)
         assert cancelled.reason == "fraud investigation"
+        # (withdrawn once the approvals service has read the run's end itself)
+        wait_approval_status(stack, request.approval_id, "withdrawn")
         refused = stack.as_user("dana", "approvals", "approve", request.approval_id, check=False)
         assert refused.returncode == 2
         assert "withdrawn" in refused.stderr
@@ -296,7 +306,6 @@ def test_what_if_replays_the_audit_log_through_candidate_policies(stack: Stack, 
     for amount in (30, 80):
         trigger = stack.publish("support.refund_requested", {"order_id": "F-1001", "amount": amount})
         wait_run_end(stack, run_id(trigger, "support-refunds"))
-    time.sleep(1.0)  # the audit service appends asynchronously
     candidate = tmp_path / "candidate"
     shutil.copytree(stack.policies_dir, candidate)
     cedar = candidate / "refunds.cedar"
@@ -306,7 +315,13 @@ def test_what_if_replays_the_audit_log_through_candidate_policies(stack: Stack, 
         .replace("amount > 100 &&", "amount > 50 &&")
     )
     out = tmp_path / "diff.json"
-    printed = stack.cli("policy", "what-if", str(candidate), "--out", str(out)).stdout
+    # The audit appends asynchronously: asked again until it holds the 80 refund's decision.
+    deadline = time.monotonic() + 30
+    while True:
+        printed = stack.cli("policy", "what-if", str(candidate), "--out", str(out)).stdout
+        if re.search(r"^allow\s+approval\s+\d+$", printed, re.MULTILINE) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert re.search(r"^allow\s+approval\s+\d+$", printed, re.MULTILINE), printed
     report = json.loads(out.read_text())
     assert report["transitions"]["allow -> approval"] >= 1

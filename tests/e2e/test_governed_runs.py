@@ -155,7 +155,7 @@ def test_run_show_and_runs_read_the_timeline_from_the_audit_store(stack: Stack) 
     run = run_id(trigger, "support-refunds")
     wait_run_end(stack, run)
     # The audit service appends asynchronously; give it the moment it needs.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while "RunCompleted" not in (shown := stack.cli("run", "show", run[:8], check=False).stdout):
         assert time.monotonic() < deadline, shown
         time.sleep(0.2)

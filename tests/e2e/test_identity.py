@@ -25,7 +25,7 @@ from charter.events import (
     RunStarted,
     RunWaiting,
 )
-from tests.e2e.conftest import Stack, run_events, run_id, wait_approval, wait_for, wait_run_end
+from tests.e2e.conftest import Stack, run_events, run_id, shown_when, wait_approval, wait_for, wait_run_end
 
 pytestmark = pytest.mark.e2e
 
@@ -103,8 +103,7 @@ def test_a_submitter_nothing_signed_is_shown_as_claimed_and_sways_no_separation_
     assert isinstance(started, RunStarted)
     assert (started.triggered_by, started.submitter_claimed) == (None, "noor")
     assert request.triggered_by is None  # what separation of duties reads
-    shown = stack.cli("run", "show", run).stdout
-    assert "submitter noor (claimed)" in shown
+    shown_when(stack, run, "submitter noor (claimed)")
     with httpx.Client(base_url=stack.api_url, timeout=30) as api:
         headers = {"Authorization": f"Bearer {stack.token('root')}"}
         assert api.get(f"/v1/runs/{run}", headers=headers).json()["run"]["triggered_by"] == "noor (claimed)"
@@ -184,7 +183,7 @@ def test_a_cancel_nothing_signed_is_dead_lettered_and_the_run_goes_on(stack: Sta
     assert isinstance(dead, DeadLettered)
     assert "not signed by the approvals service" in dead.reason
     # The run still waits; the operator's own cancel, through the API, ends it.
-    assert "status waiting" in stack.cli("run", "show", run).stdout
+    shown_when(stack, run, "status waiting")
     stack.as_user("omar", "run", "cancel", run, "--reason", "customer withdrew")
     end = wait_run_end(stack, run)
     assert isinstance(end, RunCancelled)

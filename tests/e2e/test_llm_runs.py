@@ -36,10 +36,12 @@ from charter.events import (
 from tests.conftest import REPO
 from tests.e2e.conftest import (
     Stack,
+    audited_run,
     broker_env,
     run_events,
     run_id,
     running,
+    shown_when,
     stack_env,
     wait_approval,
     wait_for,
@@ -186,6 +188,7 @@ def test_an_injected_instruction_is_proposed_denied_and_never_run(
 
     # The audit keeps the attempt: the proposal and its denial are in the run's evidence.
     bundle = llm_stack.home / "injection.zip"
+    audited_run(llm_stack, run)
     deadline = time.monotonic() + 30
     # The run's last records are exported once a signed head covers them (within seconds).
     while llm_stack.cli("audit", "export", "--run", run, "-o", str(bundle), check=False).returncode != 0:
@@ -225,7 +228,9 @@ def test_the_model_asks_a_human_who_resumes_it_with_an_instruction(
     assert asked.cause == "model_asked"
     assert "refund all of it, or part?" in asked.reason
 
-    # Approvers may not direct runs; an operator may.
+    # Approvers may not direct runs; an operator may (once the audit, which the API reads,
+    # knows the run is escalated).
+    shown_when(llm_stack, run, "status escalated")
     refused = llm_stack.as_user("dana", "run", "resume", run, "-i", "refund 30", check=False)
     assert refused.returncode != 0
     assert "runs:direct" in refused.stderr + refused.stdout
@@ -240,21 +245,21 @@ def test_the_model_asks_a_human_who_resumes_it_with_an_instruction(
     assert said["role"] == "tool"
     assert said["content"] == "A human (omar) says: refund 30 only"
     # The run reads as resumed, then completed.
-    shown = llm_stack.cli("run", "show", run).stdout
+    shown = shown_when(llm_stack, run, "status completed")
     assert "resume by omar: refund 30 only" in shown
-    assert "status completed" in shown
 
 
 def test_a_human_cancels_an_escalated_run(llm_stack: Stack) -> None:
     _, run = _ticket(llm_stack, script="ask", order_id="A-105")
     assert isinstance(wait_run_end(llm_stack, run), RunEscalated)
+    shown_when(llm_stack, run, "status escalated")  # the API knows runs from the audit log
     llm_stack.as_user("omar", "run", "cancel", run, "--reason", "customer withdrew")
     end = wait_for(llm_stack, lambda e: isinstance(e, RunCancelled) and e.run_id == run, "runs")
     assert isinstance(end, RunCancelled)
     assert end.cause == "human"
     assert end.reason == "cancelled by omar: customer withdrew"
     # A run that has ended cannot be resumed (once the audit, which the API reads, has its end).
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while (again := llm_stack.as_user("omar", "run", "resume", run, check=False)).returncode == 0:
         assert time.monotonic() < deadline, again.stdout
         time.sleep(0.5)
@@ -321,7 +326,7 @@ def test_a_planner_killed_mid_run_resumes_fifty_runs_without_proposing_a_step_tw
 
 def _spans_named(stack: Stack, service: str, name: str, trace_id: str, count: int) -> list[dict[str, Any]]:
     """The service's exported spans of that name in the trace, once there are `count`."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         path = stack.settings.logs_dir / f"traces-{service}.jsonl"
         spans = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

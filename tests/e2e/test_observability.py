@@ -71,7 +71,7 @@ def test_one_run_is_one_trace_across_the_five_services(stack: Stack) -> None:
         "executor": "tool issue_refund",
         "audit": "audit append",
     }
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while True:
         spans = _spans(stack, trace_id)
         names = {service: {s["name"] for s in found} for service, found in spans.items()}
@@ -120,7 +120,7 @@ def test_every_service_exports_its_metrics_to_a_scraper_holding_the_token(stack:
         assert _scrape(stack, service, "not-the-token").status_code == 401
 
     # The audit service records the run's end a moment after the planner sends it.
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while not _value(_samples(stack, "audit", token), "charter_audit_appends_total"):
         assert time.monotonic() < deadline
         time.sleep(0.2)

@@ -50,15 +50,16 @@ def _configure(home: Path) -> dict[str, str]:
     return env
 
 
-def _audited_run(stack: Stack, run: str, timeout: float = 20) -> list[tuple[str, str | None]]:
-    """The run's rows once its RunCompleted is in the audit log: (event type, subject) each."""
+def _audited_run(stack: Stack, run: str, timeout: float = 30) -> list[tuple[str, str | None]]:
+    """The run's rows once its start, actions and end are in the audit log: (event type, subject)
+    each."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sqlite3.connect(stack.settings.data_dir / "audit.db") as conn:
             rows = conn.execute(
                 "select event_type, subject from audit_log where run_id = ? order by seq", (run,)
             ).fetchall()
-        if any(t == "RunCompleted" for t, _ in rows):
+        if {"RunStarted", "ActionExecuted", "RunCompleted"} <= {t for t, _ in rows}:  # three topics
             return rows
         time.sleep(0.2)
     raise AssertionError(f"run {run} never completed in the audit log")
