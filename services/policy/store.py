@@ -22,7 +22,6 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    tuple_,
 )
 
 from charter.killswitch import switches_table
@@ -56,13 +55,22 @@ def create(engine: Engine) -> None:
 
 
 def load_usage(conn: Connection, keys: Iterable[CounterKey]) -> Usage:
+    """The counters of `keys`, found through the primary key's (kind, key) prefix: a row-value
+    IN over all three columns is a scan of the whole table on SQLite, and the table holds a
+    counter for every run there ever was, so each batch got slower by the minute."""
     usage = Usage()
-    wanted = sorted(set(keys))
-    for start in range(0, len(wanted), 300):
-        chunk = wanted[start : start + 300]
-        query = select(counters).where(tuple_(counters.c.kind, counters.c.key, counters.c.window).in_(chunk))
-        for row in conn.execute(query):
-            usage.counters[(row.kind, row.key, row.window)] = row.value
+    wanted = set(keys)
+    by_kind: dict[str, set[str]] = {}
+    for kind, key, _ in wanted:
+        by_kind.setdefault(kind, set()).add(key)
+    for kind, found in sorted(by_kind.items()):
+        names = sorted(found)
+        for start in range(0, len(names), 300):
+            chunk = names[start : start + 300]
+            query = select(counters).where(counters.c.kind == kind, counters.c.key.in_(chunk))
+            for row in conn.execute(query):
+                if (row.kind, row.key, row.window) in wanted:
+                    usage.counters[(row.kind, row.key, row.window)] = row.value
     return usage
 
 

@@ -4,6 +4,7 @@ transactions really serialize (two processes, read-modify-write, no lost update)
 from __future__ import annotations
 
 import multiprocessing
+from pathlib import Path
 
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select, update
 
@@ -43,6 +44,50 @@ def test_usage_round_trips_and_old_rate_windows_are_dropped(engine: Engine) -> N
         ("rate", "agent:agent-a", "000000000008"): 3,
         ("rate", "agent:agent-a", "000000000009"): 1,
     }
+
+
+def _steps_to_load(engine: Engine, wanted: list[tuple[str, str, str]]) -> int:
+    """SQLite virtual-machine steps to load some counters: a row read is at least one."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.set_progress_handler(tick, 1)
+        try:
+            loaded = store.load_usage(conn, wanted)
+        finally:
+            raw.set_progress_handler(None, 1)
+    assert set(loaded.counters) == set(wanted)
+    return steps
+
+
+def test_loading_a_batchs_counters_costs_the_same_however_many_runs_came_before(tmp_path: Path) -> None:
+    """Every run leaves counters behind (its cost, its loop signatures): a batch's lookup must go
+    through the primary key, not over them all."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'policy.db'}")
+    store.create(engine)
+    batch = [("cost", f"run-new-{i}", "run") for i in range(30)] + [("cost", "agent-a", "2026-12-07")]
+
+    def save(runs: range) -> None:
+        usage = Usage()
+        for key in [*batch, *(("cost", f"run-{i}", "run") for i in runs)]:
+            usage.add(key, 1)
+        with engine.begin() as conn:
+            store.save_usage(conn, usage)
+
+    save(range(10))
+    few = _steps_to_load(engine, batch)
+    save(range(10, 20_000))
+    many = _steps_to_load(engine, batch)
+    engine.dispose()
+    assert few > 0
+    assert many <= few * 1.5, (few, many)  # a B-tree a level deeper at most; a scan is ~20,000 more
 
 
 _meta = MetaData()
