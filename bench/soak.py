@@ -47,6 +47,7 @@ RESULTS = REPO / "bench" / "results"
 TRIGGER = "support.refund_requested"
 AGENT = REPO / "agents" / "support-refunds.yaml"
 EDGE_S = 300.0  # the first and last five minutes, compared
+WARMUP_S = 60.0
 
 
 @dataclass
@@ -181,7 +182,9 @@ def _slope(xs: list[float], ys: list[float]) -> float:
 
 def _summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
     total = windows[-1]["at_s"]
-    first = [w for w in windows if w["at_s"] <= EDGE_S]
+    # The first minute is the JVM's and the services' warm-up (a p99 of a second there), not
+    # the stack's steady state: the first five minutes are counted after it.
+    first = [w for w in windows if WARMUP_S < w["at_s"] <= WARMUP_S + EDGE_S]
     last = [w for w in windows if w["at_s"] > total - EDGE_S]
     settled = [w for w in windows if w["at_s"] > EDGE_S] or last
 
@@ -209,7 +212,7 @@ def _summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
                 w["processes"].get(name, {}).get("cpu_pct", 0.0) for w in last), 1),
         }  # fmt: skip
     return {
-        "first_5_min": {"p50_ms": p(first, 0.5), "p99_ms": p(first, 0.99)},
+        "first_5_min_after_warmup": {"p50_ms": p(first, 0.5), "p99_ms": p(first, 0.99)},
         "last_5_min": {"p50_ms": p(last, 0.5), "p99_ms": p(last, 0.99)},
         "p99_last_over_first": round(p(last, 0.99) / p(first, 0.99), 2),
         "p50_ms_per_10k_records": round(_slope(records, [w["p50_ms"] for w in windows]), 2),
