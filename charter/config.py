@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     partitions: int = Field(3, ge=1, description="Partitions of each topic.")
     dlq_partitions: int = Field(1, ge=1, description="Partitions of each dead-letter topic.")
     topic_retention_hours: float = Field(
-        168.0, gt=0, description="How long topics keep records (not audit.checkpoints nor the DLQs: forever)."
+        168.0,
+        gt=0,
+        description="How long topics keep records (audit.checkpoints, control and the DLQs: forever).",
     )
     topic_retention_mb: int = Field(
         1024, ge=1, description="The most each partition of those topics keeps, in MiB, whatever their age."

@@ -28,14 +28,14 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import select
 
-from charter import topics
+from charter import serde, topics
 from charter.broker import CAPABILITIES
 from charter.bus import Outgoing
 from charter.client import Client
 from charter.clock import derive_id
 from charter.config import Settings
 from charter.errors import ConfigError
-from charter.events import RUN_TERMINAL, ApprovalRequested, Event
+from charter.events import RUN_TERMINAL, ApprovalRequested, Event, TriggerReceived
 from charter.stack import readiness
 from charter.stack.harness import StackNotReady, StackProcess
 from charter.stack.kafka import LocalKafka
@@ -234,6 +234,21 @@ def in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     browser test, through Playwright's sync API) can wait for events too."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(make())).result()
+
+
+def produce_nameless(stack: Stack, key: str) -> None:
+    """Put on the triggers topic a well-formed trigger with an empty event id, keyed and
+    correlated by `key`: it breaks the envelope's rules, and the planner dead-letters it."""
+    nameless = TriggerReceived.create(
+        event_id="",
+        now=datetime.now(UTC),
+        tenant=stack.settings.tenant,
+        correlation_id=key,
+        name="support.refund_requested",
+        data={"order_id": "E-1", "amount": 20},
+        source="test",
+    )
+    produce_raw(stack, serde.encode(nameless), key.encode())
 
 
 def produce_raw(stack: Stack, value: bytes, key: bytes) -> None:

@@ -12,9 +12,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from charter import broker, serde, topics
-from charter.events import DeadLettered, RunCompleted, TriggerReceived
-from tests.e2e.conftest import Stack, produce_raw, run_id, wait_for, wait_run_end
-from tests.factories import NOW, one_of_each
+from charter.events import DeadLettered, RunCompleted
+from tests.e2e.conftest import Stack, produce_nameless, produce_raw, run_id, wait_for, wait_run_end
+from tests.factories import one_of_each
 
 pytestmark = pytest.mark.e2e
 
@@ -86,16 +86,7 @@ def test_a_trigger_a_filter_cannot_evaluate_is_dead_lettered_and_the_publisher_i
 
 
 def test_a_trigger_with_an_empty_id_is_dead_lettered(stack: Stack) -> None:
-    nameless = TriggerReceived.create(
-        event_id="",
-        now=NOW,
-        tenant=stack.settings.tenant,
-        correlation_id="empty-id-1",
-        name="support.refund_requested",
-        data={"order_id": "E-1", "amount": 20},
-        source="test",
-    )
-    produce_raw(stack, serde.encode(nameless), b"empty-id-1")
+    produce_nameless(stack, "empty-id-1")
     listed = _listed(stack, _dead_letter(stack, b"empty-id-1"))
     assert (listed["error_type"], listed["key"]) == ("InvalidEvent", "empty-id-1")
     assert listed["reason"] == "TriggerReceived with correlation id 'empty-id-1' has an empty event_id"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from charter import serde, topics
+from charter import topics
 from charter.client import Client
 from charter.events import (
     EVENT_TYPES,
@@ -23,10 +23,18 @@ from charter.events import (
     RunFailed,
     RunHandedOff,
     ToolUnavailable,
-    TriggerReceived,
 )
 from tests.conftest import REPO
-from tests.e2e.conftest import Stack, produce_raw, run_id, wait_approval, wait_for, wait_pending, wait_run_end
+from tests.e2e.conftest import (
+    Stack,
+    produce_nameless,
+    produce_raw,
+    run_id,
+    wait_approval,
+    wait_for,
+    wait_pending,
+    wait_run_end,
+)
 from tests.e2e.test_approvals import DEADLINE, policy
 
 pytestmark = pytest.mark.e2e
@@ -124,16 +132,7 @@ def _every_event_type(stack: Stack) -> None:
     produce_raw(stack, b"not avro at all", b"interop-garbage")
     wait_for(stack, lambda e: isinstance(e, DeadLettered) and e.key == b"interop-garbage", "triggers.dlq")
     # A well-formed record that breaks the envelope's rules: both Charter and the reader name it.
-    nameless = TriggerReceived.create(
-        event_id="",
-        now=proposal.envelope.occurred_at,
-        tenant=stack.settings.tenant,
-        correlation_id="interop-nameless",
-        name="support.refund_requested",
-        data={"order_id": "E-1", "amount": 20},
-        source="interop",
-    )
-    produce_raw(stack, serde.encode(nameless), b"interop-nameless")
+    produce_nameless(stack, "interop-nameless")
     wait_for(stack, lambda e: isinstance(e, DeadLettered) and e.key == b"interop-nameless", "triggers.dlq")
 
 
