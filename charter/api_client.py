@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from charter.config import Settings
-from charter.errors import CharterError, ConfigError
+from charter.errors import CharterError, Refused, Unavailable
 from charter.identity import operator
 
 TIMEOUT_S = 30.0
@@ -41,7 +41,7 @@ class ApiClient:
             # to whatever CHARTER_API_URL names elsewhere.
             token = operator.saved(settings)
         if token is None:
-            raise ConfigError(
+            raise Refused(
                 "no API token: set CHARTER_TOKEN (an admin issues one with `charter tokens create`)"
             )
         return cls(url, token)
@@ -59,7 +59,7 @@ class ApiClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ConfigError(f"cannot reach the API at {self.base_url}: {exc}") from None
+            raise Unavailable(f"cannot reach the API at {self.base_url}: {exc}") from None
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from charter.errors import ConfigError
+from charter.errors import Unavailable
 
 BrokerKind = Literal["tansu", "kafka"]
 
@@ -220,7 +220,7 @@ class Settings(BaseSettings):
         try:
             stack = json.loads(self.stack_file.read_text())
         except FileNotFoundError:
-            raise ConfigError(
+            raise Unavailable(
                 f"no broker: start the stack with `charter up` (home {self.home}) "
                 "or set CHARTER_BOOTSTRAP_SERVERS"
             ) from None

@@ -9,7 +9,12 @@
     │                           service that alone may write it (see charter.signing)
     ├── TransientError          the world hiccupped (a locked database, a slow dependency):
     │                           retried under RetryPolicy, then dead-lettered with the last error
-    └── ConfigError             bad settings, agent or policy files: the process stops with one line
+    ├── ConfigError             bad settings, agent or policy files: the process stops with one line
+    │   └── Unavailable         the stack, its broker or its API cannot be reached
+    ├── NotFound                a run, approval, agent, user, token or record named that does not exist
+    └── Refused                 a person's act with no credential to prove who acts
+
+The CLI's exit code follows from the class (charter.cli.exits).
 
 Anything else raised by a handler is a bug: the consumer treats it as transient, so it is retried
 and then dead-lettered rather than silently lost. Broker failures are not caught at all: the
@@ -53,6 +58,18 @@ class TransientError(CharterError):
 
 class ConfigError(CharterError):
     """Configuration that cannot work; raised at start, reported as one line."""
+
+
+class Unavailable(ConfigError):
+    """The stack is not running where the settings say, or does not answer."""
+
+
+class NotFound(CharterError):
+    """Something named by id or name that does not exist."""
+
+
+class Refused(CharterError):
+    """An act a person may not do as things stand."""
 
 
 @dataclass(frozen=True)

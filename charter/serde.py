@@ -23,7 +23,7 @@ from charter.events import EVENT_TYPES, Event
 
 MARKER = b"\xc3\x01"
 _HEADER_LEN = len(MARKER) + 8
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from charter import tools
 from charter.cli.output import console, table
 from charter.cli.stores import open_store
 from charter.config import Settings
-from charter.errors import ConfigError
+from charter.errors import NotFound
 from services.audit import views
 from services.audit.views import ToolUse
 
@@ -211,5 +211,5 @@ def show(
     """One agent: its tools granted against those it used in the last N days, and credentials."""
     found = [inv for inv in _load(days) if inv.agent == agent]
     if not found:
-        raise ConfigError(f"no agent {agent!r} in the agent files or in the audit store")
+        raise NotFound(f"no agent {agent!r} in the agent files or in the audit store")
     _output(found, days, as_json)

@@ -12,12 +12,13 @@ import typer
 
 from charter import agents as agent_files
 from charter import tools, topics
+from charter.cli.helptext import WholeSummaries
 from charter.cli.output import console
 from charter.cli.stores import open_store
 from charter.client import Client
 from charter.clock import as_utc
 from charter.config import Settings
-from charter.errors import ConfigError
+from charter.errors import ConfigError, NotFound
 from charter.events import CheckpointSigned
 from charter.signing import Verifier
 from services.audit import bundle, checkpoint, personal, redecide, retention, store
@@ -29,7 +30,7 @@ from services.policy.bundle import PolicyBundle
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident record of every event.")
 proof_app = typer.Typer(no_args_is_help=True, help="Inclusion and consistency proofs (RFC 6962).")
-app.add_typer(proof_app, name="proof")
+app.add_typer(proof_app, name="proof", cls=WholeSummaries)
 
 
 def _key(settings: Settings) -> Verifier:
@@ -113,7 +114,7 @@ def _head(conn_heads: list[Head], size: int | None, key: Verifier) -> Head:
     found = conn_heads[-1] if size is None else next((h for h in conn_heads if h.size == size), None)
     if found is None:
         sizes = ", ".join(str(h.size) for h in conn_heads[-5:])
-        raise ConfigError(f"no signed head of size {size}; the newest: {sizes}")
+        raise NotFound(f"no signed head of size {size}; the newest: {sizes}")
     if not checkpoint.genuine(found, key):
         raise ConfigError(f"the stored head of size {found.size} is not signed by the audit key")
     return found
@@ -138,7 +139,7 @@ def proof_inclusion(
         # The leaf as the record's content gives it, not as stored beside it.
         leaf = store.content_leaf(conn, seq)
         if leaf is None:
-            raise ConfigError(f"there is no record {seq}")
+            raise NotFound(f"there is no record {seq}")
         proof = Tree.over(lambda: conn).inclusion(seq, head.size)
     try:
         check_inclusion(proof, leaf, head.root, seq, head.size)

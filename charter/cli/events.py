@@ -15,6 +15,7 @@ from charter import topics, triggering
 from charter.api_client import ApiClient
 from charter.bus import REPLAYED_FROM, Outgoing
 from charter.cli.output import console, received_json, received_line
+from charter.cli.runs import FULL_ID, full_run_id
 from charter.client import Client, Received
 from charter.clock import as_utc
 from charter.config import Settings
@@ -121,6 +122,17 @@ def tail(
         asyncio.run(go())
 
 
+def _target(settings: Settings, replayed: list[str], to: str | None, into_live: bool) -> str | None:
+    """The topic `--to` names, checked: never one replayed, and one the services read only when
+    asked for with --into-live."""
+    target = topics.resolve(settings, to, other=True) if to else None
+    if target and target in (replayed or topics.all_names(settings)):
+        raise ConfigError("--to must be another topic than the ones replayed")
+    if target and target in topics.all_names(settings) and not into_live:
+        raise ConfigError(f"{target} is read by the services; replay into it only with --into-live")
+    return target
+
+
 def replay(
     topic: Annotated[
         list[str] | None,
@@ -141,7 +153,12 @@ def replay(
     until: Annotated[
         datetime | None, typer.Option("--until", help="Stop before this time (ISO 8601; UTC if no zone).")
     ] = None,
-    run_id: Annotated[str | None, typer.Option("--run", help="Only this run's events (its full id).")] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run", help="Only this run's events: its id, or its first characters (the API finds it)."
+        ),
+    ] = None,
     to: Annotated[
         str | None,
         typer.Option(
@@ -163,11 +180,9 @@ def replay(
         raise ConfigError("give one of --from-beginning, --from-offset N, --from-time ISO (or only --run)")
     settings = Settings()
     names = [topics.resolve(settings, t) for t in topic or []]
-    target = topics.resolve(settings, to, other=True) if to else None
-    if target and target in (names or topics.all_names(settings)):
-        raise ConfigError("--to must be another topic than the ones replayed")
-    if target and target in topics.all_names(settings) and not into_live:
-        raise ConfigError(f"{target} is read by the services; replay into it only with --into-live")
+    target = _target(settings, names, to, into_live)
+    if run_id is not None and len(run_id) < FULL_ID:
+        run_id = full_run_id(settings, run_id)
     window = dict(
         from_offset=from_offset,
         from_time=as_utc(from_time) if from_time else None,

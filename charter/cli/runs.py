@@ -1,4 +1,5 @@
-"""charter runs | run show | run resume | run cancel
+"""charter runs [list] | runs show | runs resume | runs cancel (and `run show|resume|cancel`, the
+older form, kept working)
 
 Through the API with the caller's token, so each person reads only the runs their roles may
 (an approver, those of the approvals they may decide). `--offline` reads the audit store
@@ -19,22 +20,29 @@ from charter.config import Settings
 from services.audit import store as audit
 from services.audit import views
 
-run_app = typer.Typer(no_args_is_help=True, help="One run.")
+runs_app = typer.Typer(help="Runs: the latest (`charter runs`, or `runs list`), one in full, resume, cancel.")
+run_app = typer.Typer(no_args_is_help=True, help="One run (the older form of `charter runs`).")
 
 
 Offline = Annotated[
     bool, typer.Option("--offline", help="Without the API: the audit store itself (the operator).")
 ]
+Limit = Annotated[int, typer.Option("--limit", min=1, max=500, help="How many of the latest runs.")]
 
 
 def _parsed(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def list_runs(
-    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="How many of the latest runs.")] = 20,
-    offline: Offline = False,
-) -> None:
+@runs_app.callback(invoke_without_command=True)
+def runs(ctx: typer.Context, limit: Limit = 20, offline: Offline = False) -> None:
+    """Runs: `charter runs` lists the latest, as `charter runs list` does."""
+    if ctx.invoked_subcommand is None:
+        list_runs(limit, offline)
+
+
+@runs_app.command("list")
+def list_runs(limit: Limit = 20, offline: Offline = False) -> None:
     """The latest runs you may read: agent, trigger, status, and the last thing that happened."""
     settings = Settings()
     if offline:
@@ -60,6 +68,17 @@ def list_runs(
     table(["run", "agent", "trigger", "started (UTC)", "status", "last event"], rows)
 
 
+FULL_ID = 36  # a run id is a UUID
+
+
+def full_run_id(settings: Settings, prefix: str) -> str:
+    """The run whose id starts with `prefix`, as the API finds it for this user (404 when none,
+    or when more than one does)."""
+    with ApiClient.from_settings(settings) as api:
+        return str(api.get(f"/v1/runs/{prefix}")["run"]["run_id"])
+
+
+@runs_app.command("show")
 @run_app.command("show")
 def show(
     run_id: Annotated[str, typer.Argument(help="The run's id, or its first characters.")],
@@ -90,6 +109,7 @@ def show(
         console.print(f"  #{seq:<6} {offset}  {event_type:<18} {text}", markup=False)
 
 
+@runs_app.command("resume")
 @run_app.command("resume")
 def resume(
     run_id: Annotated[str, typer.Argument(help="The escalated run's id, or its first characters.")],
@@ -107,6 +127,7 @@ def resume(
     )
 
 
+@runs_app.command("cancel")
 @run_app.command("cancel")
 def cancel(
     run_id: Annotated[str, typer.Argument(help="The run's id, or its first characters.")],

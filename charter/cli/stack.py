@@ -9,6 +9,7 @@ import typer
 
 from charter import topics
 from charter.config import BrokerKind, Settings
+from charter.demo import shipped
 from charter.stack.up import create_topics
 from charter.stack.up import up as run_up
 
@@ -31,11 +32,14 @@ def up(
     ] = None,
 ) -> None:
     """Start the whole stack: a local broker (unless CHARTER_BOOTSTRAP_SERVERS is set), every
-    topic, and the five services, supervised. Ctrl-C stops it all."""
-    code = run_up(
-        Settings(), demo=demo, once=once, broker_kind=broker, say=lambda line: print(line, flush=True)
-    )
-    raise typer.Exit(code)
+    topic, and the five services, supervised. Ctrl-C stops it all. With --demo, the agents,
+    policies and users file the settings name are the demo's own where they do not exist."""
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    settings = shipped.filled_in(Settings(), say) if demo else Settings()
+    raise typer.Exit(run_up(settings, demo=demo, once=once, broker_kind=broker, say=say))
 
 
 def topics_ensure() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from charter.config import Settings
-from charter.errors import ConfigError
+from charter.errors import ConfigError, NotFound, Unavailable
 from charter.store import make_engine
 
 
@@ -16,7 +16,7 @@ def open_store(settings: Settings, service: str) -> Engine:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.exists():
-            raise ConfigError(
+            raise Unavailable(
                 f"no {service} store at {path}; has the stack run with CHARTER_HOME={settings.home}?"
             )
     return make_engine(url)
@@ -27,7 +27,7 @@ def resolve_id(candidates: list[str], prefix: str, what: str) -> str:
     if len(prefix) < 4:
         raise ConfigError(f"give at least 4 characters of the {what} id")
     if not candidates:
-        raise ConfigError(f"no {what} with an id starting {prefix!r}")
+        raise NotFound(f"no {what} with an id starting {prefix!r}")
     if len(candidates) > 1:
         raise ConfigError(f"{len(candidates)} {what}s have ids starting {prefix!r}; give more characters")
     return candidates[0]

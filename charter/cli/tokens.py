@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from charter.api_client import ApiClient
 from charter.cli.output import console, table
 from charter.config import Settings
-from charter.errors import ConfigError
+from charter.errors import ConfigError, NotFound
 from charter.identity import tokens
 from charter.identity.users import Directory
 from charter.store import make_engine
@@ -76,7 +76,7 @@ def _create_offline(
 ) -> tuple[str, list[str], str]:
     person = Directory.load(settings.users_file).get(user)
     if person is None:
-        raise ConfigError(f"no user {user!r} in {settings.users_file}")
+        raise NotFound(f"no user {user!r} in {settings.users_file}")
     roles = role or person.roles
     extra = sorted(set(roles) - set(person.roles))
     if extra:
@@ -157,7 +157,7 @@ def revoke(
     if offline:
         with _engine(settings).begin() as conn:
             if not tokens.revoke(conn, token_id, datetime.now(UTC)):
-                raise ConfigError(f"no active token {token_id}")
+                raise NotFound(f"no active token {token_id}")
     else:
         with ApiClient.from_settings(settings) as api:
             api.call("DELETE", f"/v1/tokens/{token_id}")

@@ -86,6 +86,11 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.1f}{unit}"
 
 
+def _count(value: float | None) -> str:
+    """A counter or gauge of whole things: Prometheus gives every value as a float."""
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def _pairs(title: str, rows: Iterable[tuple[str, str]]) -> Table:
     table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -103,9 +108,9 @@ def view(now: Scrape, before: Scrape | None) -> Group:
         [
             ("runs/s ended", _fmt(_rate(now, before, "charter_runs_total"))),
             ("actions/s executed", _fmt(_rate(now, before, "charter_tool_calls_total", outcome="executed"))),
-            ("in flight", _fmt(now.total("charter_runs_in_flight"))),
-            ("pending approvals", _fmt(pending)),
-            ("escalated (since start)", _fmt(now.total("charter_runs_total", outcome="escalated"))),
+            ("in flight", _count(now.total("charter_runs_in_flight"))),
+            ("pending approvals", _count(pending)),
+            ("escalated (since start)", _count(now.total("charter_runs_total", outcome="escalated"))),
         ],
     )
     denials = now.by("charter_policy_decisions_total", "reason", outcome="deny")

@@ -154,6 +154,9 @@ def run(name: str, factory: Factory) -> None:
     setup_logging(name, settings.log_level)
     provider = setup_tracing(name, settings)
     log.info("starting: %s", broker.capabilities(settings).describe())
+    # A file left by a predecessor killed with no time to clear it (the same pid, 1, in a
+    # restarted container) must not pass for this process being ready.
+    readiness.clear(settings, name)
 
     async def main() -> None:
         stop = asyncio.Event()

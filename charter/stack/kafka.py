@@ -1,5 +1,5 @@
 """A local Apache Kafka: single-node KRaft on the machine's Java 17, from the official server
-jars on Maven Central (infra/kafka/pom.xml), fetched once with Maven and cached.
+jars on Maven Central (charter/stack/kafka_pom.xml), fetched once with Maven and cached.
 
 It is the broker production runs, so the test suite proves every guarantee on it, and
 `charter up --broker kafka` runs the whole stack on it. Its data persists under its work
@@ -22,7 +22,7 @@ from pathlib import Path
 from charter.errors import ConfigError
 from charter.stack.processes import free_port, spawn, stop
 
-POM = Path(__file__).resolve().parents[2] / "infra" / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parent / "kafka_pom.xml"
 STARTED = "Kafka Server started"
 JAVA = 17
 Say = Callable[[str], None]

@@ -207,7 +207,7 @@ def _demo(settings: Settings, say: Say) -> None:
         say(f"  {o.run_id[:8]}  {o.agent:<16} {o.outcome:<9} {took:>8}  {o.trigger}")
         say(f"            {o.detail}")
     say("")
-    say("see one run's timeline with: charter run show <id>")
+    say("see one run's timeline with: charter runs show <id>")
 
 
 def _api_url(settings: Settings) -> str:

@@ -75,6 +75,9 @@ def test_replay_prints_a_runs_events_and_exits(stack: Stack) -> None:
     assert "RunStarted" in out
     assert "RunCompleted" in out
     assert out.strip().endswith("-- 2 events")
+    # The run's first characters name it as its full id does (the API finds it in the audit).
+    audited_run(stack, run)
+    assert stack.cli("replay", "--topic", "runs", "--from-beginning", "--run", run[:8]).stdout == out
     as_json = stack.cli(
         "replay", "--topic", "actions.results", "--from-offset", "0", "--run", run, "--json"
     ).stdout

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from charter import signing
+from charter.cli import exits
 from charter.client import Client
 from charter.clock import derive_id
 from charter.demo import ledger
@@ -146,7 +147,7 @@ def test_the_kill_switch_denies_refuses_cancels_and_acknowledges(stack: Stack) -
         # (withdrawn once the approvals service has read the run's end itself)
         wait_approval_status(stack, request.approval_id, "withdrawn")
         refused = stack.as_user("dana", "approvals", "approve", request.approval_id, check=False)
-        assert refused.returncode == 2
+        assert refused.returncode == exits.REFUSED
         assert "withdrawn" in refused.stderr
         # a new action is denied at once,
         denied = wait_run_end(

@@ -11,6 +11,7 @@ import pytest
 
 from charter import topics
 from charter.bus import REPLAYED_FROM
+from charter.cli import exits
 from charter.client import Client
 from charter.clock import new_id
 from charter.events import DeadLettered, Event, RunCompleted
@@ -89,7 +90,7 @@ def test_a_dead_letter_is_listed_shown_and_replayed_corrected(stack: Stack, tmp_
     assert key.decode() in shown
 
     unknown = stack.cli("dlq", "show", "ffffffff-no", check=False)
-    assert unknown.returncode == 2
+    assert unknown.returncode == exits.NOT_FOUND
     assert "no dead letter with an id starting 'ffffffff-no'" in unknown.stderr
 
     # A bad fix is refused and nothing is published.

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from charter.cli import exits
 from charter.client import Client
 from charter.clock import new_id
 from charter.demo import ledger
@@ -66,7 +67,7 @@ def test_a_large_refund_waits_is_approved_through_the_cli_and_executes_once(stac
 
     # A second decision on the same approval changes nothing: the API refuses it...
     again = stack.as_user("lee", "approvals", "approve", request.approval_id[:8], check=False)
-    assert again.returncode == 2
+    assert again.returncode == exits.REFUSED
     assert "is already approved" in again.stderr
     assert "HTTP 409 not_pending" in again.stderr
 

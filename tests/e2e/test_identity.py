@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from charter.cli import exits
 from charter.client import Client
 from charter.clock import new_id
 from charter.events import (
@@ -53,11 +54,11 @@ def _cli(stack: Stack, args: list[str], **env: str) -> subprocess.CompletedProce
 def test_each_act_is_refused_without_a_credential(stack: Stack, act: str, tmp_path: Path) -> None:
     # No token at all: nothing in CHARTER_TOKEN, and no operator token where the keys are.
     bare = _cli(stack, ACTS[act], CHARTER_KEYS_DIR=str(tmp_path))
-    assert bare.returncode == 2
+    assert bare.returncode == exits.REFUSED
     assert "no API token" in bare.stderr
     # A token that is not one: the API says who is unknown.
     forged = _cli(stack, ACTS[act], CHARTER_TOKEN="chr_0123456789abcdef_forged")
-    assert forged.returncode == 2
+    assert forged.returncode == exits.REFUSED
     assert "HTTP 401 unauthenticated" in forged.stderr
 
 
@@ -65,7 +66,7 @@ def test_each_act_is_refused_without_a_credential(stack: Stack, act: str, tmp_pa
 def test_each_act_is_refused_with_the_wrong_role(stack: Stack, act: str) -> None:
     # sam publishes business events, and may do nothing else.
     refused = stack.as_user("sam", *ACTS[act], check=False)
-    assert refused.returncode == 2
+    assert refused.returncode == exits.REFUSED
     assert "HTTP 403 forbidden" in refused.stderr
     assert "sam (publisher) may not" in refused.stderr
 
@@ -73,7 +74,7 @@ def test_each_act_is_refused_with_the_wrong_role(stack: Stack, act: str) -> None
 def test_an_approver_may_not_set_a_switch_or_issue_tokens(stack: Stack) -> None:
     for act in ("kill-switch on", "tokens create"):
         refused = stack.as_user("dana", *ACTS[act], check=False)
-        assert refused.returncode == 2
+        assert refused.returncode == exits.REFUSED
         assert "HTTP 403 forbidden" in refused.stderr
 
 
@@ -153,7 +154,10 @@ def test_a_handoff_the_planner_did_not_sign_starts_no_run(stack: Stack) -> None:
     )
     assert isinstance(dead, DeadLettered)
     assert "not signed by the planner" in dead.reason
-    assert stack.cli("run", "show", run_id(handed.event_id, "settle-waiter"), check=False).returncode == 2
+    assert (
+        stack.cli("run", "show", run_id(handed.event_id, "settle-waiter"), check=False).returncode
+        == exits.NOT_FOUND
+    )
 
 
 def test_a_cancel_nothing_signed_is_dead_lettered_and_the_run_goes_on(stack: Stack) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from charter import topics
+from charter.cli import exits
 from charter.client import Client
 from charter.events import (
     EVENT_TYPES,
@@ -64,7 +65,9 @@ def _every_event_type(stack: Stack) -> None:
     failing = stack.publish("support.refund_requested", {"order_id": "Z-1004", "amount": 20})
     first = wait_approval(stack, run_id(approved, REFUNDS)).approval_id
     stack.as_user("dana", "approvals", "approve", first, "--set", "amount=650")  # ApprovalAmended
-    assert stack.as_user("dana", "approvals", "approve", first, check=False).returncode == 2  # ...Refused
+    assert (
+        stack.as_user("dana", "approvals", "approve", first, check=False).returncode == exits.REFUSED
+    )  # ...Refused
     amended = wait_for(
         stack,
         lambda e: (

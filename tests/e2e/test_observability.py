@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import defaultdict
 from typing import Any
@@ -156,6 +157,9 @@ def test_top_shows_rates_denials_and_every_service(stack: Stack) -> None:
     out = stack.cli("top", "--once", "--interval", "0.5").stdout
     assert "runs/s ended" in out
     assert "pending approvals" in out
+    # Whole things are counted in whole numbers (Prometheus serves every value as a float).
+    assert re.search(r"in flight\s+\d+\s*$", out, re.MULTILINE), out
+    assert re.search(r"pending approvals\s+(\d+|-)\s*$", out, re.MULTILINE), out
     # The denial is counted under the policy that made it.
     assert "refund-over-limit" in out
     for service in SERVICES:

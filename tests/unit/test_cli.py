@@ -6,11 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from charter.cli import exits
 from tests.conftest import REPO
 
 CLI = [sys.executable, "-m", "charter"]
@@ -25,44 +27,57 @@ def charter(*args: str, home: Path, **extra: str) -> subprocess.CompletedProcess
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["bogus"], "No such command"),
-        (["publish"], "Missing argument"),
-        (["publish", "x.y", "--data", "{not json"], "not valid JSON"),
-        (["publish", "x.y", "--data", "[1, 2]"], "must be a JSON object"),
-        (["publish", "x.y", "--data", "@/nonexistent.json"], "cannot read"),
-        (["publish", "x.y", "--data", "{}"], "no API token"),
-        (["publish", "x.y", "--data", "{}", "--offline"], "no broker"),
-        (["publish", "x.y", "--data", "{}", "--as", "sam"], "use it only with --offline"),
-        (["replay", "--topic", "runs"], "give one of --from-beginning"),
-        (["replay", "--topic", "runs", "--from-beginning", "--from-offset", "3"], "give one of"),
-        (["replay", "--topic", "runs", "--run", "r", "--to", "actions.approved"], "only with --into-live"),
-        (["replay", "--topic", "nope", "--from-beginning"], "unknown topic"),
-        (["replay", "--topic", "runs", "--from-offset", "-1"], "greater than or equal to 0"),
-        (["runs"], "no API token"),
-        (["run", "show", "abcd"], "no API token"),
-        (["runs", "--offline"], "no audit store"),
-        (["run", "show", "--offline", "abcd"], "no audit store"),
-        (["agents"], "no audit store"),
-        (["agents", "--days", "0"], "--days"),
-        (["approvals", "list"], "no API token: set CHARTER_TOKEN"),
-        (["approvals", "approve", "abcd"], "no API token"),
-        (["approvals", "list", "--status", "nope"], "--status must be one of"),
-        (["tokens", "create", "--user", "dana"], "no API token: set CHARTER_TOKEN"),
-        (["tokens", "list"], "no API token"),
-        (["tokens", "revoke", "nope"], "no API token"),
-        (["kill-switch", "on", "--reason", "r"], "no API token"),
-        (["tokens", "create", "--offline", "--user", "nobody"], "no user 'nobody'"),
-        (["tokens", "create", "--offline", "--user", "dana", "--role", "admin"], "dana does not hold admin"),
-        (["tokens", "create", "--user", "dana", "--expires-in", "soon"], "--expires-in takes"),
-        (["tokens", "revoke", "--offline", "nope"], "no active token nope"),
-        (["audit", "verify"], "no audit store"),
+        (["bogus"], "No such command", exits.USAGE),
+        (["publish"], "Missing argument", exits.USAGE),
+        (["publish", "x.y", "--data", "{not json"], "not valid JSON", exits.USAGE),
+        (["publish", "x.y", "--data", "[1, 2]"], "must be a JSON object", exits.USAGE),
+        (["publish", "x.y", "--data", "@/nonexistent.json"], "cannot read", exits.USAGE),
+        (["publish", "x.y", "--data", "{}"], "no API token", exits.REFUSED),
+        (["publish", "x.y", "--data", "{}", "--offline"], "no broker", exits.UNAVAILABLE),
+        (["publish", "x.y", "--data", "{}", "--as", "sam"], "use it only with --offline", exits.USAGE),
+        (["replay", "--topic", "runs"], "give one of --from-beginning", exits.USAGE),
+        (["replay", "--topic", "runs", "--from-beginning", "--from-offset", "3"], "give one of", exits.USAGE),
+        (
+            ["replay", "--topic", "runs", "--run", "r", "--to", "actions.approved"],
+            "only with --into-live",
+            exits.USAGE,
+        ),
+        (["replay", "--topic", "nope", "--from-beginning"], "unknown topic", exits.USAGE),
+        (["replay", "--topic", "runs", "--from-offset", "-1"], "greater than or equal to 0", exits.USAGE),
+        (["runs"], "no API token", exits.REFUSED),
+        (["run", "show", "abcd"], "no API token", exits.REFUSED),
+        (["runs", "list"], "no API token", exits.REFUSED),
+        (["runs", "show", "abcd"], "no API token", exits.REFUSED),
+        (["runs", "list", "--offline"], "no audit store", exits.UNAVAILABLE),
+        (["runs", "--offline"], "no audit store", exits.UNAVAILABLE),
+        (["run", "show", "--offline", "abcd"], "no audit store", exits.UNAVAILABLE),
+        (["agents"], "no audit store", exits.UNAVAILABLE),
+        (["agents", "--days", "0"], "--days", exits.USAGE),
+        (["approvals", "list"], "no API token: set CHARTER_TOKEN", exits.REFUSED),
+        (["approvals", "approve", "abcd"], "no API token", exits.REFUSED),
+        (["approvals", "list", "--status", "nope"], "--status must be one of", exits.USAGE),
+        (["tokens", "create", "--user", "dana"], "no API token: set CHARTER_TOKEN", exits.REFUSED),
+        (["tokens", "list"], "no API token", exits.REFUSED),
+        (["tokens", "revoke", "nope"], "no API token", exits.REFUSED),
+        (["kill-switch", "on", "--reason", "r"], "no API token", exits.REFUSED),
+        (["tokens", "create", "--offline", "--user", "nobody"], "no user 'nobody'", exits.NOT_FOUND),
+        (
+            ["tokens", "create", "--offline", "--user", "dana", "--role", "admin"],
+            "dana does not hold admin",
+            exits.USAGE,
+        ),
+        (["tokens", "create", "--user", "dana", "--expires-in", "soon"], "--expires-in takes", exits.USAGE),
+        (["tokens", "revoke", "--offline", "nope"], "no active token nope", exits.NOT_FOUND),
+        (["audit", "verify"], "no audit store", exits.UNAVAILABLE),
     ],
 )
-def test_bad_input_gets_one_line_and_a_nonzero_exit(args: list[str], message: str, tmp_path: Path) -> None:
+def test_bad_input_gets_one_line_and_its_exit_code(
+    args: list[str], message: str, code: int, tmp_path: Path
+) -> None:
     result = charter(*args, home=tmp_path)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("charter: ")
@@ -89,9 +104,30 @@ def _commands() -> list[list[str]]:
 
 @pytest.mark.parametrize("command", _commands(), ids=lambda c: " ".join(c) or "charter")
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
-    result = charter(*command, "--help", home=tmp_path)
+    result = charter(*command, "--help", home=tmp_path, COLUMNS="80")
     assert result.returncode == 0
     assert "Usage:" in result.stdout
+    # Each subcommand's summary is its whole first sentence, wrapped, never cut with "...".
+    listed = result.stdout.partition("Commands:")[2]
+    assert not [line for line in listed.splitlines() if line.endswith("...")], listed
+
+
+def test_version_is_the_installed_distributions(tmp_path: Path) -> None:
+    result = charter("--version", home=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"charter {version('charter')}"
+
+
+def test_the_help_gives_the_exit_codes_of_the_table(tmp_path: Path) -> None:
+    said = " ".join(charter("--help", home=tmp_path).stdout.split())
+    for code, meaning in (
+        (exits.FAILED, "a failure found"),
+        (exits.USAGE, "usage or bad input"),
+        (exits.NOT_FOUND, "not found"),
+        (exits.REFUSED, "refused by the API"),
+        (exits.UNAVAILABLE, "the stack cannot be reached"),
+    ):
+        assert f"{code} {meaning}" in said
 
 
 def test_the_contract_commands_exist() -> None:
@@ -101,6 +137,10 @@ def test_the_contract_commands_exist() -> None:
         "publish",
         "tail",
         "runs",
+        "runs list",
+        "runs show",
+        "runs resume",
+        "runs cancel",
         "run show",
         "approvals list",
         "approvals approve",

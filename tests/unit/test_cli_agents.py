@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from charter import agents as agent_files
 from charter import events as ev
 from charter import serde, tools
+from charter.cli import exits
 from charter.cli.agents import Inventory, inventory
 from charter.clock import new_id
 from charter.config import Settings
@@ -220,5 +221,5 @@ def test_the_command_prints_each_agent_and_json_one_object_per_agent(tmp_path: P
 def test_an_unknown_agent_gets_one_line(tmp_path: Path) -> None:
     _stores(tmp_path).dispose()
     result = charter("agents", "show", "nobody", home=tmp_path, CHARTER_AGENTS_DIR=str(REPO / "agents"))
-    assert result.returncode == 2
+    assert result.returncode == exits.NOT_FOUND
     assert result.stderr.strip() == "charter: no agent 'nobody' in the agent files or in the audit store"

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from charter import serde, topics
-from charter.cli import dlq
+from charter.cli import dlq, exits
 from charter.config import Settings
-from charter.errors import ConfigError
+from charter.errors import ConfigError, NotFound
 from charter.events import DeadLettered, Event, RunStarted, TriggerReceived
 from tests.factories import NOW, one_of_each, trigger
 from tests.unit.test_cli import charter
@@ -174,7 +174,7 @@ def test_show_prints_a_decodable_original_as_json_and_an_undecodable_one_as_byte
     assert b'{"order_id": "D-7001"}'.hex() in out
     with pytest.raises(ConfigError, match="2 dead letters have ids starting '0f1e'"):
         dlq.show(letter_id="0f1e", as_json=False)
-    with pytest.raises(ConfigError, match="no dead letter with an id starting 'abcd'"):
+    with pytest.raises(NotFound, match="no dead letter with an id starting 'abcd'"):
         dlq.show(letter_id="abcd", as_json=False)
 
 
@@ -187,7 +187,7 @@ def test_replay_without_yes_asks_and_never_asks_without_a_terminal(monkeypatch: 
 def test_with_no_stack_every_command_says_so_in_one_line(tmp_path: Path) -> None:
     for args in (["list"], ["show", "abcd"], ["replay", "abcd", "--yes"]):
         result = charter("dlq", *args, home=tmp_path)
-        assert result.returncode == 2, result.stderr
+        assert result.returncode == exits.UNAVAILABLE, result.stderr
         assert result.stderr.startswith("charter: no broker: start the stack with `charter up`")
         assert len(result.stderr.strip().splitlines()) == 1
 

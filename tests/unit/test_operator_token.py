@@ -8,7 +8,7 @@ import pytest
 
 from charter.api_client import ApiClient
 from charter.config import Settings
-from charter.errors import ConfigError
+from charter.errors import Refused
 from charter.identity import operator
 
 
@@ -25,5 +25,5 @@ def test_the_operator_token_goes_to_the_local_api(tmp_path: Path) -> None:
 
 
 def test_the_operator_token_never_goes_to_another_machine(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no API token"):
+    with pytest.raises(Refused, match="no API token"):
         ApiClient.from_settings(_saved(tmp_path, "https://charter.example.com"))
