@@ -17,6 +17,7 @@ from charter.cli import (
     dlq,
     events,
     exits,
+    formats,
     identity,
     policy,
     runs,
@@ -48,6 +49,14 @@ def _global(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print Charter's version and exit."),
     ] = False,
+    _output: Annotated[
+        formats.Format,
+        typer.Option(
+            formats.OPTION,
+            help="How listings and single things print: text, json (an array, or one object) or jsonl "
+            "(an object a line). Taken anywhere on the command line.",
+        ),
+    ] = formats.Format.TEXT,
 ) -> None:
     """Charter: governed autonomy for AI agents. Start with `charter up --demo`.
 
@@ -80,7 +89,7 @@ app.add_typer(runs.run_app, name="run", cls=WholeSummaries, hidden=True)
 
 def main() -> None:
     try:
-        code = app(standalone_mode=False)
+        code = app(args=formats.take(sys.argv[1:]), standalone_mode=False)
     except TyperException as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         print(f"charter: {' '.join(message.split())} (see --help)", file=sys.stderr)

@@ -7,7 +7,6 @@ a grant that may be revoked.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ import typer
 
 from charter import agents as agent_files
 from charter import tools
+from charter.cli import formats
 from charter.cli.output import console, table
 from charter.cli.stores import open_store
 from charter.config import Settings
@@ -184,13 +184,13 @@ def _print(inv: Inventory, days: int) -> None:
 
 
 def _output(inventories: list[Inventory], days: int, as_json: bool) -> None:
-    for i, inv in enumerate(inventories):
-        if as_json:
-            console.print(json.dumps(inv.as_json()), markup=False)
-            continue
-        if i:
-            console.print("")
-        _print(inv, days)
+    def text() -> None:
+        for i, inv in enumerate(inventories):
+            if i:
+                console.print("")
+            _print(inv, days)
+
+    formats.listing([inv.as_json() for inv in inventories], text, as_json)
 
 
 @app.callback()

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from charter.api_client import ApiClient
+from charter.cli import formats
 from charter.cli.output import console, table
 from charter.cli.stores import resolve_id
 from charter.config import Settings
@@ -46,28 +47,32 @@ def list_(
         raise ConfigError(f"--status must be one of {', '.join(STATUSES)}")
     with ApiClient.from_settings(Settings()) as api:
         rows = api.approvals(status)
-    if not rows:
-        console.print("no pending approvals" if status == "pending" else "no approvals")
-        return
-    table(
-        ["approval", "run", "agent", "tool", "parameters", "needs", "age", "status", "why"],
-        [
+
+    def text() -> None:
+        if not rows:
+            console.print("no pending approvals" if status == "pending" else "no approvals")
+            return
+        table(
+            ["approval", "run", "agent", "tool", "parameters", "needs", "age", "status", "why"],
             [
-                a["approval_id"][:8],
-                a["run_id"][:8],
-                a["agent"],
-                a["tool"],
-                json.dumps(a["parameters"], sort_keys=True),
-                (f"{a['approvals_required']}x " if a["approvals_required"] > 1 else "")
-                + " or ".join(a["roles"]),
-                _age(a["requested_at"]),
-                a["status"],
-                a["reasons"],
-            ]
-            for a in rows
-        ],
-        max_width=40,
-    )
+                [
+                    a["approval_id"][:8],
+                    a["run_id"][:8],
+                    a["agent"],
+                    a["tool"],
+                    json.dumps(a["parameters"], sort_keys=True),
+                    (f"{a['approvals_required']}x " if a["approvals_required"] > 1 else "")
+                    + " or ".join(a["roles"]),
+                    _age(a["requested_at"]),
+                    a["status"],
+                    a["reasons"],
+                ]
+                for a in rows
+            ],
+            max_width=40,
+        )
+
+    formats.listing(rows, text)
 
 
 @app.command("show")
@@ -98,8 +103,12 @@ def show(approval_id: ApprovalId) -> None:
         )
     for e in d["timeline"]:
         lines.append(f"  #{e['seq']:<6} {e['event_type']:<18} {e['text']}")
-    for line in lines:
-        console.print(line, markup=False)
+
+    def text() -> None:
+        for line in lines:
+            console.print(line, markup=False)
+
+    formats.one(d, text)
 
 
 def _value(text: str) -> Any:

@@ -12,6 +12,7 @@ import typer
 
 from charter import agents as agent_files
 from charter import tools, topics
+from charter.cli import formats
 from charter.cli.helptext import WholeSummaries
 from charter.cli.output import console
 from charter.cli.stores import open_store
@@ -93,8 +94,19 @@ def verify(
             retention_rules=retention.parse(settings.audit_retention),
         )
     gone = sorted(sent - {h.size for h in published}) if published is not None else []
-    _print_report(report, None if published is None else len(published))
-    if gone:
+    record = {
+        "ok": report.ok,
+        "records": report.rows,
+        "signed_heads": report.heads,
+        "published_heads": None if published is None else len(published),
+        "root": report.root.hex(),
+        "unsigned_records": report.unsigned,
+        "problems": [{"kind": p.kind, "message": p.message} for p in report.problems],
+        "more_problems": report.more,
+        "published_heads_gone": gone,
+    }
+    formats.one(record, lambda: _print_report(report, None if published is None else len(published)))
+    if gone and formats.chosen() is formats.Format.TEXT:
         sizes = ", ".join(map(str, gone[:5])) + ("..." if len(gone) > 5 else "")
         console.print(
             f"warning: {len(gone)} heads the audit published are not on audit.checkpoints any more "

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from charter import serde, topics
 from charter.bus import REPLAYED_FROM, Outgoing, route
+from charter.cli import formats
 from charter.cli.output import console, table
 from charter.cli.stores import resolve_id
 from charter.client import Client, Received
@@ -204,9 +205,8 @@ def list_(
     settings = Settings()
     letters, others = read_letters(settings, dlq_topics(settings, topic))
     shown = letters[-limit:]
-    if as_json:
-        for letter in shown:
-            console.print(json.dumps(record_json(letter)), markup=False)
+    if formats.chosen(as_json) is not formats.Format.TEXT:
+        formats.listing([record_json(letter) for letter in shown], lambda: None, as_json)
         return
     if not letters:
         console.print("no dead letters")
@@ -242,8 +242,8 @@ def show(
     --event` reads."""
     settings = Settings()
     letter = find(settings, letter_id)
-    if as_json:
-        console.print(json.dumps(record_json(letter, with_original=True)), markup=False)
+    if formats.chosen(as_json) is not formats.Format.TEXT:
+        formats.one(record_json(letter, with_original=True), lambda: None, as_json)
         return
     body = record_json(letter)
     dead = body["source_topic"], body["source_partition"], body["source_offset"]

@@ -14,6 +14,7 @@ import typer
 from charter import topics, triggering
 from charter.api_client import ApiClient
 from charter.bus import REPLAYED_FROM, Outgoing
+from charter.cli import formats
 from charter.cli.output import console, received_json, received_line
 from charter.cli.runs import FULL_ID, full_run_id
 from charter.client import Client, Received
@@ -96,7 +97,9 @@ async def _publish_offline(
 
 
 def _print(received: Received, as_json: bool, prefix: str) -> None:
-    console.print(received_json(received) if as_json else received_line(received, prefix), markup=False)
+    # A stream prints one object a line in either JSON format.
+    decoded = formats.chosen(as_json) is not formats.Format.TEXT
+    console.print(received_json(received) if decoded else received_line(received, prefix), markup=False)
 
 
 def tail(
@@ -212,5 +215,5 @@ def replay(
     count = asyncio.run(go())
     if target:
         print(f"-- {count} records replayed to {target}")
-    elif not as_json:
+    elif formats.chosen(as_json) is formats.Format.TEXT:
         print(f"-- {count} events")

@@ -9,11 +9,12 @@ directly: the stack operator's way in with the API down.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from charter.api_client import ApiClient
+from charter.cli import formats
 from charter.cli.output import console, table
 from charter.cli.stores import open_store, resolve_id
 from charter.config import Settings
@@ -58,14 +59,27 @@ def list_runs(limit: Limit = 20, offline: Offline = False) -> None:
             (r["run_id"], r["agent"], r["trigger"], _parsed(r["started"]), r["status"], r["last"])
             for r in runs
         ]
-    rows = [
-        [run[:8], agent, trigger, started.strftime("%Y-%m-%d %H:%M:%S") if started else "-", status, last]
-        for run, agent, trigger, started, status, last in summaries
-    ]
-    if not rows:
-        console.print("no runs yet")
-        return
-    table(["run", "agent", "trigger", "started (UTC)", "status", "last event"], rows)
+    fields = ("run_id", "agent", "trigger", "started", "status", "last")
+    records: list[dict[str, Any]] = [dict(zip(fields, summary, strict=True)) for summary in summaries]
+
+    def text() -> None:
+        if not records:
+            console.print("no runs yet")
+            return
+        rows = [
+            [
+                r["run_id"][:8],
+                r["agent"],
+                r["trigger"],
+                r["started"].strftime("%Y-%m-%d %H:%M:%S") if r["started"] else "-",
+                r["status"],
+                r["last"],
+            ]
+            for r in records
+        ]
+        table(["run", "agent", "trigger", "started (UTC)", "status", "last event"], rows)
+
+    formats.listing(records, text)
 
 
 FULL_ID = 36  # a run id is a UUID
@@ -101,12 +115,23 @@ def show(
         lines = [
             (t["seq"], _parsed(t["occurred_at"]), t["event_type"], t["text"]) for t in detail["timeline"]
         ]
-    first = next((at for _, at, _, _ in lines if at), None)
-    console.print(f"run {head[0]}  agent {head[1]}  trigger {head[2]}  status {head[3]}", markup=False)
-    for seq, at, event_type, text in lines:
-        since = (at - first).total_seconds() * 1000 if at and first else None
-        offset = f"+{since:8.1f} ms" if since is not None else " " * 12
-        console.print(f"  #{seq:<6} {offset}  {event_type:<18} {text}", markup=False)
+    record = {
+        "run": dict(zip(("run_id", "agent", "trigger", "status"), head, strict=True)),
+        "timeline": [
+            {"seq": seq, "occurred_at": at, "event_type": event_type, "text": said}
+            for seq, at, event_type, said in lines
+        ],
+    }
+
+    def text() -> None:
+        first = next((at for _, at, _, _ in lines if at), None)
+        console.print(f"run {head[0]}  agent {head[1]}  trigger {head[2]}  status {head[3]}", markup=False)
+        for seq, at, event_type, said in lines:
+            since = (at - first).total_seconds() * 1000 if at and first else None
+            offset = f"+{since:8.1f} ms" if since is not None else " " * 12
+            console.print(f"  #{seq:<6} {offset}  {event_type:<18} {said}", markup=False)
+
+    formats.one(record, text)
 
 
 @runs_app.command("resume")

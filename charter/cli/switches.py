@@ -20,6 +20,7 @@ import typer
 
 from charter import signing
 from charter.api_client import ApiClient
+from charter.cli import formats
 from charter.cli.output import console, table
 from charter.cli.stores import open_store
 from charter.client import Client
@@ -129,10 +130,17 @@ def switch_status() -> None:
     """The kill switches in force, as the policy service has recorded them."""
     engine = open_store(Settings(), "policy")
     switches = SwitchStore(engine, policy_store.switches).active()
-    if not switches:
-        console.print("no kill switch is on")
-        return
-    table(
-        ["switch", "since (UTC)", "by", "reason"],
-        [[s.switch_id, s.since.strftime("%Y-%m-%d %H:%M:%S"), s.set_by, s.reason] for s in switches],
-    )
+    records = [
+        {"switch_id": s.switch_id, "since": s.since, "set_by": s.set_by, "reason": s.reason} for s in switches
+    ]
+
+    def text() -> None:
+        if not switches:
+            console.print("no kill switch is on")
+            return
+        table(
+            ["switch", "since (UTC)", "by", "reason"],
+            [[s.switch_id, s.since.strftime("%Y-%m-%d %H:%M:%S"), s.set_by, s.reason] for s in switches],
+        )
+
+    formats.listing(records, text)

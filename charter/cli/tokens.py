@@ -16,6 +16,7 @@ import typer
 from sqlalchemy import Engine
 
 from charter.api_client import ApiClient
+from charter.cli import formats
 from charter.cli.output import console, table
 from charter.config import Settings
 from charter.errors import ConfigError, NotFound
@@ -126,25 +127,29 @@ def list_tokens(offline: Offline = False) -> None:
     else:
         with ApiClient.from_settings(settings) as api:
             rows = api.get("/v1/tokens")["tokens"]
-    if not rows:
-        console.print("no tokens")
-        return
-    table(
-        ["token", "user", "roles", "state", "created (UTC)", "expires", "last used", "description"],
-        [
+
+    def text() -> None:
+        if not rows:
+            console.print("no tokens")
+            return
+        table(
+            ["token", "user", "roles", "state", "created (UTC)", "expires", "last used", "description"],
             [
-                t["token_id"],
-                t["user"],
-                ",".join(t["roles"]),
-                t["state"],
-                _when(t["created_at"]),
-                _when(t["expires_at"]),
-                _when(t["last_used_at"]),
-                t["description"] or "",
-            ]
-            for t in rows
-        ],
-    )
+                [
+                    t["token_id"],
+                    t["user"],
+                    ",".join(t["roles"]),
+                    t["state"],
+                    _when(t["created_at"]),
+                    _when(t["expires_at"]),
+                    _when(t["last_used_at"]),
+                    t["description"] or "",
+                ]
+                for t in rows
+            ],
+        )
+
+    formats.listing(rows, text)
 
 
 @tokens_app.command("revoke")
