@@ -340,8 +340,9 @@ def wait_restarted(stack: Stack, name: str, old_pid: int, timeout: float = 45) -
     """Wait until a new process of `name` has joined its group; return its pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pid = stack.service_pid(name)
-        if pid != old_pid and alive(pid):
+        # No file while the new process starts: it clears its predecessor's until it is ready.
+        pid = readiness.ready_pids(stack.settings).get(name)
+        if pid is not None and pid != old_pid and alive(pid):
             return pid
         time.sleep(0.2)
     raise AssertionError(f"{name} was not restarted within {timeout}s:\n{stack.text()}")
