@@ -106,7 +106,7 @@ def verify(
         "published_heads_gone": gone,
     }
     formats.one(record, lambda: _print_report(report, None if published is None else len(published)))
-    if gone and formats.chosen() is formats.Format.TEXT:
+    if gone and not formats.as_data():
         sizes = ", ".join(map(str, gone[:5])) + ("..." if len(gone) > 5 else "")
         console.print(
             f"warning: {len(gone)} heads the audit published are not on audit.checkpoints any more "

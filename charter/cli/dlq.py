@@ -205,8 +205,8 @@ def list_(
     settings = Settings()
     letters, others = read_letters(settings, dlq_topics(settings, topic))
     shown = letters[-limit:]
-    if formats.chosen(as_json) is not formats.Format.TEXT:
-        formats.listing([record_json(letter) for letter in shown], lambda: None, as_json)
+    if formats.as_data(as_json):
+        formats.data_listing([record_json(letter) for letter in shown], as_json)
         return
     if not letters:
         console.print("no dead letters")
@@ -242,8 +242,8 @@ def show(
     --event` reads."""
     settings = Settings()
     letter = find(settings, letter_id)
-    if formats.chosen(as_json) is not formats.Format.TEXT:
-        formats.one(record_json(letter, with_original=True), lambda: None, as_json)
+    if formats.as_data(as_json):
+        formats.data_one(record_json(letter, with_original=True), as_json)
         return
     body = record_json(letter)
     dead = body["source_topic"], body["source_partition"], body["source_offset"]

@@ -98,7 +98,7 @@ async def _publish_offline(
 
 def _print(received: Received, as_json: bool, prefix: str) -> None:
     # A stream prints one object a line in either JSON format.
-    decoded = formats.chosen(as_json) is not formats.Format.TEXT
+    decoded = formats.as_data(as_json)
     console.print(received_json(received) if decoded else received_line(received, prefix), markup=False)
 
 
@@ -215,5 +215,5 @@ def replay(
     count = asyncio.run(go())
     if target:
         print(f"-- {count} records replayed to {target}")
-    elif formats.chosen(as_json) is formats.Format.TEXT:
+    elif not formats.as_data(as_json):
         print(f"-- {count} events")

@@ -4,8 +4,9 @@
   1  the command ran and found a failure: a test failed, a chain is broken, a check refused
   2  usage or bad input: an unknown option, a malformed value, settings that cannot work
   3  not found: no run, approval, agent, user, token or record by that id or name
-  4  refused: the API said no (401 no valid credential, 403 not permitted)
-  5  unavailable: the stack or its API cannot be reached
+  4  refused: no credential, or the API said no (401 not a valid credential, 403 not
+     permitted, 409 not in a state that allows it: already decided, withdrawn)
+  5  unavailable: no stack, broker, store or API where the settings say
 130  interrupted (Ctrl-C)
 """
 

@@ -56,6 +56,11 @@ def chosen(as_json: bool = False) -> Format:
     return Format.JSONL if as_json and _chosen[0] is Format.TEXT else _chosen[0]
 
 
+def as_data(as_json: bool = False) -> bool:
+    """Whether to print data (either JSON format) rather than text."""
+    return chosen(as_json) is not Format.TEXT
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -66,22 +71,31 @@ def dumps(record: Any, *, pretty: bool = False) -> str:
     return json.dumps(record, default=_plain, indent=2 if pretty else None, sort_keys=False)
 
 
-def listing(records: Sequence[Mapping[str, Any]], text: Callable[[], None], as_json: bool = False) -> None:
-    """Print `records` in the chosen format, or as `text` draws them."""
-    fmt = chosen(as_json)
-    if fmt is Format.TEXT:
-        text()
-    elif fmt is Format.JSON:
+def data_listing(records: Sequence[Mapping[str, Any]], as_json: bool = False) -> None:
+    """Print `records` as data: one JSON array, or one object a line for jsonl."""
+    if chosen(as_json) is Format.JSON:
         print(dumps(list(records), pretty=True))
     else:
         for record in records:
             print(dumps(record))
 
 
+def data_one(record: Mapping[str, Any], as_json: bool = False) -> None:
+    """Print one thing as data: indented for json, on one line for jsonl."""
+    print(dumps(record, pretty=chosen(as_json) is Format.JSON))
+
+
+def listing(records: Sequence[Mapping[str, Any]], text: Callable[[], None], as_json: bool = False) -> None:
+    """Print `records` in the chosen format, or as `text` draws them."""
+    if as_data(as_json):
+        data_listing(records, as_json)
+    else:
+        text()
+
+
 def one(record: Mapping[str, Any], text: Callable[[], None], as_json: bool = False) -> None:
     """Print one thing in the chosen format, or as `text` draws it."""
-    fmt = chosen(as_json)
-    if fmt is Format.TEXT:
-        text()
+    if as_data(as_json):
+        data_one(record, as_json)
     else:
-        print(dumps(record, pretty=fmt is Format.JSON))
+        text()
