@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e bench-hotpath bench-hop bench-slow bench-soak clean
+.PHONY: run test lint typecheck docs unit e2e postgres bench bench-policy bench-executor bench-audit bench-llm bench-e2e bench-hotpath bench-hop bench-slow bench-soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/charter up --demo
 
-test: $(STAMP) postgres lint typecheck
+test: $(STAMP) postgres lint typecheck docs
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -31,6 +31,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The docs site, built --strict: a broken link, a missing page or a reference generator that
+# fails stops the build. NO_MKDOCS_2_WARNING quiets Material's notice about its successor.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 postgres:
 	@scripts/postgres.sh

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
         description="tansu or kafka: with CHARTER_BOOTSTRAP_SERVERS, the capabilities to assume; without, "
         "the local broker `charter up` starts (unset: Kafka where Java 17 runs, else Tansu).",
     )
-    topic_prefix: str = "charter."
+    topic_prefix: str = Field("charter.", description="Put in front of every topic's name.")
     partitions: int = Field(3, ge=1, description="Partitions of each topic.")
     dlq_partitions: int = Field(1, ge=1, description="Partitions of each dead-letter topic.")
     topic_retention_hours: float = Field(
@@ -42,8 +42,11 @@ class Settings(BaseSettings):
     )
     replication_factor: int = Field(1, ge=1, description="Replicas of each topic created.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset means SQLite under home.")
-    agents_dir: Path = Path("agents")
-    policies_dir: Path = Path("policies")
+    agents_dir: Path = Field(Path("agents"), description="The agents' YAML files (the planner reloads them).")
+    policies_dir: Path = Field(
+        Path("policies"),
+        description="Cedar policies, limits.yaml and the schema (the policy service reloads them).",
+    )
     tool_modules: str = Field("charter.demo.tools", description="Comma-separated modules that declare tools.")
     http_private_networks: str = Field(
         "", description="Comma-separated non-public addresses or networks HTTP tools may reach."
@@ -91,7 +94,7 @@ class Settings(BaseSettings):
     audit_retention: str = Field(
         "", description="Per-tenant retention of event bytes, e.g. 'acme=90d,default=365d'; unset keeps all."
     )
-    tenant: str = "default"
+    tenant: str = Field("default", description="The tenant the CLI and the SDK stamp on what they publish.")
     instance: str = Field(
         default_factory=socket.gethostname,
         description="Names this replica of a service; its transactional id is group + instance.",
@@ -122,10 +125,21 @@ class Settings(BaseSettings):
     tool_threads: int = Field(
         256, ge=1, description="Threads for the executor's synchronous Python tools: calls of them at once."
     )
-    session_timeout_ms: int = Field(6000, ge=1000)
-    heartbeat_interval_ms: int = Field(1000, ge=100)
-    max_message_bytes: int = Field(1_000_000, ge=1024)
-    trace_exporter: Literal["none", "console", "file", "otlp"] = "file"
+    session_timeout_ms: int = Field(
+        6000, ge=1000, description="A consumer silent this long leaves its group; its partitions move."
+    )
+    heartbeat_interval_ms: int = Field(
+        1000, ge=100, description="How often a consumer tells its group it lives."
+    )
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="The largest record a producer sends; a tool's result may take half of it.",
+    )
+    trace_exporter: Literal["none", "console", "file", "otlp"] = Field(
+        "file",
+        description="Where spans go: none, console, file (traces-<service>.jsonl in the logs) or otlp.",
+    )
     otlp_endpoint: str = Field(
         "http://127.0.0.1:4318", description="OTLP over HTTP: the collector spans go to (+ /v1/traces)."
     )
@@ -154,7 +168,7 @@ class Settings(BaseSettings):
     approval_timeout_s: float = Field(86_400, gt=0, description="An approval not decided by then expires.")
     webhook_url: str | None = Field(None, description="Called on approvals requested, runs escalated.")
     webhook_secret: SecretStr | None = Field(None, description="Signs webhook bodies (HMAC-SHA256).")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="The services' log level.")
 
     @property
     def stack_file(self) -> Path:

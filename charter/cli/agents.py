@@ -180,7 +180,7 @@ def _print(inv: Inventory, days: int) -> None:
         ]
         for t in inv.tools
     ]
-    table(["  tool", "uses", "last used (UTC)", "denied", "credentials", ""], rows, max_width=40)
+    table(["  tool", "uses", "last used (UTC)", "denied", "credentials", ""], rows)
 
 
 def _output(inventories: list[Inventory], days: int, as_json: bool) -> None:

@@ -69,7 +69,6 @@ def list_(
                 ]
                 for a in rows
             ],
-            max_width=40,
         )
 
     formats.listing(rows, text)

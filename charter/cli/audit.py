@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy import Connection
 
 from charter import agents as agent_files
 from charter import tools, topics
 from charter.cli import formats
 from charter.cli.helptext import WholeSummaries
 from charter.cli.output import console
-from charter.cli.stores import open_store
+from charter.cli.stores import open_store, resolve_id
 from charter.client import Client
 from charter.clock import as_utc
 from charter.config import Settings
@@ -185,7 +186,9 @@ def proof_consistency(
 @app.command("export")
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="The bundle to write (a zip file).")],
-    run_id: Annotated[str | None, typer.Option("--run", help="One run's records (its full id).")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="One run's records: its id, or its first characters.")
+    ] = None,
     since: Annotated[
         datetime | None, typer.Option("--from", help="Records from this time (ISO 8601; UTC if no zone).")
     ] = None,
@@ -205,6 +208,7 @@ def export(
         raise ConfigError("give --run ID, or --from/--to")
     settings = Settings()
     with open_store(settings, "audit").connect() as conn:
+        run_id = _full_run_id(conn, run_id)
         count, head = bundle.export(
             conn,
             _key(settings),
@@ -217,6 +221,11 @@ def export(
     print(
         f"wrote {out}: {count} records, proven in the head of size {head.size} (root {head.root.hex()[:16]})"
     )
+
+
+def _full_run_id(conn: Connection, prefix: str | None) -> str | None:
+    """The run an id or prefix names in the audit store (these commands read it directly)."""
+    return None if prefix is None else resolve_id(store.run_ids(conn, prefix=prefix, limit=2), prefix, "run")
 
 
 @app.command("verify-bundle")
@@ -292,7 +301,9 @@ def apply_retention(
 
 @app.command("replay-decisions")
 def replay_decisions(
-    run_id: Annotated[str | None, typer.Option("--run", help="Only this run (its full id).")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Only this run: its id, or its first characters.")
+    ] = None,
 ) -> None:
     """Feed the recorded history back through the planner's and policy's decide functions, each
     decision under the policy version it recorded, and check they give the outputs the log holds.
@@ -301,6 +312,7 @@ def replay_decisions(
     registry = tools.load(settings.tool_module_list())
     agents = agent_files.load(settings.agents_dir, registry)
     with open_store(settings, "audit").connect() as conn:
+        run_id = _full_run_id(conn, run_id)
         events, purged = personal.history(conn)
     result = redecide.replay(
         events,

@@ -223,7 +223,7 @@ def list_(
             ]
             for x in shown
         ]
-        table(["id", "when (UTC)", "service", "source", "error", "reason"], rows, max_width=40)
+        table(["id", "when (UTC)", "service", "source", "error", "reason"], rows)
         console.print(f"-- {len(shown)} of {len(letters)} dead letters", markup=False)
     if others:
         console.print(f"-- and {others} records in DLQ topics that are not dead letters", markup=False)

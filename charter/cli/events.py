@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +15,8 @@ import typer
 from charter import topics, triggering
 from charter.api_client import ApiClient
 from charter.bus import REPLAYED_FROM, Outgoing
-from charter.cli import formats
+from charter.cli import exits, formats
+from charter.cli.follow import StillRunning, follow
 from charter.cli.output import console, received_json, received_line
 from charter.cli.runs import FULL_ID, full_run_id
 from charter.client import Client, Received
@@ -59,10 +61,21 @@ def publish(
         str | None,
         typer.Option("--as", help="With --offline: a submitter to name, shown as claimed and never trusted."),
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Follow the runs it starts to their ends (completed, failed, cancelled, escalated), "
+            "saying each change; exit 1 unless every one completed.",
+        ),
+    ] = False,
+    wait_timeout: Annotated[
+        float, typer.Option("--wait-timeout", min=0, help="With --wait: give up after this many seconds.")
+    ] = 300.0,
 ) -> None:
     """Publish a business event; matching agents start runs. Through the API with your token, so
     the runs name you as their submitter (separation of duties relies on it). Says which agents
-    it starts, and plainly when none does."""
+    it starts, with their run ids, and plainly when none does."""
     body = _load_data(data)
     settings = Settings()
     topic = topics.name(settings, topics.Topic.TRIGGERS)
@@ -70,6 +83,8 @@ def publish(
         raise ConfigError(
             "--as names a submitter nothing proves; use it only with --offline (the API names you)"
         )
+    if wait and offline:
+        raise ConfigError("--wait follows runs through the API; it cannot be used with --offline")
     if offline:
         event_id = asyncio.run(_publish_offline(settings, name, body, correlation_id, claimed))
         print(f"published {name} as event {event_id} to {topic}")
@@ -83,9 +98,31 @@ def publish(
     request: dict[str, Any] = {"name": name, "data": body, "correlation_id": correlation_id, "source": "cli"}
     with ApiClient.from_settings(settings) as api:
         accepted = api.post("/v1/events", request)
-    event_id, by = accepted["event_id"], accepted["submitted_by"]
-    print(f"published {name} as event {event_id} to {topic}, submitted by {by}")
-    print(accepted["note"])
+        if not formats.as_data():
+            event_id, by = accepted["event_id"], accepted["submitted_by"]
+            print(f"published {name} as event {event_id} to {topic}, submitted by {by}")
+            print(accepted["note"])
+        if wait:
+            started = [s["run_id"] for s in accepted["starts"] or []]
+            ended = _follow(api, started, wait_timeout)
+            accepted["ended"] = [ended[r] for r in started]
+    if formats.as_data():
+        formats.data_one(accepted)
+    if wait and any(r["status"] != "completed" for r in accepted["ended"]):
+        raise typer.Exit(exits.FAILED)
+
+
+def _follow(api: ApiClient, run_ids: list[str], timeout_s: float) -> dict[str, dict[str, Any]]:
+    def said(run: dict[str, Any]) -> None:
+        if not formats.as_data():
+            print(f"run {run['run_id'][:8]}: {run['status']}: {run['last']}")
+
+    try:
+        return follow(api, run_ids, timeout_s, said)
+    except StillRunning as exc:
+        # The command ran and found its runs unfinished: a failure of what was asked (exit 1).
+        print(f"charter: still running after {timeout_s:g}s: run {exc}", file=sys.stderr)
+        raise typer.Exit(exits.FAILED) from None
 
 
 async def _publish_offline(

@@ -1,4 +1,4 @@
-"""How the CLI prints events: one line each, or JSON with --json."""
+"""How the CLI prints: tables, and events one line each (or JSON)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,33 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from charter.client import Received
 from charter.describe import describe
 
 console = Console(highlight=False, soft_wrap=True)
+# Piped output has no width to fit: rows of a table are as long as their cells.
+_unbounded = Console(highlight=False, width=1_000_000)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], max_width: int = 28) -> None:
-    """Plain aligned columns, each cut at `max_width` but the last: readable and greppable."""
-
-    def cut(text: str, last: bool) -> str:
-        return text if last or len(text) <= max_width else text[: max_width - 1] + "…"
-
-    cells = [[cut(c, i == len(headers) - 1) for i, c in enumerate(row)] for row in [list(headers), *rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers) - 1)]
-    for row in cells:
-        line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        console.print(line.rstrip(), markup=False)
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns drawn by rich, nothing cut: in a terminal a long cell wraps inside its column; piped,
+    each row stays on one line, so grep finds it whole (`--output jsonl` is for programs)."""
+    grid = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for header in headers:
+        grid.add_column(header, overflow="fold")
+    for row in rows:
+        # Text, not str: a cell such as `[approval d8fab4b1]` is data, never rich markup.
+        grid.add_row(*(Text(cell) for cell in row))
+    if console.is_terminal:
+        console.print(grid)
+        return
+    with _unbounded.capture() as drawn:
+        _unbounded.print(grid)
+    # rich pads the last column to its width; a line of a pipe ends where its text does.
+    print("\n".join(line.rstrip() for line in drawn.get().splitlines()))
 
 
 def received_line(received: Received, prefix: str) -> str:

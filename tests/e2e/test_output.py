@@ -66,3 +66,47 @@ def test_an_unknown_output_format_is_a_usage_error(stack: Stack) -> None:
     refused = stack.cli("runs", "--output", "yaml", check=False)
     assert refused.returncode == exits.USAGE
     assert refused.stderr.strip() == "charter: --output takes text, json or jsonl, not 'yaml'"
+
+
+def test_publish_names_its_runs_and_waits_for_their_ends(stack: Stack) -> None:
+    done = _json(
+        stack,
+        "publish",
+        "support.refund_requested",
+        "--data",
+        '{"order_id": "J-3002", "amount": 30}',
+        "--wait",
+        "--output",
+        "json",
+    )
+    (started,) = done["starts"]
+    assert started["agent"] == "support-refunds"
+    assert [r["run_id"] for r in done["ended"]] == [started["run_id"]]
+    assert done["ended"][0]["status"] == "completed"
+
+    # A refund policy forbids: the run ends failed, and --wait says so with exit 1.
+    refused = stack.cli(
+        "publish",
+        "support.refund_requested",
+        "--data",
+        '{"order_id": "J-3003", "amount": 9000}',
+        "--wait",
+        check=False,
+    )
+    assert refused.returncode == exits.FAILED, refused.stdout + refused.stderr
+    assert "failed: run failed (action_rejected)" in refused.stdout
+
+    # One that waits for a person is still running when --wait gives up: said, and exit 1.
+    waiting = stack.cli(
+        "publish",
+        "support.refund_requested",
+        "--data",
+        '{"order_id": "J-3004", "amount": 700}',
+        "--wait",
+        "--wait-timeout",
+        "15",
+        check=False,
+    )
+    assert waiting.returncode == exits.FAILED
+    assert "awaiting approval" in waiting.stdout
+    assert "still running after 15s" in waiting.stderr
