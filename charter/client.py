@@ -23,7 +23,7 @@ from charter import broker, serde, telemetry, topics
 from charter.bus import Bus, Outgoing
 from charter.clock import SystemClock, new_id
 from charter.config import Settings
-from charter.errors import ConfigError, InvalidMessage
+from charter.errors import InvalidMessage, NotFound
 from charter.events import Event, TriggerReceived
 
 # How long a read waits for more records before deciding it has reached the end. Needed because
@@ -117,11 +117,14 @@ class Client:
         await self.send(trigger)
         return trigger
 
-    async def subscribe(self, *names: str, since: datetime | None = None) -> AsyncGenerator[Received, None]:
+    async def subscribe(
+        self, *names: str, since: datetime | None = None, other_topics: bool = False
+    ) -> AsyncGenerator[Received, None]:
         """Follow topics (`runs`, `actions.results`, ...; all when none given) from `since`
-        (default: now), forever. Commits nothing and joins no group."""
+        (default: now), forever. Commits nothing and joins no group. `other_topics`: names
+        outside the contract (a replay's sandbox) are read as they are."""
         start = since or datetime.now(UTC)
-        async with self._reader(names) as (consumer, parts):
+        async with self._reader(names, other_topics) as (consumer, parts):
             await _seek_to_time(consumer, parts, start)
             floor_ms = int(start.timestamp() * 1000)
             while True:
@@ -207,14 +210,22 @@ class _Reader:
         admin = AIOKafkaAdminClient(bootstrap_servers=self._settings.bootstrap())
         await admin.start()
         try:
-            described = {d["topic"]: d for d in await admin.describe_topics(self._names)}
+            # Listed before described: Tansu makes any topic a client describes, a typo included.
+            existing = set(await admin.list_topics())
+            missing = [name for name in self._names if name not in existing]
+            described = {} if missing else {d["topic"]: d for d in await admin.describe_topics(self._names)}
         finally:
             await admin.close()
         parts = []
         for name in self._names:
             found = described.get(name)
             if found is None or found.get("error_code") or not found["partitions"]:
-                raise ConfigError(f"topic {name} does not exist on {self._settings.bootstrap()}")
+                contract = ", ".join(
+                    n.removeprefix(self._settings.topic_prefix) for n in topics.all_names(self._settings)
+                )
+                raise NotFound(
+                    f"topic {name} does not exist on {self._settings.bootstrap()}; the contract's: {contract}"
+                )
             parts += [
                 TopicPartition(name, p["partition"])
                 for p in sorted(found["partitions"], key=lambda p: p["partition"])

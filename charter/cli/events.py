@@ -150,12 +150,13 @@ def tail(
 ) -> None:
     """Follow topics, decoded, until Ctrl-C."""
     settings = Settings()
-    wanted = [topics.resolve(settings, n) for n in names or []]
+    # Any topic on the broker, a replay's sandbox among them; one that is not there is named.
+    wanted = [topics.resolve(settings, n, other=True) for n in names or []]
     since = datetime.fromtimestamp(0, UTC) if from_beginning else None
 
     async def go() -> None:
         async with Client(settings) as client:
-            async for received in client.subscribe(*wanted, since=since):
+            async for received in client.subscribe(*wanted, since=since, other_topics=True):
                 _print(received, as_json, settings.topic_prefix)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -219,7 +220,7 @@ def replay(
     if chosen > 1 or (chosen == 0 and run_id is None):
         raise ConfigError("give one of --from-beginning, --from-offset N, --from-time ISO (or only --run)")
     settings = Settings()
-    names = [topics.resolve(settings, t) for t in topic or []]
+    names = [topics.resolve(settings, t, other=True) for t in topic or []]
     target = _target(settings, names, to, into_live)
     if run_id is not None and len(run_id) < FULL_ID:
         run_id = full_run_id(settings, run_id)
@@ -236,7 +237,7 @@ def replay(
         if target:
             await topics.ensure_other(settings, target)
         async with Client(settings) as client:
-            async for received in client.replay(*names, **window):  # type: ignore[arg-type]
+            async for received in client.replay(*names, **window, other_topics=True):  # type: ignore[arg-type]
                 if target:
                     marker = (
                         REPLAYED_FROM,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from charter.cli import exits
 from charter.client import Client, Received
 from tests.e2e.conftest import Stack, audited_run, run_id, stack_env, wait_audited, wait_run_end
 
@@ -118,6 +119,13 @@ def test_replay_by_run_across_topics_into_a_sandbox_topic_keeps_keys_and_headers
         original = originals[(topic, int(partition), int(offset))]
         assert (copy.key, copy.value) == (original.key, original.value)
         assert [h for h in copy.headers if h[0] != "charter-replayed-from"] == list(original.headers)
+    # The CLI reads the sandbox back, as any topic on the broker, and names one that is not there.
+    again = stack.cli("replay", "--topic", sandbox, "--from-beginning").stdout
+    assert again.splitlines()[-1] == f"-- {count} events"
+    assert all(f" {run[:8]} " in line for line in again.splitlines()[:-1])
+    missing = stack.cli("replay", "--topic", f"{sandbox}-typo", "--from-beginning", check=False)
+    assert missing.returncode == exits.NOT_FOUND
+    assert f"topic {sandbox}-typo does not exist on" in missing.stderr
     # A time range and an offset range select less.
     none = stack.cli("replay", "--topic", "runs", "--from-beginning", "--until", "2000-01-01T00:00:00").stdout
     assert none.strip() == "-- 0 events"
