@@ -130,6 +130,13 @@ def _upsert(dialect: str, table: Table, key: tuple[str, ...], columns: tuple[str
     return stmt.on_conflict_do_update(index_elements=list(key), set_=update)
 
 
+@functools.cache
+def _insert_new(dialect: str, table: Table, key: str) -> Executable:
+    """Insert a row unless its key exists: one statement, where a read and a write were two."""
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    return stmt.on_conflict_do_nothing(index_elements=[key])
+
+
 def inbox_table(metadata: MetaData, service: str) -> Table:
     return Table(
         f"{service}_inbox",
@@ -191,13 +198,18 @@ class Traces:
             Column("headers", Text, nullable=False),
         )
         self._key = self.table.c[key]
+        # Built once, as every statement a record runs (see _upsert).
+        self._of = select(self.table.c.headers).where(self._key == bindparam("key"))
 
     def keep(self, conn: Connection, key: str, headers: Sequence[tuple[str, bytes]]) -> None:
         """Keep the trace of `key` (the first one kept stays)."""
-        if headers and self.of(conn, key) == []:
+        if headers:
             text = json.dumps([[k, v.decode("latin-1")] for k, v in headers])
-            conn.execute(insert(self.table).values({self._key.name: key, "headers": text}))
+            conn.execute(
+                _insert_new(conn.dialect.name, self.table, self._key.name),
+                {self._key.name: key, "headers": text},
+            )
 
     def of(self, conn: Connection, key: str) -> list[tuple[str, bytes]]:
-        text = conn.execute(select(self.table.c.headers).where(self._key == key)).scalar()
+        text = conn.execute(self._of, {"key": key}).scalar()
         return [(k, v.encode("latin-1")) for k, v in json.loads(text)] if text else []

@@ -69,6 +69,19 @@ def test_the_inbox_returns_the_recorded_outputs(engine: Engine) -> None:
         assert runs.inbox.outputs_of(conn, event.event_id) == outputs
 
 
+def test_a_runs_trace_is_the_first_kept(engine: Engine) -> None:
+    runs.create(engine)
+    first = [("traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")]
+    with engine.begin() as conn:
+        assert runs.traces.of(conn, "run-1") == []
+        runs.traces.keep(conn, "run-1", first)
+        runs.traces.keep(conn, "run-1", [("traceparent", b"another")])  # kept already: no change
+        runs.traces.keep(conn, "run-2", [])  # no trace to keep
+    with engine.connect() as conn:
+        assert runs.traces.of(conn, "run-1") == first
+        assert runs.traces.of(conn, "run-2") == []
+
+
 def test_a_rolled_back_transaction_records_nothing(engine: Engine) -> None:
     runs.create(engine)
     event = one_of_each()[0]
