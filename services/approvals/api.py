@@ -2,9 +2,9 @@
 authentication, and the server that runs it inside the service (app.py puts it together).
 
 Every route but the OpenAPI document itself (`/v1/openapi.json`, published so clients and
-tests can read the contract) and the probes (`/v1/health`, `/v1/ready`) needs a credential: `Authorization: Bearer <token>` on `/v1`, a
-session cookie holding the same credential in the console. Roles decide what each may do
-(charter.identity.roles). Every error has one JSON shape,
+tests can read the contract) and the probes (`/v1/health`, `/v1/ready`) needs a credential:
+`Authorization: Bearer <token>` on `/v1`, a session cookie holding the same credential in the
+console. Roles decide what each may do (charter.identity.roles). Every error has one JSON shape,
 `{"error": {"status": 403, "code": "forbidden", "message": "one line"}}`.
 """
 
