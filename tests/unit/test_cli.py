@@ -44,7 +44,7 @@ def charter(*args: str, home: Path, **extra: str) -> subprocess.CompletedProcess
             "only with --into-live",
             exits.USAGE,
         ),
-        (["replay", "--topic", "nope", "--from-beginning"], "unknown topic", exits.USAGE),
+        (["dlq", "list", "nope"], "unknown topic", exits.USAGE),
         (["replay", "--topic", "runs", "--from-offset", "-1"], "greater than or equal to 0", exits.USAGE),
         (["runs"], "no API token", exits.REFUSED),
         (["run", "show", "abcd"], "no API token", exits.REFUSED),
