@@ -213,19 +213,19 @@ class _Reader:
             # Listed before described: Tansu makes any topic a client describes, a typo included.
             existing = set(await admin.list_topics())
             missing = [name for name in self._names if name not in existing]
-            described = {} if missing else {d["topic"]: d for d in await admin.describe_topics(self._names)}
+            if missing:
+                raise NotFound(
+                    f"topic {missing[0]} does not exist on {self._settings.bootstrap()}; "
+                    f"the contract's: {topics.known(self._settings)}"
+                )
+            described = {d["topic"]: d for d in await admin.describe_topics(self._names)}
         finally:
             await admin.close()
         parts = []
         for name in self._names:
             found = described.get(name)
             if found is None or found.get("error_code") or not found["partitions"]:
-                contract = ", ".join(
-                    n.removeprefix(self._settings.topic_prefix) for n in topics.all_names(self._settings)
-                )
-                raise NotFound(
-                    f"topic {name} does not exist on {self._settings.bootstrap()}; the contract's: {contract}"
-                )
+                raise NotFound(f"topic {name} has no partitions on {self._settings.bootstrap()}")
             parts += [
                 TopicPartition(name, p["partition"])
                 for p in sorted(found["partitions"], key=lambda p: p["partition"])

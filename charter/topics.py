@@ -82,9 +82,13 @@ def resolve(settings: Settings, text: str, *, other: bool = False) -> str:
     if other and full not in all_names(settings):
         return text
     if full not in all_names(settings):
-        known = ", ".join(n.removeprefix(settings.topic_prefix) for n in all_names(settings))
-        raise ConfigError(f"unknown topic {text!r}; known: {known}")
+        raise ConfigError(f"unknown topic {text!r}; known: {known(settings)}")
     return full
+
+
+def known(settings: Settings) -> str:
+    """The contract's topics as a user types them, for a message naming a topic that is not."""
+    return ", ".join(n.removeprefix(settings.topic_prefix) for n in all_names(settings))
 
 
 def specs(settings: Settings) -> dict[str, int]:

@@ -150,13 +150,12 @@ def tail(
 ) -> None:
     """Follow topics, decoded, until Ctrl-C."""
     settings = Settings()
-    # Any topic on the broker, a replay's sandbox among them; one that is not there is named.
-    wanted = [topics.resolve(settings, n, other=True) for n in names or []]
     since = datetime.fromtimestamp(0, UTC) if from_beginning else None
 
     async def go() -> None:
         async with Client(settings) as client:
-            async for received in client.subscribe(*wanted, since=since, other_topics=True):
+            # Any topic on the broker, a replay's sandbox among them; one that is not there is named.
+            async for received in client.subscribe(*(names or []), since=since, other_topics=True):
                 _print(received, as_json, settings.topic_prefix)
 
     with contextlib.suppress(KeyboardInterrupt):
