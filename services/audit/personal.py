@@ -8,7 +8,9 @@ any event of the run (its trigger's, which RunStarted names), wherever it nests,
 run's outputs, which seldom name the customer again, are sealed under the same key as the
 trigger. The sealed event is what the log stores and what its leaf covers. Purging a subject
 deletes its key: the sealed values stay, unreadable by anyone, and every hash still verifies.
-Events naming no subject, in runs that name none, are stored as they are.
+Personal fields in a run that names no subject (or not yet, as the audit reads it) are sealed
+under the run's own key, `run:<run id>`, tied to the subject once the run names one. Events
+outside any run that name no subject are stored as they are.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Connection, Engine, or_, select, text, update
 
 from charter import serde, subjects
 from charter.config import Settings
@@ -78,12 +80,12 @@ class Sealer:
             return self._seal_letter(conn, event, now_us)
         dumped = event.model_dump(context={"objects": True})
         payloads = _payloads(dumped)
-        subject = self._of_run(conn, event) or self.subject(payloads)
-        self._remember(event, subject)
         personal = any(self._personal & obj.keys() for obj in subjects.objects(payloads))
+        subject = self._subject_of(conn, event, payloads, personal)
+        self._remember(event, subject)
         if subject is None and personal:
             log.warning(
-                "event %s carries personal fields but neither it nor its run names a data subject (%s): "
+                "event %s carries personal fields but is in no run and names no data subject (%s): "
                 "stored unsealed",
                 event.event_id,
                 ", ".join(self._subject_fields),
@@ -101,21 +103,41 @@ class Sealer:
             _replace(payload, self._personal, seal_one)
         return serde.encode(type(event).model_validate(dumped)), subject
 
+    def _subject_of(
+        self, conn: Connection, event: Event, payloads: list[dict[str, Any]], personal: bool
+    ) -> str | None:
+        """The run's subject wins over one the event names itself, so that purging the run's
+        subject leaves none of the run's personal data readable. The audit reads the run's topics
+        in no fixed order, so a step's result may come before the RunStarted that names the
+        subject: it is sealed under the run's own key, which is tied to the subject once the run
+        names it (and purged with it)."""
+        found = self._of_run(conn, event)
+        if found is not None and not found.startswith(store.RUN_KEY):
+            return found
+        named = self._named(conn, event, payloads)
+        if named is not None:
+            if found is not None:
+                conn.execute(update(keys).where(keys.c.subject == found).values(belongs_to=named))
+            return named
+        if found is None and personal and event.run_id:
+            return store.RUN_KEY + event.run_id
+        return found
+
     def _of_run(self, conn: Connection, event: Event) -> str | None:
-        """The subject already found for the event's run, or the one its RunStarted names (else
-        the one found for the trigger that starts it, in runs started before RunStarted named it). The
-        run's subject wins over one the event names itself, so that purging the run's subject
-        leaves none of the run's personal data readable."""
-        if event.run_id:
-            found = self._recall(("run", event.run_id)) or store.subject_of_run(conn, event.run_id)
+        if not event.run_id:
+            return None
+        return self._recall(("run", event.run_id)) or store.subject_of_run(conn, event.run_id)
+
+    def _named(self, conn: Connection, event: Event, payloads: list[dict[str, Any]]) -> str | None:
+        """The subject the event names: RunStarted's (else the one found for the trigger that
+        starts it, in runs started before RunStarted named it), or the first subject field in
+        its payloads."""
+        if isinstance(event, RunStarted):
+            trigger = event.trigger_event_id
+            found = event.subject or self._recall(("event", trigger)) or store.subject_of_event(conn, trigger)
             if found is not None:
                 return found
-        if isinstance(event, RunStarted):
-            if event.subject is not None:
-                return event.subject
-            trigger = event.trigger_event_id
-            return self._recall(("event", trigger)) or store.subject_of_event(conn, trigger)
-        return None
+        return self.subject(payloads)
 
     def _recall(self, key: tuple[str, str]) -> str | None:
         found = self._subjects.get(key)
@@ -249,7 +271,8 @@ class Purged:
 
 
 def purge(engine: Engine, subject: str, by: str) -> Purged:
-    """Delete the subject's key, so nobody can read its sealed data again.
+    """Delete the subject's key, and the keys of its runs that were read before they named it,
+    so nobody can read its sealed data again.
 
     The key's bytes are also scrubbed from the database's files where the database allows:
     SQLite overwrites deleted content (secure_delete) and its write-ahead log is checkpointed and
@@ -260,7 +283,7 @@ def purge(engine: Engine, subject: str, by: str) -> Purged:
             conn.execute(text("PRAGMA secure_delete=ON"))
         done = conn.execute(
             update(keys)
-            .where(keys.c.subject == subject, keys.c.key.is_not(None))
+            .where(or_(keys.c.subject == subject, keys.c.belongs_to == subject), keys.c.key.is_not(None))
             .values(key=None, purged_at_us=time.time_ns() // 1000, purged_by=by)
         ).rowcount
     if engine.dialect.name != "sqlite":

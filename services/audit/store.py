@@ -102,9 +102,13 @@ subject_keys_table = Table(
     Column("created_at_us", BigInteger, nullable=False),
     Column("purged_at_us", BigInteger),
     Column("purged_by", String(200)),
+    # A run's own key (subject "run:<id>") names the subject its run turned out to have: a purge of
+    # that subject deletes both.
+    Column("belongs_to", String(200), index=True),
 )
 
 switches = switches_table(metadata, "audit")
+RUN_KEY = "run:"  # the prefix of a run's own key in audit_subject_keys
 
 
 def create(engine: Engine) -> None:
@@ -285,11 +289,12 @@ def attributions(conn: Connection, batch: int = 20_000) -> Iterator[tuple[int, b
 
 
 def subject_of_run(conn: Connection, run_id: str) -> str | None:
-    """The data subject the run's events were sealed under, if any of them named one."""
+    """The data subject the run's events were sealed under, if any of them named one: a real
+    subject before the run's own key, which stands in for it only until the run names it."""
     return conn.execute(
         select(log_table.c.subject)
         .where(log_table.c.run_id == run_id, log_table.c.subject.is_not(None))
-        .order_by(log_table.c.seq)
+        .order_by(log_table.c.subject.startswith(RUN_KEY), log_table.c.seq)
         .limit(1)
     ).scalar()
 

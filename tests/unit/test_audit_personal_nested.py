@@ -194,3 +194,33 @@ def test_an_event_outside_any_subjects_run_is_sealed_under_the_subject_it_nests(
     asyncio.run(auditor.handle_batch(_deliveries([completed])))
     assert _rows(engine)["RunCompleted"].subject == "cust-9"
     assert _clear_copies(engine, tmp_path) == []
+
+
+def test_a_result_read_before_its_runs_start_is_sealed_and_purged_with_the_subject(
+    auditor: Auditor, engine: Engine, tmp_path: Path
+) -> None:
+    """The run's topics are read in no fixed order: a step's result, and the run's end, may reach
+    the log before the RunStarted that names the customer (it did, in CI)."""
+    _, started, executed, completed = _run()
+    named = started.model_copy(update={"subject": SUBJECT})
+    asyncio.run(auditor.handle_batch(_deliveries([executed])))
+    asyncio.run(_auditor(engine, tmp_path).handle_batch(_deliveries([named, completed])))
+    subjects = {t: r.subject for t, r in _rows(engine).items()}
+    assert subjects == {"ActionExecuted": f"run:{RUN}", "RunStarted": SUBJECT, "RunCompleted": SUBJECT}
+    assert _clear_copies(engine, tmp_path) == []
+    assert _opened(engine, "ActionExecuted")["result"]["contacts"][0]["email"] == EMAIL
+
+    assert personal.purge(engine, SUBJECT, "dpo@example.com").found
+    assert _opened(engine, "ActionExecuted")["result"]["contacts"][0]["email"] == personal.PURGED
+    assert _opened(engine, "RunCompleted")["outputs"]["lookup"]["contacts"][1]["phone"] == personal.PURGED
+
+
+def test_a_run_that_never_names_a_subject_keeps_its_personal_fields_under_its_own_key(
+    auditor: Auditor, engine: Engine, tmp_path: Path
+) -> None:
+    _, started, executed, _ = _run()
+    asyncio.run(auditor.handle_batch(_deliveries([started, executed])))
+    assert _rows(engine)["ActionExecuted"].subject == f"run:{RUN}"
+    assert _clear_copies(engine, tmp_path) == []
+    assert personal.purge(engine, f"run:{RUN}", "dpo@example.com").found
+    assert _opened(engine, "ActionExecuted")["result"]["contacts"][0]["email"] == personal.PURGED
