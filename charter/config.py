@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     oidc_jwks_url: str | None = Field(None, description="The JWKS; unset: <issuer>/.well-known/jwks.json.")
     oidc_user_claim: str = Field("preferred_username", description="The JWT claim naming the user.")
     oidc_roles_claim: str = Field("roles", description="The JWT claim listing roles (dots for nesting).")
+    oidc_tenants_claim: str = Field(
+        "tenants", description="The JWT claim listing one's tenants ('*' all; none: CHARTER_TENANT alone)."
+    )
     approval_timeout_s: float = Field(86_400, gt=0, description="An approval not decided by then expires.")
     webhook_url: str | None = Field(None, description="Called on approvals requested, runs escalated.")
     webhook_secret: SecretStr | None = Field(None, description="Signs webhook bodies (HMAC-SHA256).")

@@ -61,6 +61,14 @@ def publish(
         str | None,
         typer.Option("--as", help="With --offline: a submitter to name, shown as claimed and never trusted."),
     ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant",
+            envvar="CHARTER_TENANT",
+            help="The tenant it is for, one you act for; default your only tenant, else the API's own.",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -96,6 +104,8 @@ def publish(
             print(line)
         return
     request: dict[str, Any] = {"name": name, "data": body, "correlation_id": correlation_id, "source": "cli"}
+    if tenant is not None:
+        request["tenant"] = tenant
     with ApiClient.from_settings(settings) as api:
         accepted = api.post("/v1/events", request)
         if not formats.as_data():

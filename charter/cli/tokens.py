@@ -9,6 +9,7 @@ admin, or to revoke one with the API down.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from charter.cli.output import console, table
 from charter.config import Settings
 from charter.errors import ConfigError, NotFound
 from charter.identity import tokens
+from charter.identity.principal import beyond, granted
 from charter.identity.users import Directory
 from charter.store import make_engine
 
@@ -52,17 +54,27 @@ def create(
     role: Annotated[
         list[str] | None, typer.Option("--role", help="Scope to this role (repeatable); default all.")
     ] = None,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", help="Scope to this tenant of the user's (repeatable); default all."),
+    ] = None,
     expires_in: Annotated[str | None, typer.Option("--expires-in", help="Lifetime, e.g. 90d or 12h.")] = None,
     description: Annotated[str | None, typer.Option("--description")] = None,
     offline: Offline = False,
 ) -> None:
-    """Issue a token to a user, scoped to some of their roles. It is printed once, never stored."""
+    """Issue a token to a user, scoped to some of their roles (and tenants). It is printed once,
+    never stored."""
     settings = Settings()
     lifetime = _duration(expires_in) if expires_in else None
     if offline:
-        token_id, roles, secret = _create_offline(settings, user, role, lifetime, description)
+        token_id, roles, secret = _create_offline(settings, user, Scope(role, tenant), lifetime, description)
     else:
-        body: dict[str, Any] = {"user": user, "roles": role or None, "description": description}
+        body: dict[str, Any] = {
+            "user": user,
+            "roles": role or None,
+            "tenants": tenant or None,
+            "description": description,
+        }
         if lifetime is not None:
             body["expires_in_s"] = int(lifetime.total_seconds())
         with ApiClient.from_settings(settings) as api:
@@ -72,18 +84,27 @@ def create(
     print(secret)
 
 
+@dataclass(frozen=True)
+class Scope:
+    roles: list[str] | None
+    tenants: list[str] | None
+
+
 def _create_offline(
-    settings: Settings, user: str, role: list[str] | None, lifetime: timedelta | None, description: str | None
+    settings: Settings, user: str, scope: Scope, lifetime: timedelta | None, description: str | None
 ) -> tuple[str, list[str], str]:
     person = Directory.load(settings.users_file).get(user)
     if person is None:
         raise NotFound(f"no user {user!r} in {settings.users_file}")
-    roles = role or person.roles
+    roles = scope.roles or person.roles
     extra = sorted(set(roles) - set(person.roles))
     if extra:
         raise ConfigError(f"{user} does not hold {', '.join(extra)} (users file: {', '.join(person.roles)})")
     if not roles:
         raise ConfigError(f"{user} holds no roles; a token needs at least one")
+    outside = beyond(granted(person.tenants, settings.tenant), scope.tenants or ())
+    if outside:
+        raise ConfigError(f"{user} does not act for {', '.join(outside)}")
     now = datetime.now(UTC)
     with _engine(settings).begin() as conn:
         record, secret = tokens.issue(
@@ -93,6 +114,7 @@ def _create_offline(
             now=now,
             expires_at=now + lifetime if lifetime else None,
             description=description,
+            tenants=scope.tenants,
         )
     return record.token_id, list(record.roles), secret
 
@@ -102,6 +124,19 @@ def _when(value: str | datetime | None) -> str:
         return "-"
     at = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     return at.strftime("%Y-%m-%d %H:%M")
+
+
+COLUMNS = [
+    "token",
+    "user",
+    "roles",
+    "tenants",
+    "state",
+    "created (UTC)",
+    "expires",
+    "last used",
+    "description",
+]
 
 
 @tokens_app.command("list")
@@ -116,6 +151,7 @@ def list_tokens(offline: Offline = False) -> None:
                     "token_id": t.token_id,
                     "user": t.user_id,
                     "roles": t.roles,
+                    "tenants": t.tenants,
                     "state": t.state(now),
                     "created_at": t.created_at,
                     "expires_at": t.expires_at,
@@ -133,12 +169,13 @@ def list_tokens(offline: Offline = False) -> None:
             console.print("no tokens")
             return
         table(
-            ["token", "user", "roles", "state", "created (UTC)", "expires", "last used", "description"],
+            COLUMNS,
             [
                 [
                     t["token_id"],
                     t["user"],
                     ",".join(t["roles"]),
+                    ",".join(t["tenants"]) or "all",
                     t["state"],
                     _when(t["created_at"]),
                     _when(t["expires_at"]),

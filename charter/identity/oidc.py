@@ -29,10 +29,21 @@ class Claims:
     user: str
     email: str | None
     roles: frozenset[str]
+    tenants: frozenset[str]
 
 
 class OidcVerifier:
-    def __init__(self, issuer: str, audience: str, jwks_url: str, user_claim: str, roles_claim: str) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        jwks_url: str,
+        user_claim: str,
+        roles_claim: str,
+        *,
+        tenants_claim: str = "tenants",
+    ) -> None:
+        self._tenants_claim = tenants_claim
         self._issuer = issuer
         self._audience = audience
         self._keys = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5)
@@ -52,6 +63,7 @@ class OidcVerifier:
             jwks,
             settings.oidc_user_claim,
             settings.oidc_roles_claim,
+            tenants_claim=settings.oidc_tenants_claim,
         )
 
     def verify(self, token: str) -> Claims:
@@ -75,11 +87,16 @@ class OidcVerifier:
         if not isinstance(user, str) or not user:
             raise JwtRejected(f"the token names no user ({self._user_claim} or sub)")
         email = claims.get("email") if isinstance(claims.get("email"), str) else None
-        return Claims(user=user, email=email, roles=frozenset(_roles(claims, self._roles_claim)))
+        return Claims(
+            user=user,
+            email=email,
+            roles=frozenset(_strings(claims, self._roles_claim)),
+            tenants=frozenset(_strings(claims, self._tenants_claim)),
+        )
 
 
-def _roles(claims: dict[str, Any], path: str) -> list[str]:
-    """The roles at a dotted claim path (`realm_access.roles`), as a list of strings."""
+def _strings(claims: dict[str, Any], path: str) -> list[str]:
+    """The roles (or tenants) at a dotted claim path (`realm_access.roles`), as a list of strings."""
     value: Any = claims
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None

@@ -1,5 +1,5 @@
 """API tokens: issued to a user from the users file, scoped to some of their roles, stored
-hashed, revocable, optionally expiring.
+hashed, revocable, optionally expiring, optionally scoped to some of their tenants.
 
 A token reads `chr_<id>_<secret>`. Only the id and the SHA-256 of the secret are stored (the
 secret has 256 bits of entropy, so a fast hash is enough, and is compared in constant time);
@@ -42,6 +42,8 @@ tokens = Table(
     Column("secret_sha256", String(64), nullable=False),
     Column("user_id", String(200), nullable=False, index=True),
     Column("roles", Text, nullable=False),
+    # The tenants it may act for, of its user's; empty: all of its user's.
+    Column("tenants", Text, nullable=False, default=""),
     Column("description", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
@@ -55,6 +57,7 @@ class Token:
     token_id: str
     user_id: str
     roles: tuple[str, ...]
+    tenants: tuple[str, ...]
     description: str | None
     created_at: datetime
     expires_at: datetime | None
@@ -87,6 +90,7 @@ def _token(row: object) -> Token:
         token_id=m["token_id"],
         user_id=m["user_id"],
         roles=tuple(r for r in m["roles"].split(",") if r),
+        tenants=tuple(t for t in m["tenants"].split(",") if t),
         description=m["description"],
         created_at=as_utc(m["created_at"]),
         expires_at=as_utc(m["expires_at"]) if m["expires_at"] else None,
@@ -103,6 +107,7 @@ def issue(
     now: datetime,
     expires_at: datetime | None = None,
     description: str | None = None,
+    tenants: list[str] | None = None,
 ) -> tuple[Token, str]:
     """A new token; returns its record and the token string, which is never stored."""
     token_id = secrets.token_hex(8)
@@ -113,6 +118,7 @@ def issue(
             secret_sha256=_digest(secret),
             user_id=user_id,
             roles=",".join(sorted(set(roles))),
+            tenants=",".join(sorted(set(tenants or ()))),
             description=description,
             created_at=now,
             expires_at=expires_at,

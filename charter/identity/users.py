@@ -5,6 +5,7 @@
         name: Dana Whitfield
         email: dana@example.com       # also matched when policy or an agent names an owner
         roles: [finance]
+        tenants: [acme]               # whose runs and approvals they see; "*" for all
 
 Roles are the built-in ones (admin, operator, auditor, publisher; see charter.identity.roles)
 and any role a policy names for approvals (`@approval("finance")`). The file is read again
@@ -32,6 +33,8 @@ class User(BaseModel):
     name: str | None = None
     email: str | None = None
     roles: list[str] = Field(default_factory=list)
+    # None: the home tenant (CHARTER_TENANT) alone; "*": every tenant.
+    tenants: list[str] | None = Field(None, min_length=1)
     disabled: bool = False
 
 

@@ -11,6 +11,7 @@ from charter.identity.users import NAME
 
 TRIGGER_NAME = r"^[a-z0-9][a-z0-9_.-]{0,199}$"
 HASH = r"^[0-9a-f]{64}$"
+TENANT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 
 
 class _In(BaseModel):
@@ -33,6 +34,7 @@ class Me(BaseModel):
     roles: list[str]
     via: str = Field(description="token or oidc")
     token_id: str | None
+    tenants: list[str] = Field(description="The tenants they act for; '*' is every tenant.")
 
 
 class Health(BaseModel):
@@ -50,6 +52,12 @@ class EventIn(_In):
     )
     source: str = Field(
         "api", pattern=r"^[a-z0-9][a-z0-9_.:-]{0,99}$", description="Where it came from: api, cli."
+    )
+    tenant: str | None = Field(
+        None,
+        pattern=TENANT,
+        description="The tenant it is for, one the caller acts for; defaults to the caller's only "
+        "tenant, else the service's (CHARTER_TENANT).",
     )
 
 
@@ -76,6 +84,7 @@ class EventAccepted(BaseModel):
 
 class RunSummary(BaseModel):
     run_id: str
+    tenant: str | None
     agent: str
     trigger: str
     started: datetime | None
@@ -106,6 +115,7 @@ class RunDetail(BaseModel):
 class ApprovalOut(BaseModel):
     approval_id: str
     run_id: str
+    tenant: str
     agent: str
     tool: str
     resource: str
@@ -205,6 +215,9 @@ class TokenIn(_In):
     roles: list[str] | None = Field(
         None, description="Scope: some of the user's roles; all of them if omitted."
     )
+    tenants: list[str] | None = Field(
+        None, description="Scope: some of the user's tenants; all of them if omitted."
+    )
     expires_in_s: int | None = Field(None, ge=60, le=400 * 86_400)
     description: str | None = Field(None, max_length=500)
 
@@ -213,6 +226,7 @@ class TokenOut(BaseModel):
     token_id: str
     user: str
     roles: list[str]
+    tenants: list[str] = Field(description="Its scope of its user's tenants; empty: all of them.")
     description: str | None
     created_at: datetime
     expires_at: datetime | None

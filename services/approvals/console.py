@@ -117,10 +117,9 @@ def approvals_page(request: Request, ctx: Ctx, s: Session) -> HTMLResponse:
         return refuse(request, who, csrf, ApiError(403, "forbidden", f"{who.user} may not read approvals"))
     roles = None if who.may(Permission.READ_ALL_APPROVALS) else sorted(approver_roles(who.roles))
     with ctx.engine.connect() as conn:
-        pending = store.listing(conn, "pending", roles=roles)
-        recent = [a for a in store.listing(conn, None, limit=1000, roles=roles) if a.status != "pending"][
-            -20:
-        ]
+        pending = store.listing(conn, "pending", roles=roles, tenants=who.tenant_scope)
+        every = store.listing(conn, None, limit=1000, roles=roles, tenants=who.tenant_scope)
+    recent = [a for a in every if a.status != "pending"][-20:]
     return page(
         request,
         "approvals.html",
@@ -139,7 +138,7 @@ def approval_page(
     try:
         if not who.may(Permission.READ_APPROVALS):
             raise ApiError(403, "forbidden", f"{who.user} may not read approvals")
-        detail = approval_detail(ctx, approval_id)
+        detail = approval_detail(ctx, who, approval_id)
     except ApiError as exc:
         return refuse(request, who, csrf, exc)
     may_decide = who.may(Permission.DECIDE) and bool(set(who.roles) & set(detail.approval.roles))

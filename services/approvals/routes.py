@@ -4,7 +4,7 @@ approvals; API tokens. Roles decide who may call what (charter.identity.roles)."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -17,7 +17,7 @@ from charter import topics
 from charter.clock import new_id
 from charter.events import RunInstructed, RunStarted, TriggerReceived
 from charter.identity import tokens
-from charter.identity.principal import Principal
+from charter.identity.principal import Principal, beyond, granted
 from charter.identity.roles import Permission, approver_roles
 from charter.stack import readiness
 from charter.topics import Topic
@@ -96,15 +96,34 @@ def metrics(ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.READ
 
 @router.get("/me", response_model=Me, responses=_errors())
 def me(who: Annotated[Principal, Depends(principal)]) -> Me:
-    return Me(user=who.user, email=who.email, roles=sorted(who.roles), via=who.via, token_id=who.token_id)
+    return Me(
+        user=who.user,
+        email=who.email,
+        roles=sorted(who.roles),
+        via=who.via,
+        token_id=who.token_id,
+        tenants=sorted(who.tenants),
+    )
+
+
+def _tenant_for(ctx: ApiContext, who: Principal, asked: str | None) -> str:
+    """The tenant an event published by `who` is for: the one asked, if they act for it; else
+    their only tenant, or the service's own. Never one they do not act for."""
+    scope = who.tenant_scope
+    tenant = asked or (next(iter(scope)) if scope is not None and len(scope) == 1 else ctx.settings.tenant)
+    if not who.acts_for(tenant):
+        acts = ", ".join(sorted(who.tenants))
+        raise ApiError(403, "forbidden", f"{who.user} acts for {acts}, not for tenant {tenant}")
+    return tenant
 
 
 @router.post("/events", status_code=202, response_model=EventAccepted, responses=_errors(400, 413))
 async def publish_event(
     body: EventIn, request: Request, ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.PUBLISH))]
 ) -> EventAccepted:
-    """Publish a business event (a trigger); the runs it starts name the caller as submitter,
-    proven by the approvals service's signature on the event."""
+    """Publish a business event (a trigger) for a tenant the caller acts for; the runs it starts
+    name the caller as submitter, proven by the approvals service's signature on the event."""
+    tenant = _tenant_for(ctx, who, body.tenant)
     size = len(json.dumps(body.data))
     if size > ctx.settings.max_message_bytes // 2:
         raise ApiError(
@@ -117,7 +136,7 @@ async def publish_event(
         TriggerReceived.create(
             event_id=event_id,
             now=ctx.clock.now(),
-            tenant=ctx.settings.tenant,
+            tenant=tenant,
             correlation_id=body.correlation_id or event_id,
             name=body.name,
             data=body.data,
@@ -139,18 +158,18 @@ async def publish_event(
 
 
 def _visible_runs(conn: Connection, who: Principal) -> set[str] | None:
-    """The runs a caller may read: all (None), or for a plain approver those with approvals
-    their roles may decide."""
+    """The runs a caller may read, of their tenants': all (None), or for a plain approver those
+    with approvals their roles may decide."""
     if who.may(Permission.READ_ALL_APPROVALS):
         return None
-    return {
-        a.run_id for a in store.listing(conn, None, limit=10_000, roles=sorted(approver_roles(who.roles)))
-    }
+    roles = sorted(approver_roles(who.roles))
+    return {a.run_id for a in store.listing(conn, None, limit=10_000, roles=roles, tenants=who.tenant_scope)}
 
 
 def _summary(s: views.Summary) -> RunSummary:
     return RunSummary(
         run_id=s.run_id,
+        tenant=s.tenant,
         agent=s.agent,
         trigger=s.trigger,
         started=s.started,
@@ -183,15 +202,20 @@ def list_runs(
     with ctx.engine.connect() as conn:
         visible = _visible_runs(conn, who)
     with ctx.audit_engine.connect() as conn:
-        summaries = views.recent(conn, limit=limit if visible is None else 10_000)
+        summaries = views.recent(conn, limit=limit if visible is None else 10_000, tenants=who.tenant_scope)
     shown = [s for s in summaries if visible is None or s.run_id in visible][:limit]
     return RunList(runs=[_summary(s) for s in shown])
 
 
-def _named_run(conn: Connection, run_id: str) -> str:
-    """The run `run_id` names: its full id, or the first characters of only one run's."""
-    named = audit_store.run_ids(conn, prefix=run_id, limit=2)
+def _named_run(conn: Connection, run_id: str, tenants: Collection[str] | None) -> str:
+    """The run `run_id` names: its full id, or the first characters of only one run's (of the
+    caller's tenants, so a prefix says nothing about another tenant's runs)."""
+    named = audit_store.run_ids(conn, prefix=run_id, limit=2, tenants=tenants)
     return named[0] if run_id not in named and len(named) == 1 else run_id
+
+
+def _started(entries: list[views.Entry]) -> RunStarted | None:
+    return next((e.event for e in entries if isinstance(e.event, RunStarted)), None)
 
 
 def run_detail(ctx: ApiContext, who: Principal, run_id: str) -> RunDetail:
@@ -199,10 +223,12 @@ def run_detail(ctx: ApiContext, who: Principal, run_id: str) -> RunDetail:
     with ctx.engine.connect() as conn:
         visible = _visible_runs(conn, who)
     with ctx.audit_engine.connect() as conn:
-        run_id = _named_run(conn, run_id)
+        run_id = _named_run(conn, run_id, who.tenant_scope)
         entries = views.timeline(conn, run_id)
         trigger = views.trigger_of(conn, entries)
-    if not entries or (visible is not None and run_id not in visible):
+    started = _started(entries)
+    hidden = started is not None and not who.acts_for(started.envelope.tenant)
+    if not entries or hidden or (visible is not None and run_id not in visible):
         raise ApiError(404, "not_found", f"no run {run_id}")
     return RunDetail(
         run=_summary(views.summarize(run_id, entries)),
@@ -222,10 +248,10 @@ async def _instruct(
     ctx: ApiContext, who: Principal, run_id: str, command: str, instruction: str
 ) -> RunInstructionAccepted:
     with ctx.audit_engine.connect() as conn:
-        run_id = _named_run(conn, run_id)
+        run_id = _named_run(conn, run_id, who.tenant_scope)
         entries = views.timeline(conn, run_id)
-    started = next((e.event for e in entries if isinstance(e.event, RunStarted)), None)
-    if started is None:
+    started = _started(entries)
+    if started is None or not who.acts_for(started.envelope.tenant):
         raise ApiError(404, "not_found", f"no run {run_id}")
     status = views.summarize(run_id, entries).status
     allowed = (
@@ -299,17 +325,19 @@ def list_approvals(
     status: Annotated[str, Query(pattern=f"^({STATUSES})$")] = "pending",
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> ApprovalList:
-    """Approvals, oldest first: all of them for operators, auditors and admins; for an
-    approver, those one of their roles may decide."""
+    """Approvals of the caller's tenants, oldest first: all of them for operators, auditors and
+    admins; for an approver, those one of their roles may decide."""
     roles = None if who.may(Permission.READ_ALL_APPROVALS) else sorted(approver_roles(who.roles))
     with ctx.engine.connect() as conn:
-        rows = store.listing(conn, None if status == "all" else status, limit=limit, roles=roles)
+        rows = store.listing(
+            conn, None if status == "all" else status, limit=limit, roles=roles, tenants=who.tenant_scope
+        )
     return ApprovalList(approvals=[approval_out(a) for a in rows])
 
 
-def approval_detail(ctx: ApiContext, approval_id: str) -> ApprovalDetail:
+def approval_detail(ctx: ApiContext, who: Principal, approval_id: str) -> ApprovalDetail:
     with ctx.engine.connect() as conn:
-        approval, request = load(conn, approval_id)
+        approval, request = load(conn, approval_id, who)
         decisions = store.decisions_of(conn, approval_id)
     with ctx.audit_engine.connect() as conn:
         entries = views.timeline(conn, approval.run_id)
@@ -330,11 +358,11 @@ def approval_detail(ctx: ApiContext, approval_id: str) -> ApprovalDetail:
 
 @router.get("/approvals/{approval_id}", response_model=ApprovalDetail, responses=_errors(404))
 def get_approval(
-    approval_id: str, ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.READ_APPROVALS))]
+    approval_id: str, ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.READ_APPROVALS))]
 ) -> ApprovalDetail:
-    """One approval with everything needed to decide it: the action, why policy asked, the
-    business event, the run so far, and the decisions made on it."""
-    return approval_detail(ctx, approval_id)
+    """One approval of the caller's tenants with everything needed to decide it: the action,
+    why policy asked, the business event, the run so far, and the decisions made on it."""
+    return approval_detail(ctx, who, approval_id)
 
 
 @router.post(
@@ -404,16 +432,18 @@ def audit_verify(
 )
 def audit_export(
     ctx: Ctx,
-    _who: Annotated[Principal, Depends(require(Permission.READ_AUDIT))],
+    who: Annotated[Principal, Depends(require(Permission.READ_AUDIT))],
     run_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> StreamingResponse:
-    """Audit records in chain order, as JSON lines: chain hashes, raw bytes and decoded event."""
+    """Audit records of the caller's tenants in log order, as JSON lines: leaf hashes, raw bytes
+    and decoded event."""
 
     def lines() -> Iterator[bytes]:
         with ctx.audit_engine.connect() as conn:
-            for record in views.export(conn, run_id=run_id, since=since, until=until):
+            records = views.export(conn, run_id=run_id, since=since, until=until, tenants=who.tenant_scope)
+            for record in records:
                 yield (json.dumps(record, sort_keys=True) + "\n").encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
@@ -424,6 +454,7 @@ def _token_out(t: tokens.Token, now: datetime) -> dict[str, Any]:
         "token_id": t.token_id,
         "user": t.user_id,
         "roles": list(t.roles),
+        "tenants": list(t.tenants),
         "description": t.description,
         "created_at": t.created_at,
         "expires_at": t.expires_at,
@@ -456,11 +487,20 @@ def issue_token(
         raise ApiError(422, "invalid", f"{user.id} does not hold {', '.join(extra)}")
     if not roles:
         raise ApiError(422, "invalid", "a token needs at least one role")
+    outside = beyond(granted(user.tenants, ctx.settings.tenant), body.tenants or ())
+    if outside:
+        raise ApiError(422, "invalid", f"{user.id} does not act for {', '.join(outside)}")
     now = ctx.clock.now()
     expires = now + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
     with ctx.engine.begin() as conn:
         record, secret = tokens.issue(
-            conn, user_id=user.id, roles=roles, now=now, expires_at=expires, description=body.description
+            conn,
+            user_id=user.id,
+            roles=roles,
+            now=now,
+            expires_at=expires,
+            description=body.description,
+            tenants=body.tenants,
         )
     return TokenIssued(**_token_out(record, now), token=secret)
 

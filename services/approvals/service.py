@@ -284,7 +284,7 @@ async def build(settings: Settings, bus: Bus) -> Parts:
         clock,
         skip=lambda d: d.topic == runs_topic and serde.event_type(d.value) not in kept,
     )
-    auth = Authenticator(engine, users, OidcVerifier.from_settings(settings), clock)
+    auth = Authenticator(engine, users, OidcVerifier.from_settings(settings), clock, settings.tenant)
     audit_key = signing.Verifier.load(settings.keys, "audit")
     ctx = ApiContext(settings, engine, audit_engine, bus, signer, clock, users, auth, api_metrics, audit_key)
     server = HttpServer(create_app(ctx), settings.api_host, settings.api_port, "API and console")

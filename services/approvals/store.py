@@ -3,7 +3,7 @@ counted or refused on it, and the notifications still to deliver."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,7 @@ approvals = Table(
     metadata,
     Column("approval_id", String(64), primary_key=True),
     Column("run_id", String(64), nullable=False, index=True),
+    Column("tenant", String(200), nullable=False, index=True),
     Column("agent", String(200), nullable=False),
     Column("tool", String(200), nullable=False),
     Column("resource", Text, nullable=False),
@@ -98,6 +99,7 @@ STATUSES = ("pending", "approved", "rejected", "amended", "expired", "withdrawn"
 class Approval:
     approval_id: str
     run_id: str
+    tenant: str
     agent: str
     tool: str
     resource: str
@@ -156,6 +158,7 @@ def add(conn: Connection, request: ApprovalRequested, expires_at: datetime) -> b
         approvals.insert().values(
             approval_id=request.approval_id,
             run_id=request.envelope.run_id or "",
+            tenant=request.envelope.tenant,
             agent=request.envelope.agent or "",
             tool=action.tool,
             resource=action.resource,
@@ -259,12 +262,19 @@ def _columns() -> list[Column[object]]:
 
 
 def listing(
-    conn: Connection, status: str | None = "pending", limit: int = 200, roles: Sequence[str] | None = None
+    conn: Connection,
+    status: str | None = "pending",
+    limit: int = 200,
+    roles: Sequence[str] | None = None,
+    tenants: Collection[str] | None = None,
 ) -> list[Approval]:
-    """Approvals, oldest first; with `roles`, only those one of these roles may decide."""
+    """Approvals, oldest first; with `roles`, only those one of these roles may decide; with
+    `tenants`, only those of these tenants."""
     query = select(*_columns()).order_by(approvals.c.requested_at)
     if status:
         query = query.where(approvals.c.status == status)
+    if tenants is not None:
+        query = query.where(approvals.c.tenant.in_(sorted(tenants)))
     rows = [
         _approval(row) for row in conn.execute(query.limit(limit if roles is None else 10_000)).mappings()
     ]

@@ -42,6 +42,7 @@ def approval_out(a: store.Approval) -> ApprovalOut:
     return ApprovalOut(
         approval_id=a.approval_id,
         run_id=a.run_id,
+        tenant=a.tenant,
         agent=a.agent,
         tool=a.tool,
         resource=a.resource,
@@ -72,10 +73,12 @@ def decision_out(d: store.DecisionRecord) -> DecisionOut:
     )
 
 
-def load(conn: Connection, approval_id: str) -> tuple[store.Approval, ApprovalRequested]:
+def load(conn: Connection, approval_id: str, who: Principal) -> tuple[store.Approval, ApprovalRequested]:
+    """The approval, if `who` acts for its tenant: another tenant's is not found, so that its
+    id says nothing either."""
     approval = store.get(conn, approval_id)
     request = store.request_of(conn, approval_id) if approval else None
-    if approval is None or request is None:
+    if approval is None or request is None or not who.acts_for(approval.tenant):
         raise ApiError(404, "not_found", f"no approval {approval_id}")
     return approval, request
 
@@ -112,7 +115,7 @@ async def submit(
 ) -> tuple[int, DecisionResult]:
     """Send the decision and wait for its outcome: (HTTP status, result)."""
     with ctx.engine.connect() as conn:
-        _, request = load(conn, approval_id)
+        _, request = load(conn, approval_id, who)
         trace = store.trace_of(conn, approval_id)
     decision = ctx.signer.sign(build(who, request, ctx.clock.now(), kind, action_hash, **fields))
     # Sent in the trace the approval was requested in: the run keeps one trace across the human.
@@ -120,7 +123,7 @@ async def submit(
         await ctx.bus.publish(decision)
     record = await _applied(ctx, decision.event_id)
     with ctx.engine.connect() as conn:
-        approval, _ = load(conn, approval_id)
+        approval, _ = load(conn, approval_id, who)
     result = DecisionResult(
         approval=approval_out(approval), decision=decision_out(record) if record else None
     )

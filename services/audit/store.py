@@ -8,7 +8,7 @@ tables here are what the code reads and writes, and a test keeps the two the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
@@ -429,9 +429,12 @@ def selected(
     run_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    tenants: Collection[str] | None = None,
 ) -> Iterator[Any]:
-    """Whole rows, in log order, of one run and/or a time range, streamed."""
+    """Whole rows, in log order, of one run and/or a time range (and/or some tenants), streamed."""
     query = select(log_table).order_by(log_table.c.seq)
+    if tenants is not None:
+        query = query.where(log_table.c.tenant.in_(sorted(tenants)))
     if run_id:
         query = query.where(log_table.c.run_id == run_id)
     if since:
@@ -465,12 +468,17 @@ def timeline(conn: Connection, run_id: str) -> list[Recorded]:
     return [Recorded(**r._mapping) for r in conn.execute(query)]
 
 
-def run_ids(conn: Connection, prefix: str = "", limit: int = 50) -> list[str]:
-    """The most recently active runs (optionally those whose id starts with `prefix`), newest
-    first. A run is one the planner started: events that only name a run id (forged ones, say,
-    which were dead-lettered) make no run of their own."""
+def run_ids(
+    conn: Connection, prefix: str = "", limit: int = 50, tenants: Collection[str] | None = None
+) -> list[str]:
+    """The most recently active runs (optionally those whose id starts with `prefix`, or those
+    started for one of `tenants`), newest first. A run is one the planner started: events that
+    only name a run id (forged ones, say, which were dead-lettered) make no run of their own."""
     last = func.max(log_table.c.seq)
-    started = func.sum(case((log_table.c.event_type == "RunStarted", 1), else_=0))
+    start = log_table.c.event_type == "RunStarted"
+    if tenants is not None:
+        start = start & log_table.c.tenant.in_(sorted(tenants))
+    started = func.sum(case((start, 1), else_=0))
     query = (
         select(log_table.c.run_id)
         .where(log_table.c.run_id.is_not(None))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +31,7 @@ DENIED = ev.ActionRejected.__name__
 @dataclass
 class Summary:
     run_id: str
+    tenant: str | None = None
     agent: str = "-"
     trigger: str = "-"
     started: datetime | None = None
@@ -96,6 +97,7 @@ def summarize(run_id: str, entries: list[Entry]) -> Summary:
         if event is None:
             continue
         if isinstance(event, ev.RunStarted):
+            summary.tenant = event.envelope.tenant
             summary.agent = event.envelope.agent or "-"
             summary.trigger = event.trigger_name
             summary.started = entry.occurred_at
@@ -207,8 +209,14 @@ def trigger_of(conn: Connection, entries: list[Entry]) -> ev.TriggerReceived | N
     return trigger if isinstance(trigger, ev.TriggerReceived) else None
 
 
-def recent(conn: Connection, limit: int = 20, prefix: str = "") -> list[Summary]:
-    return [summarize(run_id, timeline(conn, run_id)) for run_id in store.run_ids(conn, prefix, limit)]
+def recent(
+    conn: Connection, limit: int = 20, prefix: str = "", tenants: Collection[str] | None = None
+) -> list[Summary]:
+    """The most recently active runs, of `tenants` only if given."""
+    return [
+        summarize(run_id, timeline(conn, run_id))
+        for run_id in store.run_ids(conn, prefix, limit, tenants=tenants)
+    ]
 
 
 def as_json(event: ev.Event) -> dict[str, Any]:
@@ -221,9 +229,10 @@ def export(
     run_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    tenants: Collection[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Audit records in log order, each with its attribution and leaf hash, decoded where it decodes."""
-    for row in store.selected(conn, run_id=run_id, since=since, until=until):
+    for row in store.selected(conn, run_id=run_id, since=since, until=until, tenants=tenants):
         try:
             event: dict[str, Any] | None = as_json(serde.decode(row.value)) if row.value else None
         except InvalidMessage:

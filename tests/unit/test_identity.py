@@ -253,3 +253,62 @@ def test_a_jwt_from_the_provider_signs_a_person_in_with_its_roles(oidc_auth: Aut
 def test_a_jwt_that_does_not_verify_is_refused(oidc_auth: Authenticator, made: Any, fragment: str) -> None:
     with pytest.raises(Unauthenticated, match=fragment):
         oidc_auth.authenticate(made())
+
+
+TENANTS = """
+users:
+  - {id: dana, roles: [finance]}
+  - {id: ana, roles: [finance], tenants: [acme, globex]}
+  - {id: root, roles: [admin], tenants: ["*"]}
+"""
+
+
+@pytest.fixture
+def tenant_auth(engine: Engine, tmp_path: Path, clock: FixedClock) -> Authenticator:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(TENANTS)
+    tokens.create(engine)
+    return Authenticator(engine, WatchedDirectory(path), None, clock, home_tenant="home")
+
+
+@pytest.mark.parametrize(
+    ("user", "scope", "acts_for"),
+    [
+        ("dana", None, {"home"}),  # granted none: the home tenant alone
+        ("ana", None, {"acme", "globex"}),
+        ("ana", ["acme"], {"acme"}),  # a token narrows its user's tenants
+        ("ana", ["acme", "initech"], {"acme"}),  # and never widens them
+        ("root", None, {"acme", "globex", "home", "initech"}),
+        ("root", ["initech"], {"initech"}),
+    ],
+)
+def test_a_token_acts_for_its_users_tenants_narrowed_by_its_scope(  # noqa: PLR0917 - pytest fixtures
+    tenant_auth: Authenticator,
+    engine: Engine,
+    clock: FixedClock,
+    user: str,
+    scope: list[str] | None,
+    acts_for: set[str],
+) -> None:
+    roles = ["admin"] if user == "root" else ["finance"]
+    who = tenant_auth.authenticate(issue(engine, clock, user, roles, tenants=scope))
+    assert {t for t in ("acme", "globex", "home", "initech") if who.acts_for(t)} == acts_for
+    assert who.tenant_scope == (None if acts_for == {"acme", "globex", "home", "initech"} else acts_for)
+
+
+def test_taking_a_tenant_from_a_user_takes_it_from_their_tokens(
+    tenant_auth: Authenticator, engine: Engine, clock: FixedClock, tmp_path: Path
+) -> None:
+    secret = issue(engine, clock, "ana", tenants=["globex"])
+    assert tenant_auth.authenticate(secret).acts_for("globex")
+    (tmp_path / "tenants.yaml").write_text(TENANTS.replace("[acme, globex]", "[acme]"))
+    assert tenant_auth.authenticate(secret).tenants == frozenset()
+
+
+def test_a_jwt_names_its_tenants_in_a_claim_or_acts_for_the_home_tenant(
+    tmp_path: Path, users: WatchedDirectory, clock: FixedClock, jwks_url: str
+) -> None:
+    verifier = OidcVerifier(ISSUER, "charter", jwks_url, "preferred_username", "realm_access.roles")
+    auth = Authenticator(make_engine(f"sqlite:///{tmp_path / 't.db'}"), users, verifier, clock, "home")
+    assert auth.authenticate(token(tenants=["acme"])).tenants == frozenset({"acme"})
+    assert auth.authenticate(token()).tenants == frozenset({"home"})

@@ -1,0 +1,141 @@
+"""A tenant is a boundary for people: an approver acting for acme neither lists, sees nor decides
+globex's approvals or runs, through the API, the console or the CLI; and a trigger published for
+acme through the API cannot claim globex."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from charter.cli import exits
+from charter.events import ApprovalRequested, RunCompleted, TriggerReceived
+from services.approvals.console import COOKIE, csrf_token
+from tests.e2e.conftest import (
+    Stack,
+    broker_env,
+    run_id,
+    running,
+    stack_env,
+    wait_approval,
+    wait_for,
+    wait_run_end,
+)
+
+pytestmark = pytest.mark.e2e
+
+USERS = """
+  - {id: fin-acme, email: fin@acme.example, roles: [finance], tenants: [acme]}
+  - {id: fin-globex, email: fin@globex.example, roles: [finance], tenants: [globex]}
+  - {id: pub-acme, roles: [publisher], tenants: [acme]}
+  - {id: pub-globex, roles: [publisher], tenants: [globex]}
+"""
+
+
+@pytest.fixture(scope="module")
+def tenants_stack(
+    broker: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp(f"tenants-{broker}") / "home"
+    users = Path(stack_env(home)["CHARTER_USERS_FILE"])
+    users.write_text(users.read_text() + USERS)
+    with running(home, **broker_env(request, broker)) as stack:
+        yield stack
+
+
+def _api(stack: Stack, user: str) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {stack.token(user)}"}
+    return httpx.Client(base_url=stack.api_url, headers=headers, timeout=30)
+
+
+def _refund(stack: Stack, publisher: str, order: str) -> tuple[str, ApprovalRequested]:
+    """A refund large enough for finance to approve, published through the API by `publisher`:
+    its run, and the approval it waits for."""
+    with _api(stack, publisher) as api:
+        accepted = api.post(
+            "/v1/events",
+            json={"name": "support.refund_requested", "data": {"order_id": order, "amount": 2300}},
+        )
+    assert accepted.status_code == 202, accepted.text
+    run = run_id(accepted.json()["event_id"], "support-refunds")
+    return run, wait_approval(stack, run)
+
+
+def test_an_approver_of_one_tenant_cannot_list_see_or_decide_anothers(tenants_stack: Stack) -> None:
+    stack = tenants_stack
+    acme_run, acme = _refund(stack, "pub-acme", "A-7101")
+    globex_run, globex = _refund(stack, "pub-globex", "G-7201")
+    assert (acme.envelope.tenant, globex.envelope.tenant) == ("acme", "globex")
+
+    with _api(stack, "fin-acme") as api:
+        listed = {a["approval_id"] for a in api.get("/v1/approvals").json()["approvals"]}
+        assert acme.approval_id in listed
+        assert globex.approval_id not in listed
+        assert api.get(f"/v1/approvals/{globex.approval_id}").status_code == 404
+        decided = api.post(
+            f"/v1/approvals/{globex.approval_id}/approve", json={"action_hash": globex.action_hash}
+        )
+        assert decided.status_code == 404, decided.text
+        assert api.get(f"/v1/runs/{globex_run}").status_code == 404
+        assert globex_run not in {r["run_id"] for r in api.get("/v1/runs").json()["runs"]}
+        assert api.get(f"/v1/runs/{acme_run}").json()["run"]["tenant"] == "acme"
+
+    # The console, signed in with the same credential.
+    token = stack.token("fin-acme")
+    with httpx.Client(base_url=stack.api_url, cookies={COOKIE: token}, timeout=30) as console:
+        page = console.get("/console/approvals").text
+        assert acme.approval_id in page
+        assert globex.approval_id not in page
+        assert "G-7201" not in page
+        shown = console.get(f"/console/approvals/{globex.approval_id}")
+        assert shown.status_code == 404
+        assert "G-7201" not in shown.text
+        form = {"decision": "approve", "action_hash": globex.action_hash or "", "csrf": csrf_token(token)}
+        posted = console.post(f"/console/approvals/{globex.approval_id}/decide", data=form)
+        assert posted.status_code == 404
+        assert console.get(f"/console/runs/{globex_run}").status_code == 404
+
+    # The CLI, with the same token.
+    listed_cli = stack.as_user("fin-acme", "approvals", "list").stdout
+    assert acme.approval_id[:8] in listed_cli
+    assert globex.approval_id[:8] not in listed_cli
+    for act in (("approvals", "show"), ("approvals", "approve"), ("approvals", "reject")):
+        refused = stack.as_user("fin-acme", *act, globex.approval_id, check=False)
+        assert refused.returncode == exits.NOT_FOUND, refused.stderr
+        assert "G-7201" not in refused.stdout + refused.stderr
+
+    # Each tenant's approver decides their own; globex's approval was never touched by acme's.
+    assert stack.as_user("fin-acme", "approvals", "approve", acme.approval_id).returncode == 0
+    assert stack.as_user("fin-globex", "approvals", "approve", globex.approval_id).returncode == 0
+    assert isinstance(wait_run_end(stack, acme_run), RunCompleted)
+    assert isinstance(wait_run_end(stack, globex_run), RunCompleted)
+
+
+def test_a_trigger_published_for_one_tenant_cannot_claim_another(tenants_stack: Stack) -> None:
+    stack = tenants_stack
+    event = {"name": "support.refund_requested", "data": {"order_id": "A-7301", "amount": 5}}
+    with _api(stack, "pub-acme") as api:
+        claimed = api.post("/v1/events", json={**event, "tenant": "globex"})
+        assert claimed.status_code == 403, claimed.text
+        assert "not for tenant globex" in claimed.json()["error"]["message"]
+        stamped = api.post("/v1/events", json=event)
+    assert stamped.status_code == 202, stamped.text
+    trigger_id = stamped.json()["event_id"]
+    trigger = wait_for(
+        stack, lambda e: isinstance(e, TriggerReceived) and e.event_id == trigger_id, "triggers"
+    )
+    assert trigger.envelope.tenant == "acme"
+    refused_cli = stack.as_user(
+        "pub-acme",
+        "publish",
+        "support.refund_requested",
+        "--tenant",
+        "globex",
+        "--data",
+        '{"order_id": "A-7302", "amount": 5}',
+        check=False,
+    )
+    assert refused_cli.returncode == exits.REFUSED
+    assert "HTTP 403 forbidden" in refused_cli.stderr
