@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         description="Cedar policies, limits.yaml and the schema (the policy service reloads them).",
     )
     tool_modules: str = Field("charter.demo.tools", description="Comma-separated modules that declare tools.")
+    executor_pool: str = Field(
+        "",
+        pattern=r"^([a-z][a-z0-9-]{0,39})?$",
+        description="The pool this executor serves: it runs only the tools declared with that pool "
+        "(empty: the tools of no pool).",
+    )
     http_private_networks: str = Field(
         "", description="Comma-separated non-public addresses or networks HTTP tools may reach."
     )

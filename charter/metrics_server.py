@@ -30,7 +30,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def port(settings: Settings, service: str) -> int | None:
-    return settings.metrics_port + OFFSETS[service] if settings.metrics_port else None
+    # A pool's executor (`executor-payments`) serves where an executor would, on its own host.
+    return settings.metrics_port + OFFSETS[service.partition("-")[0]] if settings.metrics_port else None
 
 
 def token(settings: Settings) -> str:

@@ -26,6 +26,7 @@ from charter.errors import ConfigError
 F = TypeVar("F", bound=Callable[..., Any])
 _ATTR = "__charter_tool__"
 _SECRET_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_POOL = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 SECRET_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # "call": the tool only reads, so a dry run may call it for real.
@@ -91,6 +92,20 @@ class HttpTarget:
 
 
 @dataclass(frozen=True)
+class Sandbox:
+    """Quotas of a tool run in a subprocess of its own: memory it may allocate beyond what the
+    interpreter holds when the call begins, and CPU seconds. Past either, the process is
+    stopped and the action fails with the reason; the executor carries on."""
+
+    memory_mb: int = 256
+    cpu_s: int = 10
+
+    def __post_init__(self) -> None:
+        if self.memory_mb < 1 or self.cpu_s < 1:
+            raise ConfigError("a sandbox needs memory_mb >= 1 and cpu_s >= 1")
+
+
+@dataclass(frozen=True)
 class ToolSpec:
     name: str
     description: str
@@ -108,6 +123,10 @@ class ToolSpec:
     # Calls of this tool one executor process makes at once (the system behind it has its own
     # limits); None: as many as the executor has in flight.
     max_concurrency: int | None = None
+    # The executor pool that runs it (CHARTER_EXECUTOR_POOL); None: the general executors.
+    pool: str | None = None
+    # Run in a subprocess under these quotas (Python tools only); None: in the executor itself.
+    sandbox: Sandbox | None = None
 
     def __post_init__(self) -> None:
         bad = [n for n in self.secrets if not _SECRET_NAME.match(n)]
@@ -117,6 +136,10 @@ class ToolSpec:
             raise ConfigError(f"tool {self.name}: max_attempts must be >= 1 and timeout_s > 0")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ConfigError(f"tool {self.name}: max_concurrency must be >= 1")
+        if self.pool is not None and not _POOL.match(self.pool):
+            raise ConfigError(f"tool {self.name}: pool must be a short lowercase name, not {self.pool!r}")
+        if self.sandbox is not None and self.func is None:
+            raise ConfigError(f"tool {self.name}: only a Python tool runs in a sandbox")
 
 
 def tool(
@@ -131,15 +154,19 @@ def tool(
     secrets: Iterable[str] = (),
     max_attempts: int = 3,
     max_concurrency: int | None = None,
+    pool: str | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Callable[[F], F]:
     """Declare a Python function `fn(params: Model, ctx: ToolContext) -> ResultModel` a tool.
 
     `compensation` names the tool that undoes it; `dry_run` is `fn(params, ctx)` returning what
     it would have done, or "call" for a tool that only reads; `secrets` are the names it reads
     with `ctx.secret(name)`; `max_attempts` bounds calls of an idempotent tool on transient errors;
-    `max_concurrency` bounds its calls at once per executor process (other calls wait for a slot).
-    A plain function runs in one of the executor's threads (CHARTER_TOOL_THREADS); an `async def`
-    runs on its loop.
+    `max_concurrency` bounds its calls at once per executor process (other calls wait for a slot);
+    `pool` names the executor pool that alone runs it. A plain function runs in one of the
+    executor's threads (CHARTER_TOOL_THREADS), an `async def` on its loop; with `sandbox`, a
+    plain function runs in a subprocess of its own under those quotas, stopped past them or its
+    timeout.
     """
 
     def wrap(fn: F) -> F:
@@ -149,6 +176,8 @@ def tool(
         if not (isinstance(params, type) and issubclass(params, BaseModel)):
             raise ConfigError(f"tool {fn.__qualname__}: first parameter must be a pydantic model")
         result = hints.get("return")
+        if sandbox is not None and inspect.iscoroutinefunction(fn):
+            raise ConfigError(f"tool {fn.__qualname__}: a sandboxed tool is a plain function, not async")
         spec = ToolSpec(
             name=name or fn.__name__,
             description=description or (inspect.getdoc(fn) or "").split("\n")[0],
@@ -163,6 +192,8 @@ def tool(
             secrets=tuple(secrets),
             max_attempts=max_attempts,
             max_concurrency=max_concurrency,
+            pool=pool,
+            sandbox=sandbox,
         )
         setattr(fn, _ATTR, spec)
         return fn
@@ -189,6 +220,7 @@ def http_tool(
     max_response_bytes: int | None = None,
     max_attempts: int = 3,
     max_concurrency: int | None = None,
+    pool: str | None = None,
 ) -> ToolSpec:
     """Declare an HTTP endpoint a tool. The executor sends the parameters as the JSON body
     (as the query for GET) with the action's `Idempotency-Key`. In a dry run it sends nothing
@@ -215,6 +247,7 @@ def http_tool(
         secrets=target.secret_names(),
         max_attempts=max_attempts,
         max_concurrency=max_concurrency,
+        pool=pool,
     )
 
 
@@ -243,6 +276,15 @@ def _specs_in(module: Any) -> list[ToolSpec]:
         if isinstance(spec, ToolSpec):
             found.append(spec)
     return found
+
+
+def find(module_name: str, tool_name: str) -> ToolSpec:
+    """The tool `tool_name` that module `module_name` declares (a sandbox imports it afresh)."""
+    module = importlib.import_module(module_name)
+    for spec in _specs_in(module):
+        if spec.name == tool_name:
+            return spec
+    raise ConfigError(f"module {module_name!r} declares no tool {tool_name!r}")
 
 
 def load(modules: Iterable[str]) -> Registry:

@@ -38,7 +38,8 @@ from charter.tools import Registry, ToolContext, ToolSpec
 from charter.topics import Topic
 from services.executor import decide, egress
 from services.executor import store as executions
-from services.executor.tools import NOT_REACHED, Limits, ToolFailure, call
+from services.executor.failure import ToolFailure
+from services.executor.tools import NOT_REACHED, Limits, call
 
 log = logging.getLogger(__name__)
 _TRACER = telemetry.tracer("charter.executor")
@@ -179,6 +180,9 @@ class Executor:
         # A human's approval runs only once policy has decided it again (revalidated).
         if not isinstance(event, ActionApproved) or not event.executable:
             return []
+        spec = self._registry.get(event.action.tool)
+        if (spec.pool if spec is not None else None) != (self._settings.executor_pool or None):
+            return []  # another pool's executors run it (an unknown tool is the general pool's to fail)
         if not self._policy_key.verify(event):
             # Whoever wrote it to the topic, the policy service did not decide it.
             raise ForgedEvent(f"approval {event.event_id} is not signed by the policy service; not executed")

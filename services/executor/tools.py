@@ -1,6 +1,7 @@
 """Calling tools: parameters validated before, results validated after, time bounded.
 
-Python tools run in a worker thread (or as coroutines) under their declared timeout. HTTP tools
+Python tools run in a worker thread (or as coroutines) under their declared timeout, or, when
+declared with a sandbox, in a subprocess of their own under quotas (see sandbox). HTTP tools
 go through httpx to their own hosts only (see egress), carry the action's `Idempotency-Key`,
 and have their response size capped. In a dry run a tool runs its dry-run path, or for HTTP,
 returns the request it would have sent. Every failure says whether the same call may succeed
@@ -23,33 +24,12 @@ from pydantic import BaseModel, ValidationError
 
 from charter.events import canonical_json
 from charter.tools import SECRET_REF, HttpTarget, ToolContext, ToolError, ToolSpec
+from services.executor import sandbox
 from services.executor.egress import EgressDenied
+from services.executor.failure import ToolFailure
 
 # Failures that never reached the tool: they say nothing about its health.
 NOT_REACHED = frozenset({"InvalidParameters", "EgressDenied", "NoDryRun", "NotImplemented", "InvalidHeader"})
-
-
-class ToolFailure(Exception):
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool,
-        error_type: str,
-        in_doubt: bool = False,
-        transient: bool = False,
-        unsent: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.error_type = error_type
-        # The call may have reached the tool and acted: a timeout, a connection lost mid-call.
-        self.in_doubt = in_doubt
-        # The tool is unwell (down, slow, overloaded), as a circuit breaker counts it.
-        self.transient = transient
-        # Certainly not acted on (never sent, or refused before processing: 429, 503), so even
-        # a tool that is not idempotent may be called again.
-        self.unsent = unsent
 
 
 @dataclass(frozen=True)
@@ -108,6 +88,8 @@ async def _dispatch(
             retryable=False,
             error_type="NoDryRun",
         )
+    if spec.func is not None and spec.sandbox is not None:
+        return await sandbox.run(spec, params, ctx)
     if spec.func is not None:
         return await _run_python(spec.func, params, ctx)
     if spec.http is not None and http is not None:

@@ -11,7 +11,8 @@ from charter.events import ActionApproved, ActionExecuted, ActionFailed, ActionR
 from charter.killswitch import KillSwitch
 from charter.tools import ToolContext, ToolError, tool
 from services.executor import decide
-from services.executor.tools import Limits, ToolFailure, call
+from services.executor.failure import ToolFailure
+from services.executor.tools import Limits, call
 from tests.factories import NOW, one_of_each
 
 APPROVED = next(e for e in one_of_each() if isinstance(e, ActionApproved))

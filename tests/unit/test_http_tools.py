@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from charter.tools import ToolContext, ToolSpec, http_tool
 from services.executor import egress
-from services.executor.tools import Limits, ToolFailure, call
+from services.executor.failure import ToolFailure
+from services.executor.tools import Limits, call
 
 
 class Params(BaseModel):

@@ -1,0 +1,64 @@
+"""Tools for the isolation tests: one only the `payments` pool runs, which says which executor
+ran it; sandboxed ones that stay within their quotas, allocate past them, spin past them, or
+outlive their timeout (tests/e2e/test_isolation.py, tests/unit/test_sandbox.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from charter.tools import Sandbox, ToolContext, tool
+
+
+class Order(BaseModel):
+    order: str
+
+
+class Ran(BaseModel):
+    pool: str
+    pid: int
+
+
+@tool(description="Pays an order; only the payments pool's executors run it.", pool="payments")
+def test_pay(params: Order, ctx: ToolContext) -> Ran:
+    return Ran(pool=os.environ.get("CHARTER_EXECUTOR_POOL", ""), pid=os.getpid())
+
+
+@tool(description="Answers from a sandbox of its own.", sandbox=Sandbox(memory_mb=64, cpu_s=5))
+def test_sandboxed(params: Order, ctx: ToolContext) -> Ran:
+    return Ran(pool=params.order, pid=os.getpid())
+
+
+@tool(
+    description="Reads its secret in a sandbox.",
+    sandbox=Sandbox(memory_mb=64, cpu_s=5),
+    secrets=["TEST_SANDBOX_SECRET"],
+)
+def test_secretive(params: Order, ctx: ToolContext) -> Ran:
+    return Ran(pool=ctx.secret("TEST_SANDBOX_SECRET"), pid=os.getpid())
+
+
+@tool(
+    description="Allocates far past its memory quota.",
+    sandbox=Sandbox(memory_mb=64, cpu_s=10),
+    timeout_s=30,
+)
+def test_hog(params: Order, ctx: ToolContext) -> Ran:
+    hoard = bytearray(1024 * 2**20)  # 1 GiB, 16 times its quota
+    return Ran(pool=str(len(hoard)), pid=os.getpid())
+
+
+@tool(description="Spins past its CPU-time quota.", sandbox=Sandbox(memory_mb=64, cpu_s=1), timeout_s=30)
+def test_spin(params: Order, ctx: ToolContext) -> Ran:
+    while True:
+        pass
+
+
+@tool(description="Outlives its timeout.", sandbox=Sandbox(), timeout_s=3)
+def test_linger(params: Order, ctx: ToolContext) -> Ran:
+    Path(params.order).write_text(str(os.getpid()))
+    time.sleep(60)
+    return Ran(pool="", pid=os.getpid())
