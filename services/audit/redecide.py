@@ -16,7 +16,7 @@ configured now, so a divergence can also mean an agent's file changed since.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -118,8 +118,11 @@ class Replayer:
         self.only: set[str | None] | None = None
 
     def know(self, bundle: PolicyBundle) -> None:
-        """A policy version from elsewhere than the log (the policy directory as it is now)."""
-        self._bundles.setdefault(bundle.hash, bundle)
+        """A policy version from elsewhere than the log (the policy directory as it is now): the
+        base set and each tenant's, each under its own hash, as the log's decisions name them
+        (the base alone must not decide a tenant by the set that tenant has now)."""
+        for one in [replace(bundle, tenants={}), *bundle.tenants.values()]:
+            self._bundles.setdefault(one.hash, one)
 
     def feed(self, event: Event) -> None:
         match event:

@@ -1,9 +1,9 @@
 """`charter policy check` and `charter policy test`: what a security team runs before rollout.
 
-`check` loads the policy bundle and validates every Cedar file against the schema generated
-from the agent and tool registry, naming file and line for an unknown tool, an unknown
-attribute or a type error. `test` runs policy unit cases: a request, and the decision
-expected of it.
+`check` loads the policy bundle and validates every Cedar file, each tenant's own included,
+against the schema generated from the agent and tool registry, naming file and line for an
+unknown tool, an unknown attribute or a type error. `test` runs policy unit cases: a request,
+and the decision expected of it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from charter.clock import derive_id
 from charter.errors import ConfigError
 from charter.events import Action, ActionProposed, Decision, Event
 from charter.tools import Registry
-from services.policy.bundle import PolicyBundle
+from services.policy.bundle import LIMITS, RESOURCES, TENANTS, PolicyBundle
 from services.policy.decide import Context, decide
 from services.policy.limits import Usage
 from services.policy.schema import cedar_schema
@@ -63,6 +63,19 @@ def check(directory: Path, agents: dict[str, Agent], tools: Registry) -> tuple[P
     if bundle.error:
         return bundle, [Problem(directory.name, 0, "-", bundle.error)]
     schema = cedar_schema(tools.values(), bundle.resources)
+    problems = _validate(directory, schema)
+    problems += _limit_problems(bundle, agents, tools, directory / LIMITS)
+    for tenant, own in sorted(bundle.tenants.items()):
+        problems += _tenant_problems(directory / TENANTS / tenant, own, agents, tools, schema)
+    problems += [
+        Problem(str(path), 0, "-", "not read: every tenant has the base directory's resource catalog")
+        for path in sorted(directory.glob(f"{TENANTS}/*/{RESOURCES}"))
+    ]
+    return bundle, problems
+
+
+def _validate(directory: Path, schema: dict[str, Any]) -> list[Problem]:
+    """Every `*.cedar` file of `directory` against the schema."""
     problems: list[Problem] = []
     for path in sorted(directory.glob("*.cedar")):
         text = path.read_text()
@@ -76,14 +89,24 @@ def check(directory: Path, agents: dict[str, Agent], tools: Registry) -> tuple[P
             line = lines[index] if 0 <= index < len(lines) else 0
             name = names.get(error.policy_id) or f"{path.name}#{index}"
             problems.append(Problem(str(path), line, name, " ".join(error.error.split())))
-    problems += _limit_problems(bundle, agents, tools, directory)
-    return bundle, problems
+    return problems
+
+
+def _tenant_problems(
+    where: Path, own: PolicyBundle, agents: dict[str, Agent], tools: Registry, schema: dict[str, Any]
+) -> list[Problem]:
+    """A tenant's own files, checked as the base's are; a set that does not load, as a whole."""
+    if own.error:
+        return [Problem(str(where), 0, "-", own.error)]
+    problems = _validate(where, schema)
+    if own.limits_scope is not None:
+        problems += _limit_problems(own, agents, tools, where / LIMITS)
+    return problems
 
 
 def _limit_problems(
-    bundle: PolicyBundle, agents: dict[str, Agent], tools: Registry, directory: Path
+    bundle: PolicyBundle, agents: dict[str, Agent], tools: Registry, limits: Path
 ) -> list[Problem]:
-    limits = directory / "limits.yaml"
     found = [
         Problem(str(limits), 0, "agents", f"unknown agent {a!r}")
         for a in bundle.limits.agents
@@ -105,6 +128,7 @@ class Case(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     environment: str | None = None
     compensates: str | None = Field(None, description="The step id the action undoes, for a compensation.")
+    tenant: str = Field("policy-test", description="The tenant proposing: its own policies apply.")
     expect: Literal["allow", "deny", "approval"]
     policies: list[str] | None = None
     roles: list[str] | None = None
@@ -149,7 +173,7 @@ def run_case(case: Case, ctx: Context, now: datetime | None = None) -> Outcome:
         compensates=case.compensates,
     )
     proposed = ActionProposed.create(
-        event_id=derive_id(run, "proposed"), now=now, tenant="policy-test", agent=case.agent, run_id=run,
+        event_id=derive_id(run, "proposed"), now=now, tenant=case.tenant, agent=case.agent, run_id=run,
         correlation_id=run, action=action,
     )  # fmt: skip
     [out] = decide(proposed, ctx, Usage(), now)

@@ -10,6 +10,10 @@ A proposal is decided only if it is genuine: signed by the planner, or, for one 
 amended while approving, by the approvals service (`forged` says why not). Anyone else who can
 write to `actions.proposed` could otherwise act as any agent.
 
+Each action is decided by its tenant's policy set (the base policies plus the tenant's own, see
+services.policy.bundle), and its decision names that set's hash; a tenant whose set does not
+load is denied everything.
+
 A human's approval is not a bypass: `revalidate` decides the approved action again against the
 current bundle and kill switches before it may run, and the decision names both policy hashes.
 It also checks that the approval is genuine (signed by the approvals service), used once, and
@@ -19,7 +23,7 @@ still enough: as many distinct approvers, holding the roles policy names now, as
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 
@@ -59,6 +63,11 @@ class Context:
     # The planner's public key: without it no proposal can be decided.
     planner_key: Verifier | None = None
 
+    def for_tenant(self, tenant: str) -> Context:
+        """The context `tenant`'s actions are decided in: the same, under its own policy set."""
+        bundle = self.bundle.for_tenant(tenant)
+        return self if bundle is self.bundle else replace(self, bundle=bundle)
+
 
 @dataclass(frozen=True)
 class Ruling:
@@ -86,11 +95,13 @@ def _limits(own: AgentLimits, set_for_agent: AgentLimits, defaults: AgentLimits)
 
 def binding(proposed: ActionProposed, ctx: Context) -> limits.Limits | None:
     """The limits this proposal is held to, if its agent and tool exist."""
+    ctx = ctx.for_tenant(proposed.envelope.tenant)
     agent = ctx.agents.get(proposed.envelope.agent or "")
     spec = ctx.tools.get(proposed.action.tool)
     if agent is None or spec is None:
         return None
-    return limits.Limits(limits_for(ctx, agent), ctx.bundle.limits.tools.get(spec.name), spec.cost_units)
+    tool = ctx.bundle.limits.tools.get(spec.name)
+    return limits.Limits(limits_for(ctx, agent), tool, spec.cost_units, ctx.bundle.limits_scope)
 
 
 def usage_keys(proposed: ActionProposed, ctx: Context, now: datetime) -> list[limits.CounterKey]:
@@ -115,12 +126,18 @@ def forged(proposed: ActionProposed, ctx: Context) -> str | None:
 
 
 def decide(proposed: ActionProposed, ctx: Context, usage: limits.Usage, now: datetime) -> list[Event]:
+    tenant = proposed.envelope.tenant
+    ctx = ctx.for_tenant(tenant)
     agent = ctx.agents.get(proposed.envelope.agent or "")
     ruling = _precheck(proposed.action, proposed.envelope.agent, ctx)
     held = binding(proposed, ctx)
     if ruling is None and agent is not None and held is not None:
         breach = limits.count_proposal(proposed, held.agent, usage)
-        ruling = _deny(breach.reason, limit=breach.limit) if breach else _cedar(proposed.action, agent, ctx)
+        ruling = (
+            _deny(breach.reason, limit=breach.limit)
+            if breach
+            else _cedar(proposed.action, agent, tenant, ctx)
+        )
         if ruling.outcome != "deny":
             breach = limits.admit(proposed, held, usage=usage, now=now)
             if breach:
@@ -134,10 +151,12 @@ def revalidate(approved: ActionApproved, ctx: Context, now: datetime, *, used: b
     was first proposed and are not charged twice. `used`: its approval already let an action
     through once."""
     previous = approved.decision.policy_hash
+    tenant = approved.envelope.tenant
+    ctx = ctx.for_tenant(tenant)
     agent = ctx.agents.get(approved.envelope.agent or "")
     ruling = _genuine(approved, ctx, used) or _precheck(approved.action, approved.envelope.agent, ctx)
     if ruling is None and agent is not None:
-        ruling = _cedar(approved.action, agent, ctx)
+        ruling = _cedar(approved.action, agent, tenant, ctx)
         if ruling.outcome == "approval":
             ruling = _enough(approved, ruling)
     ruling = ruling or _deny(f"unknown agent {approved.envelope.agent!r}")
@@ -213,7 +232,7 @@ def _precheck(action: Action, agent_id: str | None, ctx: Context) -> Ruling | No
     """A denial that needs no Cedar, if there is one."""
     bundle = ctx.bundle
     if bundle.error or bundle.cedar is None:
-        return _deny(f"policy set invalid, denying everything: {bundle.error}")
+        return _invalid(bundle)
     agent = ctx.agents.get(agent_id or "")
     if agent is None:
         return _deny(f"unknown agent {agent_id!r}")
@@ -246,13 +265,20 @@ def _precheck(action: Action, agent_id: str | None, ctx: Context) -> Ruling | No
     return None
 
 
-def _cedar(action: Action, agent: Agent, ctx: Context) -> Ruling:
+def _invalid(bundle: PolicyBundle) -> Ruling:
+    if bundle.tenant is None:
+        return _deny(f"policy set invalid, denying everything: {bundle.error}")
+    return _deny(f"policy set invalid for tenant {bundle.tenant!r}, denying all its actions: {bundle.error}")
+
+
+def _cedar(action: Action, agent: Agent, tenant: str, ctx: Context) -> Ruling:
     bundle = ctx.bundle
     if bundle.cedar is None:
-        return _deny(f"policy set invalid, denying everything: {bundle.error}")
+        return _invalid(bundle)
     try:
         verdict = bundle.cedar.evaluate(
             Request(
+                tenant=tenant,
                 agent=agent.id,
                 roles=tuple(agent.roles),
                 agent_attrs={"owner": agent.owner, "environment": agent.environment},

@@ -7,9 +7,11 @@ once a human holding that role approves it (several roles: `@approval("finance,i
 d) for a decision sooner than the approvals service's default deadline.
 `@reason("...")` gives the sentence a decision shows for that policy.
 
-A request maps as: principal `Agent::"<id>"` (member of its roles, with `owner` and
-`environment`), action `Action::"<tool>"`, resource `Resource::"<target>"` (with the attributes
-the resource catalog gives it), context `{parameters, environment}`.
+A request maps as: principal `Agent::"<id>"` (member of its roles, with `owner`,
+`environment` and `tenant`), action `Action::"<tool>"`, resource `Resource::"<target>"` (with
+the attributes the resource catalog gives it), context `{parameters, environment, compensation,
+tenant}`. The tenant is the proposal's: one agent may act for several tenants, so the same
+agent is a different principal in each.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Request:
+    tenant: str
     agent: str
     roles: tuple[str, ...]
     agent_attrs: Mapping[str, Any]
@@ -88,14 +91,14 @@ class CedarPolicies:
         return policies
 
     def _principal(self, request: Request) -> Any:
-        """The agent's entities, parsed once per agent rather than once per request."""
-        key = (request.agent, request.roles, *sorted(request.agent_attrs.items()))
+        """The agent's entities, parsed once per agent and tenant rather than once per request."""
+        key = _principal_key(request)
         handle = self._principals.get(key)
         if handle is None:
             entities = [
                 {
                     "uid": {"type": "Agent", "id": request.agent},
-                    "attrs": dict(request.agent_attrs),
+                    "attrs": dict(request.agent_attrs, tenant=request.tenant),
                     "parents": [{"type": "Role", "id": r} for r in request.roles],
                 },
                 *({"uid": {"type": "Role", "id": r}, "attrs": {}, "parents": []} for r in request.roles),
@@ -107,13 +110,7 @@ class CedarPolicies:
     def _with_resource(self, request: Request) -> Any:
         """The agent's entities plus the resource's, kept for the most recent resources: the
         steps of a run tend to work on the same target. (Parsed entities, never decisions.)"""
-        key = (
-            request.agent,
-            request.roles,
-            *sorted(request.agent_attrs.items()),
-            request.resource,
-            *sorted(request.resource_attrs.items()),
-        )
+        key = (*_principal_key(request), request.resource, *sorted(request.resource_attrs.items()))
         handle = self._entities.get(key)
         if handle is not None:
             self._entities.move_to_end(key)
@@ -145,7 +142,7 @@ class CedarPolicies:
                 "principal": {"type": "Agent", "id": request.agent},
                 "action": {"type": "Action", "id": request.tool},
                 "resource": {"type": "Resource", "id": request.resource},
-                "context": json.dumps(to_cedar(dict(request.context))),
+                "context": json.dumps(to_cedar({**request.context, "tenant": request.tenant})),
             },
             self._for_tool(request.tool),
             entities,
@@ -155,6 +152,12 @@ class CedarPolicies:
         # request gives the same decision, byte for byte, in every process (replay-decisions
         # found two recorded in the other order).
         return Verdict(result.allowed, tuple(sorted(diagnostics.reasons)), tuple(diagnostics.errors))
+
+
+def _principal_key(request: Request) -> tuple[Any, ...]:
+    # The tenant is an attribute of the principal: a key without it would let one tenant's
+    # request be decided with the agent entity parsed for another's.
+    return (request.tenant, request.agent, request.roles, *sorted(request.agent_attrs.items()))
 
 
 def _may_apply(scope: dict[str, Any], tool: str) -> bool:

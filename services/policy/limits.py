@@ -6,6 +6,10 @@ each attempt is denied. Budgets and rates are charged only when policy admits th
 is allowed, or waits for a human), and an action that would exceed one is denied without
 being charged. A breach names the limit, so the denial can say which one was hit.
 
+A tenant with its own `limits.yaml` has its own counters for the limits that span runs (an
+agent's or a tool's budget per day, rates): its limits bound its own usage, not every
+tenant's. The base limits count every other tenant's usage together, as they always have.
+
 Rates are sliding windows, estimated from two fixed windows (the current one, and the previous
 one weighted by how much of it the sliding window still covers), as production rate limiters
 do: two counters per scope, whatever the traffic, so replicas can share them cheaply.
@@ -53,6 +57,12 @@ class Limits:
     agent: AgentLimits
     tool: ToolLimits | None
     cost_units: int
+    # The tenant whose own limits these are, and whose usage alone they count; None: the base's.
+    scope: str | None = None
+
+    def counter(self, key: str) -> str:
+        """The counter key of an agent or a tool under these limits."""
+        return f"tenant:{self.scope}/{key}" if self.scope is not None else key
 
 
 def day(now: datetime) -> str:
@@ -72,20 +82,21 @@ def _window(rate: Rate, at: float) -> tuple[str, str, float]:
 
 
 def _rates(proposed: ActionProposed, limits: Limits) -> list[tuple[str, Rate | None, str]]:
+    tool_rate = limits.tool.rate if limits.tool else None
     return [
-        (f"agent:{proposed.envelope.agent or ''}", limits.agent.rate, "rate_agent"),
-        (f"tool:{proposed.action.tool}", limits.tool.rate if limits.tool else None, "rate_tool"),
+        (limits.counter(f"agent:{proposed.envelope.agent or ''}"), limits.agent.rate, "rate_agent"),
+        (limits.counter(f"tool:{proposed.action.tool}"), tool_rate, "rate_tool"),
     ]
 
 
 def keys_for(proposed: ActionProposed, limits: Limits, now: datetime) -> list[CounterKey]:
     """The counters deciding this proposal may read or write."""
     run = proposed.envelope.run_id or ""
-    agent = proposed.envelope.agent or ""
+    agent = limits.counter(proposed.envelope.agent or "")
     today = day(now)
     keys = [(kind, run, "run") for kind in ("cost", "tokens", "llm_cost", "steps")]
     keys += [(kind, agent, today) for kind in ("cost", "tokens", "llm_cost")]
-    keys += [("tool_cost", proposed.action.tool, today), ("loop", run, signature(proposed))]
+    keys += [("tool_cost", limits.counter(proposed.action.tool), today), ("loop", run, signature(proposed))]
     for scope, rate, _ in _rates(proposed, limits):
         if rate is not None:
             current, previous, _ = _window(rate, now.timestamp())
@@ -115,7 +126,7 @@ def count_proposal(proposed: ActionProposed, limits: AgentLimits, usage: Usage) 
 def admit(proposed: ActionProposed, limits: Limits, *, usage: Usage, now: datetime) -> Breach | None:
     """Charge an action policy admitted, unless that would exceed a budget or a rate."""
     run = proposed.envelope.run_id or ""
-    agent = proposed.envelope.agent or ""
+    agent = limits.counter(proposed.envelope.agent or "")
     today = day(now)
     a, cost = limits.agent, limits.cost_units
     tool_cap = limits.tool.budget_per_day if limits.tool else None
@@ -126,7 +137,7 @@ def admit(proposed: ActionProposed, limits: Limits, *, usage: Usage, now: dateti
         (("tokens", agent, today), proposed.llm_tokens, a.tokens_per_day, "tokens_per_day"),
         (("llm_cost", run, "run"), proposed.llm_cost, a.llm_cost_per_run, "llm_cost_per_run"),
         (("llm_cost", agent, today), proposed.llm_cost, a.llm_cost_per_day, "llm_cost_per_day"),
-        (("tool_cost", proposed.action.tool, today), cost, tool_cap, "tool_budget_per_day"),
+        (("tool_cost", limits.counter(proposed.action.tool), today), cost, tool_cap, "tool_budget_per_day"),
     ]
     for key, amount, cap, name in charges:
         if cap is not None and usage.get(key) + amount > cap:

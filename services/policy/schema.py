@@ -1,6 +1,7 @@
 """The Cedar schema Charter's policies are checked against, generated from what exists: the
 tools in the registry (each action's `context.parameters` is its parameter model), the agents
-and their roles, and the resource catalog's attributes."""
+and their roles, and the resource catalog's attributes. The proposal's tenant is both
+`principal.tenant` and `context.tenant`."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def cedar_schema(tools: Iterable[ToolSpec], resources: ResourceCatalog) -> dict[
                         "parameters": parameters,
                         # True when the action undoes an earlier step of its run (a saga).
                         "compensation": {"type": "Boolean"},
+                        "tenant": {"type": "String"},
                     },
                 },
             }
@@ -47,7 +49,11 @@ def cedar_schema(tools: Iterable[ToolSpec], resources: ResourceCatalog) -> dict[
                     "memberOfTypes": ["Role"],
                     "shape": {
                         "type": "Record",
-                        "attributes": {"owner": {"type": "String"}, "environment": {"type": "String"}},
+                        "attributes": {
+                            "owner": {"type": "String"},
+                            "environment": {"type": "String"},
+                            "tenant": {"type": "String"},
+                        },
                     },
                 },
                 "Resource": {"shape": {"type": "Record", "attributes": resource_attrs}},

@@ -1,8 +1,9 @@
 """The policy service's adapter: proposals and human approvals in, decisions out.
 
 It keeps the policy bundle and the agent registry in memory, reloading them when their files
-change and announcing each load on `control`. Live-limit usage is shared by replicas in the
-store: a batch is decided inside one serialized transaction and published after it commits.
+change and announcing each load on `control` (the base policy set and each tenant's).
+Live-limit usage is shared by replicas in the store: a batch is decided inside one serialized
+transaction and published after it commits.
 Every executable approval it sends is signed with its key; the executor runs nothing else.
 A proposal the planner (or, amended by a person, the approvals service) did not sign is
 dead-lettered as forged, undecided.
@@ -175,27 +176,13 @@ class Policy:
         return outputs
 
     async def announce(self) -> None:
-        b = self.bundle
-        if b.error:
-            log.error("policy bundle %s is invalid, every action will be denied: %s", b.hash[:12], b.error)
-        else:
-            log.info(
-                "policy bundle %s loaded: %d policies from %s", b.hash[:12], len(b.infos), ", ".join(b.files)
+        """One `PolicyReloaded` for the base set and one for each tenant's: the sets decisions
+        name, each with the files that rebuild it."""
+        for b in [self.bundle, *self.bundle.tenants.values()]:
+            _log_load(b)
+            await self._bus.publish(
+                reloaded(b, b.tenant or self._settings.tenant, new_id(), self._clock.now())
             )
-        await self._bus.publish(
-            PolicyReloaded.create(
-                event_id=new_id(),
-                now=self._clock.now(),
-                tenant=self._settings.tenant,
-                correlation_id=b.hash,
-                policy_hash=b.hash,
-                policy_ids=sorted(b.infos),
-                files=list(b.files),
-                valid=b.error is None,
-                error=b.error,
-                sources=b.sources,
-            )
-        )
 
     async def watch(self, stop: asyncio.Event) -> None:
         await self.announce()
@@ -213,6 +200,38 @@ class Policy:
             if self._policy_files.changed():
                 self.bundle = PolicyBundle.load(self._settings.policies_dir)
                 await self.announce()
+
+
+def reloaded(bundle: PolicyBundle, tenant: str, event_id: str, now: datetime) -> PolicyReloaded:
+    """The announcement of one policy set, with the files that rebuild it (the audit's replay does)."""
+    return PolicyReloaded.create(
+        event_id=event_id,
+        now=now,
+        tenant=tenant,
+        correlation_id=bundle.hash,
+        policy_hash=bundle.hash,
+        policy_ids=sorted(bundle.infos),
+        files=list(bundle.files),
+        valid=bundle.error is None,
+        error=bundle.error,
+        sources=bundle.sources,
+    )
+
+
+def _log_load(b: PolicyBundle) -> None:
+    whose = f" for tenant {b.tenant}" if b.tenant is not None else ""
+    if b.error:
+        log.error(
+            "policy bundle %s%s is invalid, every action will be denied: %s", b.hash[:12], whose, b.error
+        )
+    else:
+        log.info(
+            "policy bundle %s%s loaded: %d policies from %s",
+            b.hash[:12],
+            whose,
+            len(b.infos),
+            ", ".join(b.files),
+        )
 
 
 async def build(settings: Settings, bus: Bus) -> Parts:

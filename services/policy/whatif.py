@@ -1,5 +1,6 @@
 """`charter policy what-if`: every proposed action in the audit log, decided again by a
-candidate policy directory, compared with what the running policy decided at the time.
+candidate policy directory (each by its tenant's set there), compared with what the running
+policy decided at the time.
 
 Live limits are not replayed (they depend on what else was happening): an action a limit
 denied is reported as such and compared on policy alone.

@@ -1,6 +1,7 @@
-"""A tenant is a boundary for people: an approver acting for acme neither lists, sees nor decides
-globex's approvals or runs, through the API, the console or the CLI; and a trigger published for
-acme through the API cannot claim globex."""
+"""A tenant is a boundary for people and policy: an approver acting for acme neither lists, sees
+nor decides globex's approvals or runs, through the API, the console or the CLI; a trigger
+published for acme through the API cannot claim globex; and globex's own policies decide the
+same action differently from acme's, under their own hash."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from charter.cli import exits
-from charter.events import ApprovalRequested, RunCompleted, TriggerReceived
+from charter.events import ActionRejected, ApprovalRequested, RunCompleted, RunFailed, TriggerReceived
 from services.approvals.console import COOKIE, csrf_token
 from tests.e2e.conftest import (
     Stack,
@@ -32,6 +33,12 @@ USERS = """
   - {id: pub-acme, roles: [publisher], tenants: [acme]}
   - {id: pub-globex, roles: [publisher], tenants: [globex]}
 """
+GLOBEX_POLICY = """
+@id("globex-refund-cap")
+@reason("globex caps the refunds an agent makes at 1,000")
+forbid (principal, action == Action::"issue_refund", resource)
+when { context.tenant == "globex" && principal.tenant == "globex" && context.parameters.amount > 1000 };
+"""
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +48,9 @@ def tenants_stack(
     home = tmp_path_factory.mktemp(f"tenants-{broker}") / "home"
     users = Path(stack_env(home)["CHARTER_USERS_FILE"])
     users.write_text(users.read_text() + USERS)
+    globex = users.parent / "policies" / "tenants" / "globex"
+    globex.mkdir(parents=True)
+    (globex / "cap.cedar").write_text(GLOBEX_POLICY)
     with running(home, **broker_env(request, broker)) as stack:
         yield stack
 
@@ -50,16 +60,19 @@ def _api(stack: Stack, user: str) -> httpx.Client:
     return httpx.Client(base_url=stack.api_url, headers=headers, timeout=30)
 
 
-def _refund(stack: Stack, publisher: str, order: str) -> tuple[str, ApprovalRequested]:
-    """A refund large enough for finance to approve, published through the API by `publisher`:
-    its run, and the approval it waits for."""
+def _published(stack: Stack, publisher: str, order: str, amount: int) -> str:
+    """A refund published through the API by `publisher`: its run."""
     with _api(stack, publisher) as api:
-        accepted = api.post(
-            "/v1/events",
-            json={"name": "support.refund_requested", "data": {"order_id": order, "amount": 2300}},
-        )
+        data = {"order_id": order, "amount": amount}
+        accepted = api.post("/v1/events", json={"name": "support.refund_requested", "data": data})
     assert accepted.status_code == 202, accepted.text
-    run = run_id(accepted.json()["event_id"], "support-refunds")
+    return run_id(accepted.json()["event_id"], "support-refunds")
+
+
+def _refund(stack: Stack, publisher: str, order: str) -> tuple[str, ApprovalRequested]:
+    """A refund large enough for finance to approve (and within globex's cap): its run, and the
+    approval it waits for."""
+    run = _published(stack, publisher, order, 500)
     return run, wait_approval(stack, run)
 
 
@@ -139,3 +152,25 @@ def test_a_trigger_published_for_one_tenant_cannot_claim_another(tenants_stack: 
     )
     assert refused_cli.returncode == exits.REFUSED
     assert "HTTP 403 forbidden" in refused_cli.stderr
+
+
+def test_each_tenants_policies_decide_the_same_action_under_their_own_hash(tenants_stack: Stack) -> None:
+    stack = tenants_stack
+    acme_run = _published(stack, "pub-acme", "A-7501", 1500)
+    globex_run = _published(stack, "pub-globex", "G-7502", 1500)
+    asked = wait_approval(stack, acme_run)  # acme: the base policies, finance approves
+    assert asked.decision.policy_ids == ["refund-large"]
+    denied = wait_for(
+        stack,
+        lambda e: (
+            isinstance(e, ActionRejected) and e.run_id == globex_run and e.action.tool == "issue_refund"
+        ),
+        "actions.rejected",
+    )
+    assert isinstance(denied, ActionRejected)
+    assert denied.decision.policy_ids == ["globex-refund-cap"]
+    assert denied.decision.reasons == [
+        "forbidden by globex-refund-cap: globex caps the refunds an agent makes at 1,000"
+    ]
+    assert denied.decision.policy_hash != asked.decision.policy_hash
+    assert isinstance(wait_run_end(stack, globex_run), RunFailed)
