@@ -24,6 +24,7 @@ from charter.events import DeadLettered, Event
 log = logging.getLogger(__name__)
 # Every record names the client and host that produced it, for the audit's "where".
 ORIGIN_HEADER = "charter-origin"
+TENANT_HEADER = "charter-tenant"
 # A record put back on a topic (a dead letter, a replay) names where it was read from.
 REPLAYED_FROM = "charter-replayed-from"
 
@@ -33,14 +34,18 @@ class Outgoing:
     topic: str
     key: bytes | None
     value: bytes
+    # Sent as a header, so a consumer shares its slots fairly across tenants without decoding.
+    tenant: str | None = None
 
 
 def route(settings: Settings, event: Event) -> Outgoing:
     if isinstance(event, DeadLettered):
-        return Outgoing(topics.dlq_name(event.source_topic), event.key, serde.encode(event))
+        return Outgoing(
+            topics.dlq_name(event.source_topic), event.key, serde.encode(event), event.envelope.tenant
+        )
     topic = topics.name(settings, topics.TOPIC_OF[type(event)])
     key = event.envelope.run_id or event.envelope.correlation_id
-    return Outgoing(topic, key.encode(), serde.encode(event))
+    return Outgoing(topic, key.encode(), serde.encode(event), event.envelope.tenant)
 
 
 class Bus:
@@ -129,13 +134,16 @@ class Bus:
             raise RuntimeError("Bus.send before Bus.start")
         if self._in_txn:
             self._sent_in_txn += 1
+        if not as_is:
+            headers = [*telemetry.inject(), self._origin, *self._tenant(out), *headers]
         future: asyncio.Future[Any] = await self._producer.send(
-            out.topic,
-            out.value,
-            key=out.key,
-            headers=list(headers) if as_is else [*telemetry.inject(), self._origin, *headers],
+            out.topic, out.value, key=out.key, headers=list(headers)
         )
         return future
+
+    @staticmethod
+    def _tenant(out: Outgoing) -> list[tuple[str, bytes]]:
+        return [(TENANT_HEADER, out.tenant.encode())] if out.tenant else []
 
     async def publish(self, *events: Event) -> None:
         """Send and wait until the broker has them all (committed together, on a transactional

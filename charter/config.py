@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         description="Records a service process holds at once, fetched and not yet finished (runs waiting "
         "on a model or a tool among them); when full, it pauses fetching until some finish.",
     )
+    read_ahead: int = Field(
+        1000,
+        ge=0,
+        description="Records a keyed service (planner, executor) fetches beyond max_in_flight, queued "
+        "rather than in hand, so the next free slot can go to a tenant with fewer in hand.",
+    )
     tool_threads: int = Field(
         256, ge=1, description="Threads for the executor's synchronous Python tools: calls of them at once."
     )

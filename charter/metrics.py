@@ -24,6 +24,11 @@ dead_letters = Counter(
     "charter_dead_letters", "Records dead-lettered, by service and source topic.", ["service", "topic"]
 )
 handler_retries = Counter("charter_handler_retries", "Handler attempts retried, by service.", ["service"])
+tenant_records = Gauge(
+    "charter_tenant_records",
+    "Records of each tenant a keyed service holds: in hand (a slot each), or queued for a slot.",
+    ["service", "tenant", "state"],
+)
 records_in_flight = Gauge(
     "charter_records_in_flight",
     "Records fetched and not yet finished (queued, or waiting on a model or a tool), by service.",

@@ -1,7 +1,7 @@
 """The one way every service consumes: fetch, hand records to the service, publish, commit.
 
     delivery.py  a record as it came off the broker
-    keys.py      records queued by key: a key's records one at a time, in order
+    keys.py      records queued by key: a key's records one at a time, in order; slots fair by tenant
     offsets.py   what a partition may commit: up to its lowest record not yet finished
     consumer.py  the loop: fetch (pausing when full), dispatch, publish and commit
     group.py     group commit: writes of records that finish together, made as one

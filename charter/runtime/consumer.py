@@ -14,7 +14,9 @@ the effect (STYLE principle 7): a crash redelivers what was not finished, and ha
 idempotent. Where the broker has transactions, a finished record's outputs and the offsets
 commit in one transaction; records finishing meanwhile are committed together (group commit).
 At most `max_in_flight` records are fetched and not finished; then fetching pauses until some
-finish (backpressure by pausing, never by sleeping).
+finish (backpressure by pausing, never by sleeping). A keyed service fetches `read_ahead` more,
+queued and not in hand: the slots in hand are shared fairly across tenants (`keys.KeyQueues`),
+so a tenant's flood queues there while another tenant's records take the next free slot.
 
 A partition taken away by a rebalance is forgotten at once: its queued records are dropped and
 the outputs of its records still in hand are never published, so nothing is committed for a
@@ -109,6 +111,8 @@ class ConsumerLoop:
         self._txn_bus = bus if bus is not None and transactional and bus.transactional else None
         self._mode = mode
         self._max_in_flight = max_in_flight or settings.max_in_flight
+        # Fetched and not finished, at most: what is in hand and what queues for a slot.
+        self._max_fetched = self._max_in_flight + (settings.read_ahead if mode is Mode.KEYED else 0)
         self.on_assigned = on_assigned
         self._max_records = max_records
         self._fetch_max_wait_ms = fetch_max_wait_ms
@@ -149,7 +153,7 @@ class ConsumerLoop:
                     raise self._failure
                 began = time.monotonic()
                 self._flow(consumer)
-                room = max(1, min(self._max_records, self._max_in_flight - self._in_flight))
+                room = max(1, min(self._max_records, self._max_fetched - self._in_flight))
                 batch = await consumer.getmany(timeout_ms=100, max_records=room)
                 if batch:
                     await self._accept(consumer, batch)
@@ -170,9 +174,10 @@ class ConsumerLoop:
     # Fetching.
 
     def _flow(self, consumer: AIOKafkaConsumer) -> None:
-        """Pause fetching while `max_in_flight` records are in hand; resume once there is room."""
+        """Pause fetching while as many records are fetched and not finished as may be; resume
+        once there is room."""
         assigned = consumer.assignment()
-        if self._in_flight >= self._max_in_flight:
+        if self._in_flight >= self._max_fetched:
             consumer.pause(*assigned)
         elif consumer.paused():
             consumer.resume(*consumer.paused())
@@ -223,7 +228,8 @@ class ConsumerLoop:
         if self._batch_running or self._stopping or self._failure is not None:
             return
         if self._mode is Mode.KEYED:
-            records = self._keys.take_heads(self._max_records)
+            slots = self._max_in_flight - self._keys.in_hand.total()
+            records = self._keys.take_heads(min(self._max_records, slots))
         else:
             records = [self._fifo.popleft() for _ in range(min(len(self._fifo), self._max_records))]
         if records:
@@ -394,6 +400,10 @@ class ConsumerLoop:
         if now - self._lag_at < LAG_EVERY_S:
             return
         self._lag_at = now
+        if self._mode is Mode.KEYED:
+            for tenant in self._keys.in_hand.keys() | self._keys.waiting.keys():
+                for state, counts in (("in_hand", self._keys.in_hand), ("queued", self._keys.waiting)):
+                    metrics.tenant_records.labels(self._service, tenant or "-", state).set(counts[tenant])
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             if highwater is None:

@@ -1,6 +1,7 @@
 """Tools for the isolation tests: one only the `payments` pool runs, which says which executor
 ran it; sandboxed ones that stay within their quotas, allocate past them, spin past them, or
-outlive their timeout (tests/e2e/test_isolation.py, tests/unit/test_sandbox.py)."""
+outlive their timeout (tests/e2e/test_isolation.py, tests/unit/test_sandbox.py); and one that
+holds its slot until the test opens its gate (tests/e2e/test_fair_share.py)."""
 
 from __future__ import annotations
 
@@ -61,4 +62,18 @@ def test_spin(params: Order, ctx: ToolContext) -> Ran:
 def test_linger(params: Order, ctx: ToolContext) -> Ran:
     Path(params.order).write_text(str(os.getpid()))
     time.sleep(60)
+    return Ran(pool="", pid=os.getpid())
+
+
+class Gated(BaseModel):
+    order: str
+    gates: str
+
+
+@tool(description="Says it started, then waits until its gate (a file) exists.", timeout_s=300)
+def test_gate(params: Gated, ctx: ToolContext) -> Ran:
+    gate = Path(params.gates) / params.order
+    Path(f"{gate}.started").write_text(str(os.getpid()))
+    while not gate.exists():  # the gate is another process's file: nothing to await but its coming
+        time.sleep(0.05)
     return Ran(pool="", pid=os.getpid())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from charter.bus import TENANT_HEADER
 from charter.runtime.delivery import Delivery
 from charter.runtime.group import GroupWriter
 from charter.runtime.keys import KeyQueues
@@ -78,6 +79,33 @@ def test_one_record_of_a_key_is_in_hand_at_a_time_and_keys_go_in_order() -> None
     queues.release(first[0])
     assert [(d.key, d.offset) for d in queues.take_heads(10)] == [(b"a", 1)]
     assert queues.queued == 1  # a's third waits for its second
+
+
+def _of(tenant: str, key: str, offset: int) -> Delivery:
+    return Delivery("t", 0, offset, key.encode(), b"", ((TENANT_HEADER, tenant.encode()),), 0)
+
+
+def test_a_free_slot_goes_to_the_tenant_holding_fewest_not_to_the_oldest_record() -> None:
+    queues = KeyQueues()
+    for i in range(6):  # acme's flood, in first
+        queues.push(_of("acme", f"a{i}", i))
+    first = queues.take_heads(2)  # two slots, both acme's: nobody else is waiting
+    assert [d.key for d in first] == [b"a0", b"a1"]
+    queues.push(_of("globex", "g0", 6))
+    queues.release(first[0])
+    # The slot freed goes to globex, behind four older acme records.
+    assert [d.key for d in queues.take_heads(1)] == [b"g0"]
+    assert (queues.in_hand["acme"], queues.in_hand["globex"], queues.waiting["acme"]) == (1, 1, 4)
+
+
+def test_slots_alternate_between_tenants_with_records_waiting() -> None:
+    queues = KeyQueues()
+    for i in range(3):
+        queues.push(_of("acme", f"a{i}", i))
+    for i in range(3):
+        queues.push(_of("globex", f"g{i}", 3 + i))
+    queues.push(Delivery("t", 0, 6, b"x", b"", (), 0))  # names no tenant: a group of its own
+    assert [d.key for d in queues.take_heads(5)] == [b"a0", b"g0", b"x", b"a1", b"g1"]
 
 
 def test_records_without_a_key_keep_their_partitions_order() -> None:
