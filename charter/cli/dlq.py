@@ -377,7 +377,7 @@ def replay(
             "or the original again from where it came"
         )
     if event_file is None:
-        out = Outgoing(dead.source_topic, dead.key, dead.value)
+        out = Outgoing(dead.source_topic, dead.key, dead.value, dead.envelope.tenant)
         what = f"the original record ({len(dead.value)} bytes)"
     else:
         event, out = corrected(settings, letter, load_event_file(event_file))

@@ -94,11 +94,13 @@ class KeyQueues:
                 del self._queues[key]
         for d in dropped:
             self.waiting[tenant_of(d)] -= 1
+        # Filed again under their heads' tenants: a key's next record may name another.
         ready: dict[str, deque[Hashable]] = {}
-        for tenant, keys in self._ready.items():
-            kept_keys: deque[Hashable] = deque(k for k in keys if self._queues.get(k))
-            if kept_keys:
-                ready[tenant] = kept_keys
+        for keys in self._ready.values():
+            for key in keys:
+                waiting = self._queues.get(key)
+                if waiting:
+                    ready.setdefault(tenant_of(waiting[0]), deque()).append(key)
         self._ready = ready
         self.queued -= len(dropped)
         return dropped

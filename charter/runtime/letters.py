@@ -17,6 +17,7 @@ from charter import serde
 from charter.config import Settings
 from charter.events import DeadLettered, Event
 from charter.runtime.delivery import Delivery
+from charter.runtime.keys import tenant_of
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ def letter(
     made = DeadLettered.create(
         event_id=event_id,
         now=now,
-        tenant=env.tenant if env else settings.tenant,
+        # A record that does not decode keeps the tenant its header names, if any.
+        tenant=env.tenant if env else (tenant_of(delivery) or settings.tenant),
         agent=env.agent if env else None,
         run_id=env.run_id if env else None,
         correlation_id=env.correlation_id if env else position,

@@ -41,6 +41,7 @@ def approval_requested(request: ApprovalRequested, expires_at: datetime, console
     return {
         "type": "approval.requested",
         "approval_id": request.approval_id,
+        "tenant": request.envelope.tenant,
         "run_id": request.envelope.run_id,
         "agent": request.envelope.agent,
         "tool": action.tool,
@@ -58,6 +59,7 @@ def approval_requested(request: ApprovalRequested, expires_at: datetime, console
 def run_escalated(event: RunEscalated, console_url: str) -> dict[str, Any]:
     return {
         "type": "run.escalated",
+        "tenant": event.envelope.tenant,
         "run_id": event.envelope.run_id,
         "agent": event.envelope.agent,
         "cause": event.cause,

@@ -17,7 +17,7 @@ from charter import topics
 from charter.clock import new_id
 from charter.events import RunInstructed, RunStarted, TriggerReceived
 from charter.identity import tokens
-from charter.identity.principal import Principal, beyond, granted
+from charter.identity.principal import EVERY_TENANT, Principal, beyond, granted
 from charter.identity.roles import Permission, approver_roles
 from charter.stack import readiness
 from charter.topics import Topic
@@ -227,7 +227,9 @@ def run_detail(ctx: ApiContext, who: Principal, run_id: str) -> RunDetail:
         entries = views.timeline(conn, run_id)
         trigger = views.trigger_of(conn, entries)
     started = _started(entries)
-    hidden = started is not None and not who.acts_for(started.envelope.tenant)
+    # A run whose start is not in the log yet names no tenant: only someone acting for every
+    # tenant may see it (its steps can reach the audit before its start does).
+    hidden = not who.acts_for(started.envelope.tenant) if started else who.tenant_scope is not None
     if not entries or hidden or (visible is not None and run_id not in visible):
         raise ApiError(404, "not_found", f"no run {run_id}")
     return RunDetail(
@@ -464,23 +466,36 @@ def _token_out(t: tokens.Token, now: datetime) -> dict[str, Any]:
     }
 
 
+def _manages(ctx: ApiContext, who: Principal, user_id: str) -> bool:
+    """Whether `who` may issue, see and revoke the user's tokens: only for someone whose every
+    tenant they act for, so a token never carries anyone past the tenants of who issued it."""
+    if who.tenant_scope is None:
+        return True
+    user = ctx.users.current().get(user_id)
+    held = granted(user.tenants, ctx.settings.tenant) if user is not None else frozenset({EVERY_TENANT})
+    return EVERY_TENANT not in held and held <= who.tenant_scope
+
+
 @router.get("/tokens", response_model=TokenList, responses=_errors())
-def list_tokens(
-    ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]
-) -> TokenList:
+def list_tokens(ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]) -> TokenList:
+    """The tokens of the users whose every tenant the caller acts for."""
     now = ctx.clock.now()
     with ctx.engine.connect() as conn:
-        return TokenList(tokens=[TokenOut(**_token_out(t, now)) for t in tokens.listing(conn)])
+        found = [t for t in tokens.listing(conn) if _manages(ctx, who, t.user_id)]
+    return TokenList(tokens=[TokenOut(**_token_out(t, now)) for t in found])
 
 
 @router.post("/tokens", status_code=201, response_model=TokenIssued, responses=_errors(400))
 def issue_token(
-    body: TokenIn, ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]
+    body: TokenIn, ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]
 ) -> TokenIssued:
-    """Issue a token to a user in the users file, scoped to some of their roles."""
+    """Issue a token to a user in the users file (one whose every tenant the caller acts for),
+    scoped to some of their roles and tenants."""
     user = ctx.users.current().get(body.user)
     if user is None:
         raise ApiError(422, "invalid", f"no user {body.user!r} in the users file")
+    if not _manages(ctx, who, user.id):
+        raise ApiError(403, "forbidden", f"{who.user} does not act for every tenant {user.id} acts for")
     roles = body.roles if body.roles is not None else user.roles
     extra = sorted(set(roles) - set(user.roles))
     if extra:
@@ -507,9 +522,14 @@ def issue_token(
 
 @router.delete("/tokens/{token_id}", status_code=204, responses=_errors(404))
 def revoke_token(
-    token_id: str, ctx: Ctx, _who: Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]
+    token_id: str, ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]
 ) -> Response:
     with ctx.engine.begin() as conn:
-        if not tokens.revoke(conn, token_id, ctx.clock.now()):
+        found = tokens.find(conn, token_id)
+        if (
+            found is None
+            or not _manages(ctx, who, found.user_id)
+            or not tokens.revoke(conn, token_id, ctx.clock.now())
+        ):
             raise ApiError(404, "not_found", f"no active token {token_id}")
     return Response(status_code=204)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from charter.identity.principal import Principal
 from charter.identity.roles import Permission
 from charter.killswitch import switch_event
-from services.approvals.api import ApiContext, context, require
+from services.approvals.api import ApiContext, ApiError, context, require
 from services.approvals.api_models import ErrorBody
 
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,199}$"
@@ -49,7 +49,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code 
 async def set_switch(
     body: SwitchIn, ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.SET_KILL_SWITCH))]
 ) -> SwitchAccepted:
-    """Set a kill switch; every service applies it and acknowledges on `control`."""
+    """Set a kill switch; every service applies it and acknowledges on `control`. A switch
+    stops an agent or a tool for every tenant, so only the platform's own people, acting for
+    its home tenant (CHARTER_TENANT) or for every tenant, set one."""
+    home = ctx.settings.tenant
+    if not who.acts_for(home):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"{who.user} does not act for tenant {home}; a kill switch stops every tenant's runs",
+        )
     event = ctx.signer.sign(
         switch_event(
             agent=body.agent,

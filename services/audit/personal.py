@@ -117,11 +117,29 @@ class Sealer:
         named = self._named(conn, event, payloads)
         if named is not None:
             if found is not None:
-                conn.execute(update(keys).where(keys.c.subject == found).values(belongs_to=named))
+                self._tie(conn, found, named)
             return named
         if found is None and personal and event.run_id:
             return store.RUN_KEY + event.run_id
         return found
+
+    @staticmethod
+    def _tie(conn: Connection, run_key: str, subject: str) -> None:
+        """Tie the run's own key to its subject. If the subject was purged after the run's key
+        was made, the run's key goes too: nothing recorded before a purge stays readable."""
+        purged = conn.execute(
+            select(keys.c.purged_at_us, keys.c.purged_by).where(
+                keys.c.subject == subject, keys.c.purged_at_us.is_not(None)
+            )
+        ).first()
+        tie = update(keys).where(keys.c.subject == run_key)
+        conn.execute(tie.values(belongs_to=subject))
+        if purged is not None:
+            conn.execute(
+                tie.where(keys.c.created_at_us <= purged.purged_at_us).values(
+                    key=None, purged_at_us=purged.purged_at_us, purged_by=purged.purged_by
+                )
+            )
 
     def _of_run(self, conn: Connection, event: Event) -> str | None:
         if not event.run_id:

@@ -25,7 +25,7 @@ from charter.breaker import Breakers
 from charter.bus import Bus
 from charter.clock import Clock, SystemClock
 from charter.config import Settings
-from charter.errors import ForgedEvent, RetryPolicy
+from charter.errors import ConfigError, ForgedEvent, RetryPolicy
 from charter.events import ActionApproved, ActionExecuted, ActionFailed, Event
 from charter.killswitch import ControlFollower, SwitchStore, matching
 from charter.runtime.consumer import Mode
@@ -388,7 +388,14 @@ async def build(settings: Settings, bus: Bus) -> Parts:
     )
     secrets = Secrets.load(settings.secrets_file)
     guard_logs(secrets)
-    executor = Executor(settings, engine, tools.load(settings.tool_module_list()), clock, control, secrets)
+    registry = tools.load(settings.tool_module_list())
+    pool = settings.executor_pool
+    if pool and not any(spec.pool == pool for spec in registry.values()):
+        # Its tools' modules not loaded: it would leave their actions to executors that skip them.
+        raise ConfigError(
+            f"CHARTER_EXECUTOR_POOL={pool}, but no tool of CHARTER_TOOL_MODULES declares that pool"
+        )
+    executor = Executor(settings, engine, registry, clock, control, secrets)
     pipeline = Pipeline(NAME, bus, executor.handle, clock, inline=False)
     # Synchronous tools run in threads: as many at once as may be called at once.
     asyncio.get_running_loop().set_default_executor(

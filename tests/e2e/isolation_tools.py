@@ -77,3 +77,9 @@ def test_gate(params: Gated, ctx: ToolContext) -> Ran:
     while not gate.exists():  # the gate is another process's file: nothing to await but its coming
         time.sleep(0.05)
     return Ran(pool="", pid=os.getpid())
+
+
+@tool(description="Prints as it works, in a sandbox.", sandbox=Sandbox(memory_mb=64, cpu_s=5))
+def test_chatty(params: Order, ctx: ToolContext) -> Ran:
+    print("working on", params.order)
+    return Ran(pool=",".join(sorted(os.environ)), pid=os.getpid())

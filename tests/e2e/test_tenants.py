@@ -32,6 +32,8 @@ USERS = """
   - {id: fin-globex, email: fin@globex.example, roles: [finance], tenants: [globex]}
   - {id: pub-acme, roles: [publisher], tenants: [acme]}
   - {id: pub-globex, roles: [publisher], tenants: [globex]}
+  - {id: admin-acme, roles: [admin], tenants: [acme]}
+  - {id: ops-acme, roles: [operator], tenants: [acme]}
 """
 GLOBEX_POLICY = """
 @id("globex-refund-cap")
@@ -47,7 +49,9 @@ def tenants_stack(
 ) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp(f"tenants-{broker}") / "home"
     users = Path(stack_env(home)["CHARTER_USERS_FILE"])
-    users.write_text(users.read_text() + USERS)
+    # The platform admin acts for every tenant: only such a one may issue the tenants' tokens.
+    admin = "    roles: [admin]\n"
+    users.write_text(users.read_text().replace(admin, admin + '    tenants: ["*"]\n') + USERS)
     globex = users.parent / "policies" / "tenants" / "globex"
     globex.mkdir(parents=True)
     (globex / "cap.cedar").write_text(GLOBEX_POLICY)
@@ -174,3 +178,20 @@ def test_each_tenants_policies_decide_the_same_action_under_their_own_hash(tenan
     ]
     assert denied.decision.policy_hash != asked.decision.policy_hash
     assert isinstance(wait_run_end(stack, globex_run), RunFailed)
+
+
+def test_an_admin_or_operator_of_one_tenant_stays_within_it(tenants_stack: Stack) -> None:
+    stack = tenants_stack
+    stack.token("fin-acme"), stack.token("fin-globex")  # issued by the admin of every tenant
+    issued = stack.as_user("admin-acme", "tokens", "create", "--user", "fin-globex", check=False)
+    assert issued.returncode == exits.REFUSED
+    assert "does not act for every tenant fin-globex acts for" in issued.stderr
+    listed = stack.as_user("admin-acme", "tokens", "list").stdout
+    assert "fin-acme" in listed
+    assert "fin-globex" not in listed
+    # A kill switch stops every tenant's runs: not for an operator of one.
+    switched = stack.as_user(
+        "ops-acme", "kill-switch", "on", "--agent", "support-refunds", "--reason", "acme only", check=False
+    )
+    assert switched.returncode == exits.REFUSED
+    assert "does not act for tenant default" in switched.stderr

@@ -224,3 +224,16 @@ def test_a_run_that_never_names_a_subject_keeps_its_personal_fields_under_its_ow
     assert _clear_copies(engine, tmp_path) == []
     assert personal.purge(engine, f"run:{RUN}", "dpo@example.com").found
     assert _opened(engine, "ActionExecuted")["result"]["contacts"][0]["email"] == personal.PURGED
+
+
+def test_a_result_read_before_its_start_is_unreadable_if_the_subject_was_purged_meanwhile(
+    auditor: Auditor, engine: Engine, tmp_path: Path
+) -> None:
+    _, started, executed, _ = _run()
+    asyncio.run(auditor.handle_batch(_deliveries([executed])))
+    with engine.begin() as conn:
+        personal.subject_key(conn, SUBJECT, 1)  # the customer had a key, from an earlier run
+    personal.purge(engine, SUBJECT, "dpo@example.com")
+    named = started.model_copy(update={"subject": SUBJECT})
+    asyncio.run(_auditor(engine, tmp_path).handle_batch(_deliveries([named])))
+    assert _opened(engine, "ActionExecuted")["result"]["contacts"][0]["email"] == personal.PURGED

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,22 @@ def test_a_sandboxed_tool_answers_from_a_process_of_its_own_with_its_secrets(tmp
     assert ran["pool"] == "B-2"
     assert ran["pid"] != os.getpid()
     assert _call(iso.test_secretive, tmp_path, TEST_SANDBOX_SECRET="s3cret")["pool"] == "s3cret"
+
+
+def test_what_a_sandboxed_tool_prints_stays_out_of_its_answer_and_it_gets_no_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHARTER_SECRET_PSP_KEY", "not for this tool")
+    ran = _call(iso.test_chatty, tmp_path)
+    assert not [name for name in ran["pool"].split(",") if name.startswith("CHARTER_")]
+
+
+def test_a_call_the_sandbox_could_not_make_is_not_in_doubt(tmp_path: Path) -> None:
+    unknown = replace(iso.test_sandboxed.__charter_tool__, name="no_such_tool")  # type: ignore[attr-defined]
+    ctx = ToolContext(idempotency_key="k", run_id="r", agent="a", environment="production", data_dir=tmp_path)
+    with pytest.raises(ToolFailure, match="could not call the tool: ConfigError") as failed:
+        asyncio.run(call(unknown, {"order": "A-1"}, ctx, http=None, limits=Limits(1_000_000)))
+    assert (failed.value.in_doubt, failed.value.unsent) == (False, True)
 
 
 def test_a_tool_past_its_memory_quota_is_stopped_in_doubt(tmp_path: Path) -> None:
