@@ -19,6 +19,7 @@ from charter.events import RunInstructed, RunStarted, TriggerReceived
 from charter.identity import tokens
 from charter.identity.principal import EVERY_TENANT, Principal, beyond, granted
 from charter.identity.roles import Permission, approver_roles
+from charter.identity.users import Directory
 from charter.stack import readiness
 from charter.topics import Topic
 from services.approvals import store
@@ -466,12 +467,12 @@ def _token_out(t: tokens.Token, now: datetime) -> dict[str, Any]:
     }
 
 
-def _manages(ctx: ApiContext, who: Principal, user_id: str) -> bool:
+def _manages(ctx: ApiContext, who: Principal, users: Directory, user_id: str) -> bool:
     """Whether `who` may issue, see and revoke the user's tokens: only for someone whose every
     tenant they act for, so a token never carries anyone past the tenants of who issued it."""
     if who.tenant_scope is None:
         return True
-    user = ctx.users.current().get(user_id)
+    user = users.get(user_id)
     held = granted(user.tenants, ctx.settings.tenant) if user is not None else frozenset({EVERY_TENANT})
     return EVERY_TENANT not in held and held <= who.tenant_scope
 
@@ -481,7 +482,8 @@ def list_tokens(ctx: Ctx, who: Annotated[Principal, Depends(require(Permission.M
     """The tokens of the users whose every tenant the caller acts for."""
     now = ctx.clock.now()
     with ctx.engine.connect() as conn:
-        found = [t for t in tokens.listing(conn) if _manages(ctx, who, t.user_id)]
+        users = ctx.users.current()
+        found = [t for t in tokens.listing(conn) if _manages(ctx, who, users, t.user_id)]
     return TokenList(tokens=[TokenOut(**_token_out(t, now)) for t in found])
 
 
@@ -494,7 +496,7 @@ def issue_token(
     user = ctx.users.current().get(body.user)
     if user is None:
         raise ApiError(422, "invalid", f"no user {body.user!r} in the users file")
-    if not _manages(ctx, who, user.id):
+    if not _manages(ctx, who, ctx.users.current(), user.id):
         raise ApiError(403, "forbidden", f"{who.user} does not act for every tenant {user.id} acts for")
     roles = body.roles if body.roles is not None else user.roles
     extra = sorted(set(roles) - set(user.roles))
@@ -528,7 +530,7 @@ def revoke_token(
         found = tokens.find(conn, token_id)
         if (
             found is None
-            or not _manages(ctx, who, found.user_id)
+            or not _manages(ctx, who, ctx.users.current(), found.user_id)
             or not tokens.revoke(conn, token_id, ctx.clock.now())
         ):
             raise ApiError(404, "not_found", f"no active token {token_id}")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, contextmanager
@@ -25,10 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from charter import serde, topics
+from charter import metrics_server, serde, topics
 from charter.broker import CAPABILITIES
 from charter.bus import Outgoing
 from charter.client import Client
@@ -416,3 +419,29 @@ def run_events(stack: Stack, run: str, *topics: str) -> list[Event]:
         return found
 
     return in_thread(go)
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(stack: Stack, service: str, token: str | None) -> httpx.Response:
+    """A service's metrics endpoint, asked with `token` (or none)."""
+    port = metrics_server.port(stack.settings, service)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers, timeout=5)
+
+
+def samples(stack: Stack, service: str) -> Samples:
+    """A service's metrics, scraped with the stack's token: each sample's labels and value, by name."""
+    response = scrape(stack, service, metrics_server.token(stack.settings))
+    assert response.status_code == 200, response.text
+    found: Samples = defaultdict(list)
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            found[sample.name].append((sample.labels, sample.value))
+    return found
+
+
+def value(got: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    return sum(v for have, v in got.get(name, []) if labels.items() <= have.items())

@@ -9,14 +9,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from charter import metrics_server
 from charter.client import Client
 from charter.events import RunCompleted
 from tests.conftest import REPO
-from tests.e2e.conftest import Stack, broker_env, run_id, running, stack_env, wait_run_end
+from tests.e2e.conftest import Stack, broker_env, run_id, running, samples, stack_env, value, wait_run_end
 
 pytestmark = pytest.mark.e2e
 
@@ -73,11 +71,7 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> Non
 
 def _queued(stack: Stack, tenant: str) -> float:
     """The executor's records of `tenant` queued for a slot, from its metrics."""
-    port = metrics_server.port(stack.settings, "executor")
-    token = (stack.settings.keys / metrics_server.TOKEN_FILE).read_text().strip()
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}).text
-    wanted = f'charter_tenant_records{{service="executor",state="queued",tenant="{tenant}"}}'
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(wanted))
+    return value(samples(stack, "executor"), "charter_tenant_records", state="queued", tenant=tenant)
 
 
 def _publish(stack: Stack, tenant: str, orders: list[str], gates: Path) -> list[str]:

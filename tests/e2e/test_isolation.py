@@ -10,14 +10,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
-from charter import metrics_server
 from charter.events import ActionExecuted, ActionFailed, RunCompleted
 from charter.stack.processes import free_port
 from tests.conftest import REPO
-from tests.e2e.conftest import Stack, broker_env, run_id, running, stack_env, wait_for, wait_run_end
+from tests.e2e.conftest import (
+    Stack,
+    broker_env,
+    run_id,
+    running,
+    samples,
+    stack_env,
+    value,
+    wait_for,
+    wait_run_end,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -92,14 +100,7 @@ def payments_executor(stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
 
 def _tool_calls(stack: Stack, tool: str) -> float:
     """The general executor's count of calls of `tool`, from its metrics."""
-    port = metrics_server.port(stack.settings, "executor")
-    token = (stack.settings.keys / metrics_server.TOKEN_FILE).read_text().strip()
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("charter_tool_calls_total{") and f'tool="{tool}"' in line
-    )
+    return value(samples(stack, "executor"), "charter_tool_calls_total", tool=tool)
 
 
 def test_a_payments_tool_runs_only_in_the_payments_pools_executor(isolated: Stack) -> None:

@@ -10,19 +10,23 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from charter import metrics_server
 from charter.client import Client
 from charter.events import RunCompleted
 from charter.stack.readiness import SERVICES
-from tests.e2e.conftest import Stack, approve_when_up, run_id, wait_approval, wait_run_end
+from tests.e2e.conftest import (
+    Stack,
+    approve_when_up,
+    run_id,
+    samples,
+    scrape,
+    value,
+    wait_approval,
+    wait_run_end,
+)
 
 pytestmark = pytest.mark.e2e
-
-Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def _approved_refund(stack: Stack, order: str) -> str:
@@ -92,63 +96,42 @@ def test_one_run_is_one_trace_across_the_five_services(stack: Stack) -> None:
     assert any(s["parent_id"] in decides for s in spans["policy"] if s["name"] == "cedar is_authorized")
 
 
-def _scrape(stack: Stack, service: str, token: str | None) -> httpx.Response:
-    port = metrics_server.port(stack.settings, service)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers, timeout=5)
-
-
-def _samples(stack: Stack, service: str, token: str) -> Samples:
-    response = _scrape(stack, service, token)
-    assert response.status_code == 200, response.text
-    found: Samples = defaultdict(list)
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            found[sample.name].append((sample.labels, sample.value))
-    return found
-
-
-def _value(samples: Samples, name: str, **labels: str) -> float:
-    return sum(v for have, v in samples.get(name, []) if labels.items() <= have.items())
-
-
 def test_every_service_exports_its_metrics_to_a_scraper_holding_the_token(stack: Stack) -> None:
     _approved_refund(stack, "O-1002")
-    token = metrics_server.token(stack.settings)
     for service in SERVICES:
-        refused = _scrape(stack, service, None)
+        refused = scrape(stack, service, None)
         assert refused.status_code == 401, (service, refused.text)
-        assert _scrape(stack, service, "not-the-token").status_code == 401
+        assert scrape(stack, service, "not-the-token").status_code == 401
 
     # The audit service records the run's end a moment after the planner sends it.
     deadline = time.monotonic() + 30
-    while not _value(_samples(stack, "audit", token), "charter_audit_appends_total"):
+    while not value(samples(stack, "audit"), "charter_audit_appends_total"):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    got = {service: _samples(stack, service, token) for service in SERVICES}
+    got = {service: samples(stack, service) for service in SERVICES}
     for service in SERVICES:
-        assert _value(got[service], "charter_records_total", service=service) > 0, service
+        assert value(got[service], "charter_records_total", service=service) > 0, service
         assert "charter_consumer_lag" in got[service], service
         assert "process_resident_memory_bytes" in got[service], service
 
     planner = got["planner"]
-    assert _value(planner, "charter_runs_total", agent="support-refunds", outcome="completed") >= 1
-    assert _value(planner, "charter_runs_started_total", agent="support-refunds") >= 1
-    assert _value(planner, "charter_run_seconds_count", agent="support-refunds", outcome="completed") >= 1
-    assert _value(planner, "charter_step_seconds_count", agent="support-refunds", tool="issue_refund") >= 1
+    assert value(planner, "charter_runs_total", agent="support-refunds", outcome="completed") >= 1
+    assert value(planner, "charter_runs_started_total", agent="support-refunds") >= 1
+    assert value(planner, "charter_run_seconds_count", agent="support-refunds", outcome="completed") >= 1
+    assert value(planner, "charter_step_seconds_count", agent="support-refunds", tool="issue_refund") >= 1
     assert "charter_runs_in_flight" in planner
     policy = got["policy"]
-    assert _value(policy, "charter_policy_decisions_total", outcome="approval") >= 1
-    assert _value(policy, "charter_policy_decisions_total", outcome="allow") >= 1
-    assert _value(policy, "charter_policy_decide_seconds_count") >= 1
+    assert value(policy, "charter_policy_decisions_total", outcome="approval") >= 1
+    assert value(policy, "charter_policy_decisions_total", outcome="allow") >= 1
+    assert value(policy, "charter_policy_decide_seconds_count") >= 1
     approvals = got["approvals"]
-    assert _value(approvals, "charter_approval_wait_seconds_count", outcome="approved") >= 1
-    assert _value(approvals, "charter_human_interventions_total", kind="approval") >= 1
+    assert value(approvals, "charter_approval_wait_seconds_count", outcome="approved") >= 1
+    assert value(approvals, "charter_human_interventions_total", kind="approval") >= 1
     assert "charter_approvals" in approvals  # the store's figures, served with the process's
     executor = got["executor"]
-    assert _value(executor, "charter_tool_calls_total", tool="issue_refund", outcome="executed") >= 1
-    assert _value(executor, "charter_tool_call_seconds_count", tool="issue_refund") >= 1
-    assert _value(got["audit"], "charter_audit_appends_total") > 0
+    assert value(executor, "charter_tool_calls_total", tool="issue_refund", outcome="executed") >= 1
+    assert value(executor, "charter_tool_call_seconds_count", tool="issue_refund") >= 1
+    assert value(got["audit"], "charter_audit_appends_total") > 0
 
 
 def test_top_shows_rates_denials_and_every_service(stack: Stack) -> None:
